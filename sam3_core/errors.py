@@ -1,0 +1,56 @@
+"""The engine's exceptions. Each carries a machine-readable `code`; the serving layer maps
+the classes to HTTP statuses in one place."""
+
+from __future__ import annotations
+
+
+class Sam3Error(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    code = "sam3_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImageError(Sam3Error):
+    """The image cannot be used: not decodable, truncated, unsupported type or format."""
+
+    code = "invalid_image"
+
+
+class ImageTooLargeError(Sam3Error):
+    """The image is over the byte or pixel limit (decompression bombs included)."""
+
+    code = "image_too_large"
+
+
+class UrlInputError(InvalidImageError):
+    """A URL image was refused (input off, host not allowed, private address) or failed."""
+
+    code = "url_input_refused"
+
+
+class InvalidImageIdError(Sam3Error):
+    """An `image_id` over the length limit or with characters outside the allowed set."""
+
+    code = "invalid_image_id"
+
+
+class InvalidPromptError(Sam3Error):
+    """A prompt value the model cannot take; the message names the field."""
+
+    code = "invalid_prompt"
+
+
+class ImageNotCachedError(Sam3Error):
+    """Only an `image_id` was sent and its embedding is not cached here."""
+
+    code = "image_not_cached"
+
+
+class WeightsError(Sam3Error):
+    """No usable weights are configured, or the checkpoint does not fit the model."""
+
+    code = "weights_unavailable"

@@ -1,0 +1,43 @@
+"""Masks to the API's wire formats: polygons (OpenCV contours) and COCO RLE (pycocotools)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from pycocotools import mask as coco_mask
+
+Polygon = list[list[int]]
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[Polygon]:
+    """One polygon per external contour, as integer `[x, y]` pixels of the original image.
+
+    Args:
+        mask: (H, W) bool.
+
+    Returns:
+        `[[]]` for an empty mask (Roboflow's convention), else `[[[x, y], ...], ...]`.
+    """
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    polygons = [contour.reshape(-1, 2).tolist() for contour in contours]
+    return polygons or [[]]
+
+
+def masks_to_rle(masks: np.ndarray) -> list[dict[str, object]]:
+    """COCO compressed RLE (column-major), decodable with `pycocotools.mask.decode`.
+
+    Args:
+        masks: (P, H, W) bool.
+
+    Returns:
+        P dicts `{"size": [H, W], "counts": str}`.
+    """
+    if len(masks) == 0:
+        return []
+    encoded = coco_mask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    return [
+        {"size": [int(h) for h in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        for rle in encoded
+    ]

@@ -1,0 +1,95 @@
+"""Workarounds that let the `sam3` 0.1.4 package build and run anywhere, without forking it.
+
+- Two constructors hard-code `device="cuda"` (`PositionEmbeddingSine` with
+  `precompute_resolution`, `TransformerDecoder._get_coords`): while building, factory calls
+  asking for CUDA are redirected to the target device (`building_on`). Redirecting on CUDA
+  machines too keeps those precomputed caches (plain dicts, not buffers, so `.to()` would not
+  move them) on the device the model runs on, e.g. `cuda:1`.
+- `sam3/model/edt.py` imports `triton` at module level; it is used only by video-tracking
+  utilities. Where triton cannot be imported, a stand-in module raises if it is ever called.
+- Building the tracker enters a process-wide CUDA bf16 autocast (`bf16_context`) that would
+  silently change precision for everything else on a GPU; `leave_tracker_autocast` undoes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+# Messages sam3 and torch print on every CPU-only import; they say nothing actionable here.
+_NOISE = (
+    r"CUDA is not available or torch_xla is imported",
+    r".*torch\.jit\.script.* is deprecated",
+    r"User provided device_type of 'cuda', but CUDA is not available",
+)
+
+
+@contextlib.contextmanager
+def quiet_sam3() -> Iterator[None]:
+    """Silence the known, harmless warnings sam3 raises while importing and building."""
+    with warnings.catch_warnings():
+        for pattern in _NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+def ensure_sam3_importable() -> None:
+    """Let sam3 import where `triton` cannot (CPU-only torch builds, macOS, aarch64)."""
+    if "sam3.model.edt" in sys.modules:
+        return
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a triton build broken for this platform
+        pass
+    else:
+        return
+    stand_in = types.ModuleType("sam3.model.edt")
+
+    def edt_triton(*_args: Any, **_kwargs: Any) -> torch.Tensor:
+        raise RuntimeError("sam3's triton EDT kernel is unavailable: triton is not installed")
+
+    stand_in.edt_triton = edt_triton  # type: ignore[attr-defined]
+    sys.modules["sam3.model.edt"] = stand_in
+
+
+class _RedirectCudaFactories(TorchFunctionMode):
+    """Rewrites `device=` arguments that name CUDA to `target` (see module docstring)."""
+
+    def __init__(self, target: torch.device) -> None:
+        super().__init__()
+        self.target = target
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if device is not None and torch.device(device).type == "cuda":
+            kwargs = {**kwargs, "device": self.target}
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def building_on(device: torch.device) -> Iterator[None]:
+    """Build sam3 modules so that hard-coded CUDA tensors land on `device` instead."""
+    with quiet_sam3(), _RedirectCudaFactories(device):
+        yield
+
+
+def leave_tracker_autocast(tracker: torch.nn.Module) -> None:
+    """Exit the bf16 autocast `Sam3TrackerPredictor.__init__` entered for the whole process."""
+    context = getattr(tracker, "bf16_context", None)
+    if context is not None:
+        with quiet_sam3():
+            context.__exit__(None, None, None)

@@ -1,0 +1,140 @@
+"""Where the model's weights come from: a SAM3 checkpoint, the hub, or (tests) a random seed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from sam3_core.architecture import ARCHITECTURES, FULL, Architecture
+from sam3_core.errors import WeightsError
+from sam3_core.model import InteractiveSam3
+from sam3_core.settings import EngineSettings
+
+logger = logging.getLogger(__name__)
+
+HUB_PREFIX = "hf://"
+HUB_CHECKPOINT_FILE = "sam3.pt"
+
+# sam3 checkpoint key prefix -> InteractiveSam3 key prefix. The service's neck is sam3's
+# SAM2-style neck (`sam2_convs`); levels 0-2 only (sam3 discards level 3, see architecture.py).
+_KEY_MAP = (
+    ("detector.backbone.vision_backbone.trunk.", "image_encoder.trunk."),
+    *(
+        (
+            f"detector.backbone.vision_backbone.sam2_convs.{level}.",
+            f"image_encoder.convs.{level}.",
+        )
+        for level in range(3)
+    ),
+    ("tracker.", "predictor.model."),
+)
+
+HOW_TO_GET_WEIGHTS = (
+    "No SAM3 weights configured. Set SAM3_CHECKPOINT to the path of sam3.pt (request access at "
+    "https://huggingface.co/facebook/sam3, then `hf download facebook/sam3 sam3.pt`), or to "
+    "hf://facebook/sam3 to download it at start-up with the token in HF_TOKEN. For tests and "
+    "smoke runs only, SAM3_RANDOM_WEIGHTS=tiny (or full) serves random weights."
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WeightsError(f"SAM3_DEVICE={name} but CUDA is not available on this machine")
+    return device
+
+
+def interactive_state_dict(checkpoint: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Select and rename the tensors `InteractiveSam3` needs from a sam3 checkpoint's keys."""
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in checkpoint.items():
+        for source, target in _KEY_MAP:
+            if key.startswith(source):
+                state[target + key[len(source) :]] = tensor
+                break
+    return state
+
+
+def checkpoint_of_sam3_model(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state of a model built by `sam3.build_sam3_image_model` (a fine-tuned one, say)
+    under the key names of a released checkpoint: the inverse of sam3's own renaming."""
+    tracker = "inst_interactive_predictor.model."
+    return {
+        (f"tracker.{k[len(tracker) :]}" if k.startswith(tracker) else f"detector.{k}"): v
+        for k, v in state.items()
+    }
+
+
+def _checkpoint_path(spec: str) -> Path:
+    if spec.startswith(HUB_PREFIX):
+        from huggingface_hub import hf_hub_download
+
+        repo_id = spec[len(HUB_PREFIX) :].strip("/")
+        try:
+            return Path(hf_hub_download(repo_id=repo_id, filename=HUB_CHECKPOINT_FILE))
+        except Exception as exc:  # network, auth (gated repo), missing file
+            raise WeightsError(f"cannot download {HUB_CHECKPOINT_FILE} from {spec}: {exc}") from exc
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"SAM3_CHECKPOINT={spec} is not a file. {HOW_TO_GET_WEIGHTS}")
+    return path
+
+
+def load_checkpoint(model: InteractiveSam3, checkpoint: Mapping[str, torch.Tensor]) -> None:
+    """Load a sam3 checkpoint (its `model` dict or the bare state) into `model`, strictly for
+    every tensor the model has; the checkpoint's other tensors (text encoder, ...) are ignored."""
+    if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
+        checkpoint = checkpoint["model"]
+    missing, _ = model.load_state_dict(interactive_state_dict(checkpoint), strict=False)
+    if missing:
+        raise WeightsError(
+            f"the checkpoint lacks {len(missing)} tensors of the interactive model "
+            f"(first: {missing[:3]}); is it a SAM3 image checkpoint?"
+        )
+
+
+def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -> InteractiveSam3:
+    """Build the model the settings ask for, on the device they name, in eval mode.
+
+    A checkpoint is a released SAM3 one (`checkpoint_arch` is there for tests).
+    """
+    device = resolve_device(settings.device)
+    started = time.perf_counter()
+    if settings.checkpoint:
+        path = _checkpoint_path(settings.checkpoint)
+        model = InteractiveSam3(checkpoint_arch, max_hole_area=settings.max_hole_area)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
+        load_checkpoint(model, checkpoint)
+        source = str(path)
+    elif settings.random_weights:
+        arch = ARCHITECTURES[settings.random_weights]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.random_seed)
+            model = InteractiveSam3(arch, max_hole_area=settings.max_hole_area)
+        source = f"RANDOM weights ({arch.name}, seed {settings.random_seed})"
+        logger.warning(
+            "=" * 72 + "\nSAM3 is serving %s: masks are meaningless. For tests and smoke runs "
+            "only; set SAM3_CHECKPOINT for real segmentation.\n" + "=" * 72,
+            source,
+        )
+    else:
+        raise WeightsError(HOW_TO_GET_WEIGHTS)
+    model = model.to(device).eval()
+    logger.info(
+        "SAM3 interactive model (%s) from %s on %s, built in %.1f s",
+        model.arch.name,
+        source,
+        device,
+        time.perf_counter() - started,
+    )
+    return model

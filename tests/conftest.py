@@ -1,0 +1,51 @@
+"""Fixtures shared by every test: images and a tiny random-weights SAM3.
+
+Random weights: masks are meaningless but deterministic, which is what the tests compare.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam3_core.engine import Segmenter
+from sam3_core.settings import EngineSettings
+from sam3_core.weights import load_model
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def random_pixels(seed: int, height: int = 120, width: int = 160) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def tiny_settings(**overrides: object) -> EngineSettings:
+    """Tiny random model; hole filling off (noisy random masks make it slow on CPU)."""
+    return EngineSettings(random_weights="tiny", max_hole_area=0, device="cpu", **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return load_model(tiny_settings())
+
+
+@pytest.fixture
+def make_segmenter(tiny_model):
+    """A fresh engine (empty caches) around the session's tiny model."""
+
+    def make(**overrides: object) -> Segmenter:
+        return Segmenter(tiny_model, tiny_settings(**overrides))
+
+    return make
+
+
+@pytest.fixture
+def segmenter(make_segmenter) -> Segmenter:
+    return make_segmenter(embedding_cache_bytes=64 * 2**20)

@@ -1,0 +1,265 @@
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from pycocotools import mask as coco_mask
+
+from sam3_core.engine import Segmenter, SegmentRequest
+from sam3_core.errors import (
+    ImageNotCachedError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidImageIdError,
+    InvalidPromptError,
+)
+from sam3_core.images import content_id
+from sam3_core.prompts import PromptSet
+from tests.conftest import encode_image, random_pixels
+
+# The tiny model's embedding: 64x16x16 + 8x64x64 + 16x32x32 float32.
+EMBEDDING_BYTES = (64 * 16 * 16 + 8 * 64 * 64 + 16 * 32 * 32) * 4
+
+
+def clicks(*xy: tuple[float, float], positive: bool = True) -> PromptSet:
+    return PromptSet.model_validate(
+        {"points": [{"x": x, "y": y, "positive": positive} for x, y in xy]}
+    )
+
+
+def images(n: int) -> list[bytes]:
+    return [encode_image(random_pixels(100 + i)) for i in range(n)]
+
+
+class TestEmbed:
+    def test_content_id_and_hits(self, segmenter):
+        (data,) = images(1)
+        first = segmenter.embed(data)
+        assert first.image_id == content_id(data) and not first.cache_hit
+        assert segmenter.embed(data).cache_hit
+        assert segmenter.embed(image_id=first.image_id).cache_hit
+        assert segmenter.embed(data, image_id=first.image_id).cache_hit
+
+    def test_embedding_is_what_decoding_needs_only(self, segmenter):
+        (data,) = images(1)
+        segmenter.embed(data, image_id="a")
+        assert segmenter.stats().embedding_cache_bytes == EMBEDDING_BYTES
+
+    def test_client_ids_are_kept(self, segmenter):
+        (data,) = images(1)
+        assert segmenter.embed(data, image_id="project/img-7.jpg").image_id == "project/img-7.jpg"
+
+    def test_concurrent_embeds_of_one_image_compute_once(self, segmenter):
+        (data,) = images(1)
+        barrier = threading.Barrier(8)
+
+        def embed(_: int) -> str:
+            barrier.wait()
+            return segmenter.embed(data).image_id
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = set(pool.map(embed, range(8)))
+        assert len(ids) == 1
+        assert segmenter.stats().embedding_cache_misses == 1
+
+
+class TestSegment:
+    def test_one_prediction_per_prompt_in_order(self, segmenter):
+        (data,) = images(1)
+        prompts = PromptSet.model_validate(
+            [
+                {"points": [{"x": 10, "y": 10, "positive": True}]},
+                {"box": {"x": 80, "y": 60, "width": 50, "height": 40}},
+                {},
+            ]
+        )
+        result = segmenter.segment(SegmentRequest(image=data, prompts=prompts))
+        assert len(result.predictions) == 3 and result.masks.masks.shape == (3, 120, 160)
+        assert result.masks.low_res_logits.shape == (3, 64, 64)
+        alone = segmenter.segment(
+            SegmentRequest(image=data, prompts=PromptSet.model_validate(prompts.prompts[1]))
+        )
+        assert np.array_equal(result.masks.masks[1], alone.masks.masks[0])
+
+    def test_no_prompt_gives_one_prediction(self, segmenter):
+        (data,) = images(1)
+        assert len(segmenter.segment(SegmentRequest(image=data)).predictions) == 1
+
+    def test_id_only_needs_a_cached_embedding(self, segmenter):
+        with pytest.raises(ImageNotCachedError, match="send the image again"):
+            segmenter.segment(SegmentRequest(image_id="never-seen", prompts=clicks((1, 1))))
+        with pytest.raises(InvalidImageError, match="send the image"):
+            segmenter.segment(SegmentRequest(prompts=clicks((1, 1))))
+
+    def test_id_only_after_embed_is_a_hit(self, segmenter):
+        (data,) = images(1)
+        image_id = segmenter.embed(data).image_id
+        result = segmenter.segment(SegmentRequest(image_id=image_id, prompts=clicks((5, 5))))
+        assert result.embedding_cache_hit and result.image_id == image_id
+
+    def test_new_content_under_a_known_id_is_re_embedded(self, segmenter, make_segmenter):
+        old, new = images(2)
+        segmenter.embed(old, image_id="doc")
+        segmenter.segment(
+            SegmentRequest(image_id="doc", prompts=clicks((5, 5)), save_logits_to_cache=True)
+        )
+        result = segmenter.segment(
+            SegmentRequest(image=new, image_id="doc", prompts=clicks((5, 5)))
+        )
+        assert not result.embedding_cache_hit
+        assert segmenter.logits.count_for("doc") == 0  # the old picture's logits are gone
+        fresh = make_segmenter().segment(SegmentRequest(image=new, prompts=clicks((5, 5))))
+        assert np.array_equal(result.masks.masks, fresh.masks.masks)
+        hit = segmenter.segment(SegmentRequest(image=new, image_id="doc", prompts=clicks((5, 5))))
+        assert hit.embedding_cache_hit
+
+    def test_formats(self, segmenter):
+        (data,) = images(1)
+        rle = segmenter.segment(
+            SegmentRequest(image=data, mask_format="rle", prompts=clicks((9, 9)))
+        )
+        (prediction,) = rle.predictions
+        assert prediction.format == "rle" and prediction.masks.size == [120, 160]
+        decoded = coco_mask.decode({"size": [120, 160], "counts": prediction.masks.counts})
+        assert np.array_equal(decoded.astype(bool), rle.masks.masks[0])
+        polygon = segmenter.segment(SegmentRequest(image=data, prompts=clicks((9, 9))))
+        assert polygon.predictions[0].format == "polygon"
+        assert polygon.predictions[0].confidence == pytest.approx(float(rle.masks.scores[0]))
+
+
+class TestCaches:
+    def test_lru_by_bytes_and_eviction_drops_logits(self, make_segmenter):
+        engine = make_segmenter(embedding_cache_bytes=int(EMBEDDING_BYTES * 2.5))
+        a, b, c = images(3)
+        id_a, id_b = engine.embed(a).image_id, engine.embed(b).image_id
+        # A click on a refreshes it: b becomes the least recently used.
+        engine.segment(
+            SegmentRequest(image_id=id_a, prompts=clicks((3, 3)), save_logits_to_cache=True)
+        )
+        engine.embed(c)
+        assert id_a in engine.embeddings and id_b not in engine.embeddings
+        assert engine.stats().embedding_cache_bytes <= engine.embeddings.max_bytes
+        assert engine.logits.count_for(id_a) == 1
+        engine.embed(b)  # now a is the least recently used: it goes, with its logits
+        assert id_a not in engine.embeddings and engine.logits.count_for(id_a) == 0
+        assert engine.stats().embedding_cache_evictions == 2
+
+    def test_count_limit(self, make_segmenter):
+        engine = make_segmenter(embedding_cache_bytes=2**30, max_embedding_cache_size=2)
+        for data in images(4):
+            engine.embed(data)
+        assert len(engine.embeddings) == 2
+
+    def test_an_image_over_the_budget_is_served_but_not_kept(self, make_segmenter):
+        engine = make_segmenter(embedding_cache_bytes=EMBEDDING_BYTES - 1)
+        (data,) = images(1)
+        result = engine.segment(SegmentRequest(image=data, prompts=clicks((2, 2))))
+        assert len(result.predictions) == 1 and len(engine.embeddings) == 0
+
+    def test_logits_cache_round_trip_and_disable(self, make_segmenter):
+        for disabled in (False, True):
+            engine = make_segmenter(disable_logits_cache=disabled)
+            (data,) = images(1)
+            engine.segment(
+                SegmentRequest(image=data, prompts=clicks((3, 3)), save_logits_to_cache=True)
+            )
+            second = engine.segment(
+                SegmentRequest(
+                    image=data, prompts=clicks((3, 3), (9, 9)), load_logits_from_cache=True
+                )
+            )
+            assert second.logits_cache_hit is (None if disabled else True)
+            assert len(engine.logits) == (0 if disabled else 1)
+
+
+class TestReducedPrecision:
+    @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+    def test_half_the_bytes_and_results_within_tolerance(self, make_segmenter, dtype):
+        reference = make_segmenter()
+        reduced = make_segmenter(embedding_dtype=dtype)
+        worst_iou, worst_score = 1.0, 0.0
+        for i, data in enumerate(images(6)):
+            prompts = clicks((10 + 20 * i, 30), (90, 40 + 10 * i))
+            a = reference.segment(SegmentRequest(image=data, prompts=prompts)).masks
+            b = reduced.segment(SegmentRequest(image=data, prompts=prompts)).masks
+            union = (a.masks | b.masks).sum()
+            worst_iou = min(worst_iou, (a.masks & b.masks).sum() / union if union else 1.0)
+            worst_score = max(worst_score, float(np.abs(a.scores - b.scores).max()))
+        assert reduced.stats().embedding_cache_bytes * 2 == reference.stats().embedding_cache_bytes
+        # The tolerance BENCHMARKS.md states for reduced-precision embeddings.
+        assert worst_iou >= 0.98 and worst_score <= 0.01, (worst_iou, worst_score)
+
+
+class TestBadInput:
+    def test_each_case_has_its_error_and_the_caches_survive(self, segmenter):
+        (good,) = images(1)
+        image_id = segmenter.embed(good).image_id
+        before = segmenter.stats()
+        jpeg = encode_image(random_pixels(1, 64, 64), "JPEG")
+        cases = [
+            (SegmentRequest(image=b"not an image", prompts=clicks((1, 1))), InvalidImageError),
+            (SegmentRequest(image=jpeg[: len(jpeg) // 2]), InvalidImageError),
+            (SegmentRequest(image=good, image_id="bad id!"), InvalidImageIdError),
+            (
+                SegmentRequest(image_id=image_id, prompts=clicks((float("nan"), 1))),
+                InvalidPromptError,
+            ),
+            (
+                SegmentRequest(
+                    image_id=image_id,
+                    prompts=PromptSet.model_validate(
+                        {"box": {"x": 1, "y": 1, "width": -3, "height": 2}}
+                    ),
+                ),
+                InvalidPromptError,
+            ),
+            (
+                SegmentRequest(image_id=image_id, prompts=PromptSet.model_validate([{}] * 65)),
+                InvalidPromptError,
+            ),
+        ]
+        for request, error in cases:
+            with pytest.raises(error):
+                segmenter.segment(request)
+        assert segmenter.stats().embedding_cache_bytes == before.embedding_cache_bytes
+        assert segmenter.segment(SegmentRequest(image_id=image_id)).embedding_cache_hit
+
+    def test_pixel_limit(self, make_segmenter):
+        engine = make_segmenter(max_image_pixels=100 * 100)
+        with pytest.raises(ImageTooLargeError):
+            engine.embed(encode_image(random_pixels(0, 101, 100)))
+
+
+class TestConcurrency:
+    def test_many_threads_several_images_equal_sequential(self, make_segmenter):
+        data = images(4)
+        jobs = []
+        for round_ in range(6):
+            for i, image in enumerate(data):
+                points = [(5 + 7 * i, 9 + 3 * round_), (60, 20 + i)]
+                jobs.append((image, clicks(*points[: 1 + round_ % 2]), round_ % 3 == 0))
+
+        def run(engine: Segmenter, job) -> tuple[np.ndarray, np.ndarray]:
+            image, prompts, send_image = job
+            request = SegmentRequest(
+                image=image if send_image else None,
+                image_id=None if send_image else content_id(image),
+                prompts=prompts,
+            )
+            masks = engine.segment(request).masks
+            return masks.masks, masks.scores
+
+        sequential_engine = make_segmenter()
+        for image in data:
+            sequential_engine.embed(image)
+        expected = [run(sequential_engine, job) for job in jobs]
+
+        engine = make_segmenter()
+        for image in data:
+            engine.embed(image)
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda job: run(engine, job), jobs * 3))
+        for (masks, scores), (want_masks, want_scores) in zip(got, expected * 3, strict=True):
+            assert np.array_equal(masks, want_masks) and np.array_equal(scores, want_scores)

@@ -1,0 +1,203 @@
+"""URL input against a real HTTP server on 127.0.0.1 (loopback only)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sam3_core.errors import ImageTooLargeError, UrlInputError
+from sam3_core.url_fetch import UrlPolicy, _address_refusal, fetch_image, host_allowed
+
+BODY = b"\x89PNG fake image bytes" * 10
+
+
+class Handler(BaseHTTPRequestHandler):
+    hosts_seen: list[str] = []
+
+    def do_GET(self):
+        Handler.hosts_seen.append(self.headers.get("Host", ""))
+        if self.path == "/image.png":
+            self._send(200, BODY)
+        elif self.path == "/big":
+            self._send(200, b"x" * 5000)
+        elif self.path == "/chunked-big":
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(50):
+                self.wfile.write(b"y" * 1000)
+        elif self.path == "/slow":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            for _ in range(10):
+                time.sleep(0.3)
+                self.wfile.write(b"z" * 10)
+                self.wfile.flush()
+        elif self.path.startswith("/redirect-to/"):
+            self.send_response(302)
+            self.send_header("Location", self.path[len("/redirect-to/") :])
+            self.end_headers()
+        elif self.path == "/loop":
+            self.send_response(301)
+            self.send_header("Location", "/loop")
+            self.end_headers()
+        else:
+            self._send(404, b"no")
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # clients hanging up on over-long bodies is what the tests provoke
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    httpd = QuietServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def policy(**overrides) -> UrlPolicy:
+    base = {"allowed_hosts": ("127.0.0.1", "localhost", "images.example"), "max_bytes": 2000}
+    return UrlPolicy(**{**base, **overrides})
+
+
+class TestRefusals:
+    def test_loopback_is_refused_even_when_the_host_is_listed(self, server):
+        with pytest.raises(UrlInputError, match="loopback"):
+            fetch_image(f"http://{server}/image.png", policy())
+
+    def test_names_are_checked_after_resolution(self, server):
+        port = server.split(":")[1]
+        with pytest.raises(UrlInputError, match=r"localhost resolves to .*loopback"):
+            fetch_image(f"http://localhost:{port}/image.png", policy())
+
+    def test_host_not_on_the_allow_list(self, server):
+        with pytest.raises(UrlInputError, match="not in SAM3_URL_ALLOWED_HOSTS"):
+            fetch_image(f"http://{server}/image.png", policy(allowed_hosts=("example.com",)))
+
+    def test_empty_allow_list_allows_nothing(self, server):
+        with pytest.raises(UrlInputError, match="not in SAM3_URL_ALLOWED_HOSTS"):
+            fetch_image(f"http://{server}/image.png", policy(allowed_hosts=()))
+
+    @pytest.mark.parametrize(
+        "url",
+        ["file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://127.0.0.1/", "http:///nohost"],
+    )
+    def test_only_http_urls_with_a_host(self, url):
+        with pytest.raises(UrlInputError):
+            fetch_image(url, policy(allow_private_networks=True))
+
+    def test_credentials_in_url(self, server):
+        with pytest.raises(UrlInputError, match="credentials"):
+            fetch_image(f"http://user:pw@{server}/image.png", policy(allow_private_networks=True))
+
+    @pytest.mark.parametrize(
+        ("address", "reason"),
+        [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("192.168.0.10", "private"),
+            ("172.16.5.5", "private"),
+            ("169.254.169.254", "metadata"),
+            ("fd00:ec2::254", "metadata"),
+            ("100.100.100.200", "metadata"),
+            ("169.254.10.10", "link-local"),
+            ("fe80::1", "link-local"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("100.64.0.1", "not a public"),
+            ("0.0.0.0", "private"),
+        ],
+    )
+    def test_address_classes(self, address, reason):
+        refusal = _address_refusal(ipaddress.ip_address(address), allow_private=False)
+        assert refusal is not None and reason in refusal
+        assert _address_refusal(ipaddress.ip_address("93.184.216.34"), allow_private=False) is None
+
+    def test_metadata_stays_refused_when_private_networks_are_allowed(self):
+        refusal = _address_refusal(ipaddress.ip_address("169.254.169.254"), allow_private=True)
+        assert refusal and "metadata" in refusal
+        assert _address_refusal(ipaddress.ip_address("10.0.0.1"), allow_private=True) is None
+
+    def test_host_patterns(self):
+        allowed = ("example.com", "*.cdn.example.org")
+        assert host_allowed("example.com", allowed)
+        assert host_allowed("EXAMPLE.com.", allowed)
+        assert not host_allowed("evil-example.com", allowed)
+        assert not host_allowed("sub.example.com", allowed)
+        assert host_allowed("a.cdn.example.org", allowed)
+        assert not host_allowed("cdn.example.org", allowed)
+        assert not host_allowed("a.cdn.example.org.evil.net", allowed)
+
+
+class TestWhenExplicitlyAllowed:
+    def test_fetches_from_an_allowed_private_host(self, server):
+        data = fetch_image(f"http://{server}/image.png", policy(allow_private_networks=True))
+        assert data == BODY
+
+    def test_connects_to_the_checked_address_with_the_original_host(self, server, monkeypatch):
+        port = int(server.split(":")[1])
+        real = socket.getaddrinfo
+        lookups = []
+
+        def fake_getaddrinfo(host, *args, **kwargs):
+            if host == "images.example":
+                lookups.append(host)
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+            return real(host, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+        Handler.hosts_seen.clear()
+        url = f"http://images.example:{port}/image.png"
+        assert fetch_image(url, policy(allow_private_networks=True)) == BODY
+        assert lookups == ["images.example"]  # resolved once, never again by the HTTP client
+        assert Handler.hosts_seen == [f"images.example:{port}"]
+
+    def test_redirects_are_followed_and_each_hop_checked(self, server):
+        allowed = policy(allow_private_networks=True)
+        assert fetch_image(f"http://{server}/redirect-to//image.png", allowed) == BODY
+        with pytest.raises(UrlInputError, match="not in SAM3_URL_ALLOWED_HOSTS"):
+            fetch_image(f"http://{server}/redirect-to/http://example.net/a.png", allowed)
+        with pytest.raises(UrlInputError, match="metadata"):
+            fetch_image(
+                f"http://{server}/redirect-to/http://169.254.169.254/latest/meta-data",
+                policy(allow_private_networks=True, allowed_hosts=("127.0.0.1", "169.254.169.254")),
+            )
+        with pytest.raises(UrlInputError, match="redirects"):
+            fetch_image(f"http://{server}/loop", allowed)
+
+    def test_size_limits(self, server):
+        allowed = policy(allow_private_networks=True)
+        with pytest.raises(ImageTooLargeError, match="5000 bytes"):
+            fetch_image(f"http://{server}/big", allowed)
+        with pytest.raises(ImageTooLargeError, match="more than 2000"):
+            fetch_image(f"http://{server}/chunked-big", allowed)
+
+    def test_time_limit(self, server):
+        # The server drips 100 bytes over 3 s, each write well within a read timeout.
+        with pytest.raises(UrlInputError, match="time limit"):
+            fetch_image(
+                f"http://{server}/slow", policy(allow_private_networks=True, timeout_seconds=1)
+            )
+
+    def test_http_errors(self, server):
+        with pytest.raises(UrlInputError, match="HTTP 404"):
+            fetch_image(f"http://{server}/missing", policy(allow_private_networks=True))
