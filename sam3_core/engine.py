@@ -42,11 +42,13 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass(frozen=True)
 class SegmentRequest:
-    """One segmentation call. `image` is the image file's bytes (PNG, JPEG, ...)."""
+    """One segmentation call. `image` is the image file's bytes (PNG, JPEG, ...);
+    `image_digest` its SHA-256 where the caller has computed it already."""
 
     prompts: PromptSet = field(default_factory=PromptSet)
     image: bytes | None = None
     image_id: str | None = None
+    image_digest: str | None = None
     multimask_output: bool = True
     mask_format: Literal["polygon", "rle"] = "polygon"
     save_logits_to_cache: bool = False
@@ -132,11 +134,16 @@ class Segmenter:
         settings = settings or EngineSettings()
         return cls(load_model(settings), settings)
 
-    def embed(self, image: bytes | None = None, image_id: str | None = None) -> EmbedResult:
+    def embed(
+        self,
+        image: bytes | None = None,
+        image_id: str | None = None,
+        image_digest: str | None = None,
+    ) -> EmbedResult:
         """Embed `image` under `image_id` (default: the SHA-256 of its bytes) unless the same
         content is cached under that id already."""
         started = time.perf_counter()
-        image_id, _, hit = self._embedding(image, image_id)
+        image_id, _, hit = self._embedding(image, image_id, image_digest)
         return EmbedResult(image_id, hit, 0.0 if hit else time.perf_counter() - started)
 
     def segment(self, request: SegmentRequest) -> SegmentResult:
@@ -148,7 +155,9 @@ class Segmenter:
             max_points=settings.max_points_per_prompt,
         )
         started = time.perf_counter()
-        image_id, cached, hit = self._embedding(request.image, request.image_id)
+        image_id, cached, hit = self._embedding(
+            request.image, request.image_id, request.image_digest
+        )
         embed_seconds = 0.0 if hit else time.perf_counter() - started
         prompts = request.prompts
         prior = None
@@ -208,7 +217,7 @@ class Segmenter:
         )
 
     def _embedding(
-        self, image: bytes | None, image_id: str | None
+        self, image: bytes | None, image_id: str | None, image_digest: str | None
     ) -> tuple[str, CachedEmbedding, bool]:
         """(image_id, cached embedding, whether it was a cache hit)."""
         if image_id is not None:
@@ -224,7 +233,7 @@ class Segmenter:
                 )
             self._count(hit=True)
             return image_id, cached, True
-        digest = content_id(image)
+        digest = image_digest or content_id(image)
         image_id = image_id or digest
         cached = self.embeddings.get(image_id)
         if cached is not None and cached.content_digest == digest:

@@ -1,0 +1,223 @@
+"""Serving overhead: HTTP latency of sam3-serve next to a no-op two-hop Ray Serve app.
+
+    python bench/serve.py              # ~2 min on 2 cores
+    python bench/serve.py --requests 1000
+
+One local Ray instance runs both apps side by side: ours (serve_config.yaml's application,
+tiny random-weights model, one segmenter replica) and a no-op app of the same shape (FastAPI
+ingress -> handle with session_id -> a replica that returns at once). Per request type it
+prints p50/p99; "ours - no-op" is what we add on top of Ray Serve's two hops, model included,
+and "ours - no-op - engine" what is left once the engine's own time (measured in-process on
+the same image and prompt, one torch thread as in the replica) is taken out.
+"""
+
+import argparse
+import base64
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import numpy as np
+import ray
+import requests
+import torch
+import yaml
+from fastapi import FastAPI, Request
+from ray import serve
+from ray.serve._private import api as _private_api
+from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ServeDeploySchema
+
+from sam3_core.engine import Segmenter, SegmentRequest
+from sam3_core.prompts import PromptSet
+from sam3_core.settings import EngineSettings
+
+ROOT = Path(__file__).parents[1]
+RESULTS = ROOT / "bench" / "results"
+PORT = 8123
+TINY = {"random_weights": "tiny", "device": "cpu"}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class NoopReplica:
+    async def click(self, body: dict) -> dict:
+        return {"predictions": [], "replica": "noop"}
+
+
+noop_api = FastAPI()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(noop_api)
+class NoopIngress:
+    def __init__(self, downstream: DeploymentHandle) -> None:
+        self.downstream = downstream
+
+    @noop_api.post("/click")
+    async def click(self, request: Request) -> dict:
+        body = await request.json()
+        owner = self.downstream.options(session_id=body.get("image_id", ""))
+        return await owner.click.remote(body)
+
+
+def jpeg_b64(seed: int) -> tuple[str, bytes]:
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    buffer = BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return base64.b64encode(buffer.getvalue()).decode(), buffer.getvalue()
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.array(seconds) * 1000
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "n": len(ms),
+    }
+
+
+def timed_posts(session: requests.Session, url: str, bodies: list[dict]) -> list[float]:
+    seconds = []
+    for body in bodies:
+        started = time.perf_counter()
+        response = session.post(url, json=body, timeout=60)
+        seconds.append(time.perf_counter() - started)
+        assert response.status_code == 200, response.text
+    return seconds
+
+
+def deploy_ours() -> None:
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    (app,) = config["applications"]
+    app["args"].update({"engine": TINY, "segmenter_cpus": 1, "ingress_cpus": 0.5})
+    app["deployments"] = [
+        {"name": "Segmenter", "num_replicas": 1},
+        {"name": "Ingress", "num_replicas": 1},
+    ]
+    _private_api.serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
+    deadline = time.monotonic() + 300
+    while serve.status().applications.get("sam3") is None or (
+        serve.status().applications["sam3"].status != "RUNNING"
+    ):
+        if time.monotonic() > deadline:
+            raise TimeoutError("sam3 app did not start")
+        time.sleep(1)
+
+
+def engine_alone(image: bytes, prompt: dict, repeat: int) -> dict[str, dict[str, float]]:
+    # Ray gives an actor with num_cpus=1 OMP_NUM_THREADS=1: torch runs one thread there too.
+    torch.set_num_threads(1)
+    engine = Segmenter.from_settings(EngineSettings(**TINY))
+    image_id = engine.embed(image).image_id
+    request = SegmentRequest(image_id=image_id, prompts=PromptSet.model_validate(prompt))
+    clicks = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        engine.segment(request)
+        clicks.append(time.perf_counter() - started)
+    embeds = []
+    for seed in range(min(repeat, 100)):
+        data = jpeg_b64(10_000 + seed)[1]
+        started = time.perf_counter()
+        engine.embed(data)
+        embeds.append(time.perf_counter() - started)
+    return {"click": percentiles(clicks), "embed": percentiles(embeds)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=400)
+    args = parser.parse_args()
+    n = args.requests
+
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    deploy_ours()
+    serve.run(NoopIngress.bind(NoopReplica.bind()), name="noop", route_prefix="/noop")
+    base = f"http://127.0.0.1:{PORT}"
+    session = requests.Session()
+
+    # Embeds first: 150 new images would push the clicked image out of the count-limited LRU.
+    embed_bodies = [
+        {"image": {"type": "base64", "value": jpeg_b64(1000 + i)[0]}} for i in range(min(n, 150))
+    ]
+    ours_embed = timed_posts(session, f"{base}/sam3/embed_image", embed_bodies)
+    noop_embed = timed_posts(session, f"{base}/noop/click", embed_bodies)
+
+    image_b64, image = jpeg_b64(0)
+    image_id = session.post(
+        f"{base}/sam3/embed_image", json={"image": {"type": "base64", "value": image_b64}}
+    ).json()["image_id"]
+    prompt = {"points": [{"x": 320, "y": 240, "positive": True}]}
+    click = {"image_id": image_id, "prompts": prompt}
+    for _ in range(20):  # warm up both paths
+        session.post(f"{base}/sam3/visual_segment", json=click)
+        session.post(f"{base}/noop/click", json=click)
+
+    # Interleave the two apps so drifts of this noisy machine hit both alike.
+    ours_click, noop_click = [], []
+    for _ in range(n):
+        ours_click += timed_posts(session, f"{base}/sam3/visual_segment", [click])
+        noop_click += timed_posts(session, f"{base}/noop/click", [click])
+
+    def concurrent(url: str, body: dict, clients: int = 8, each: int = 50) -> float:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            for _ in range(clients):
+                pool.submit(timed_posts, requests.Session(), url, [body] * each)
+        return clients * each / (time.perf_counter() - started)
+
+    throughput = {
+        "ours_click_rps": concurrent(f"{base}/sam3/visual_segment", click),
+        "noop_rps": concurrent(f"{base}/noop/click", click),
+    }
+    serve.shutdown()
+    ray.shutdown()
+    alone = engine_alone(image, prompt, repeat=min(n, 300))
+
+    report = {
+        "weights": "random (tiny model, 224 px input)",
+        "image": "640x480 JPEG",
+        "click": {"ours": percentiles(ours_click), "noop": percentiles(noop_click)},
+        "embed": {"ours": percentiles(ours_embed), "noop_same_body": percentiles(noop_embed)},
+        "engine_in_process": alone,
+        "throughput_8_clients": throughput,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve.json").write_text(json.dumps(report, indent=2))
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
+    print(f"RANDOM weights, {report['weights']}; {report['image']}")
+    print(
+        f"{'request':<8} {'ours p50':>9} {'p99':>8} | {'no-op p50':>9} {'p99':>8} | "
+        f"{'added p50':>9} | {'engine p50':>10} | {'left p50':>8}  (ms)"
+    )
+    for kind, noop_key in (("click", "noop"), ("embed", "noop_same_body")):
+        ours, noop = report[kind]["ours"], report[kind][noop_key]
+        engine = report["engine_in_process"][kind]
+        added = ours["p50_ms"] - noop["p50_ms"]
+        print(
+            f"{kind:<8} {ours['p50_ms']:9.2f} {ours['p99_ms']:8.2f} | {noop['p50_ms']:9.2f} "
+            f"{noop['p99_ms']:8.2f} | {added:9.2f} | {engine['p50_ms']:10.2f} | "
+            f"{added - engine['p50_ms']:8.2f}"
+        )
+    t = report["throughput_8_clients"]
+    print(
+        f"8 concurrent clients: ours {t['ours_click_rps']:.0f} clicks/s, no-op "
+        f"{t['noop_rps']:.0f} requests/s ({t['ours_click_rps'] / t['noop_rps']:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

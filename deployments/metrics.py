@@ -1,0 +1,73 @@
+"""Prometheus metrics of a segmenter replica, exported through Ray's metrics agent.
+
+Ray tags each with `deployment`, `replica` and `application` and prefixes the name with
+`ray_`; requests by route and status come from Ray Serve's own `ray_serve_*` HTTP metrics.
+"""
+
+from __future__ import annotations
+
+from ray.serve import metrics
+
+from sam3_core.engine import EngineStats
+
+LATENCY_BUCKETS_S = [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60]
+
+
+class SegmenterMetrics:
+    """Cache counters follow the engine's cumulative stats; latencies are observed per call."""
+
+    def __init__(self) -> None:
+        self.embedding_hits = metrics.Counter(
+            "sam3_embedding_cache_hits", description="Requests served from a cached embedding."
+        )
+        self.embedding_misses = metrics.Counter(
+            "sam3_embedding_cache_misses",
+            description="Requests whose image was not cached (embedded, or 404 when sent by id).",
+        )
+        self.embedding_evictions = metrics.Counter(
+            "sam3_embedding_cache_evictions", description="Embeddings evicted by the LRU."
+        )
+        self.embedding_bytes = metrics.Gauge(
+            "sam3_embedding_cache_bytes", description="Bytes held by the embedding cache."
+        )
+        self.embedding_budget = metrics.Gauge(
+            "sam3_embedding_cache_budget_bytes", description="Byte budget of the embedding cache."
+        )
+        self.embedding_entries = metrics.Gauge(
+            "sam3_embedding_cache_entries", description="Images in the embedding cache."
+        )
+        self.logits_hits = metrics.Counter(
+            "sam3_logits_cache_hits", description="Loads that found an earlier prompt's logits."
+        )
+        self.logits_misses = metrics.Counter(
+            "sam3_logits_cache_misses", description="Loads that found no earlier prompt's logits."
+        )
+        self.embed_latency = metrics.Histogram(
+            "sam3_embed_latency_seconds",
+            description="Time to embed one image (decode + model).",
+            boundaries=LATENCY_BUCKETS_S,
+        )
+        self.decode_latency = metrics.Histogram(
+            "sam3_decode_latency_seconds",
+            description="Time to decode one request's prompts and encode its masks.",
+            boundaries=LATENCY_BUCKETS_S,
+        )
+        self._last: EngineStats | None = None
+
+    def record_stats(self, stats: EngineStats) -> None:
+        """Advance the counters to the engine's cumulative values; set the gauges."""
+        last = self._last
+        for counter, field in (
+            (self.embedding_hits, "embedding_cache_hits"),
+            (self.embedding_misses, "embedding_cache_misses"),
+            (self.embedding_evictions, "embedding_cache_evictions"),
+            (self.logits_hits, "logits_cache_hits"),
+            (self.logits_misses, "logits_cache_misses"),
+        ):
+            delta = getattr(stats, field) - (getattr(last, field) if last else 0)
+            if delta > 0:
+                counter.inc(delta)
+        self.embedding_bytes.set(stats.embedding_cache_bytes)
+        self.embedding_budget.set(stats.embedding_cache_budget_bytes)
+        self.embedding_entries.set(stats.embedding_cache_entries)
+        self._last = stats

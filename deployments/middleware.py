@@ -1,0 +1,156 @@
+"""ASGI middleware that refuses a request before it reaches a route: a body over the size
+limit (413) or a missing or wrong API key (401).
+
+Starlette and FastAPI have neither a request-body limit nor API-key auth that also accepts
+the key inside a JSON body (Roboflow's clients send it there), hence these two classes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Iterable
+from urllib.parse import parse_qs
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"message": message, "code": code}, status_code=status, headers=headers)
+
+
+class RequestBodyLimit:
+    """413 for bodies over `max_bytes`: from Content-Length before reading, else while reading.
+
+    The body is read in full here, then replayed to the app (the app would buffer it anyway),
+    so the refusal never surfaces inside the app's own body parsing as some other error.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        read = await _read_body(receive, self.max_bytes)
+        if read is None:
+            await self._refuse(scope, receive, send)
+            return
+        await self.app(scope, _replay(read[0], receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            "request_too_large",
+            f"the request body is over {self.max_bytes} bytes (SAM3_MAX_REQUEST_BYTES)",
+            Connection="close",
+        )
+        await response(scope, receive, send)
+
+
+class ApiKeyAuth:
+    """Every path but `open_paths` needs one of `keys`: `Authorization: Bearer <key>`, an
+    `api_key` query parameter, or an `api_key` field of a JSON body. Keys are compared in
+    constant time and never logged."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str], open_paths: Iterable[str]) -> None:
+        self.app = app
+        self._keys = [key.encode() for key in keys]
+        self._open_paths = frozenset(open_paths)
+
+    def _valid(self, key: str | bytes | None) -> bool:
+        if not key:
+            return False
+        candidate = key.encode() if isinstance(key, str) else key
+        # Compare against every key (no early exit) so timing says nothing about which matched.
+        matches = [hmac.compare_digest(candidate, known) for known in self._keys]
+        return any(matches)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._keys or scope["path"] in self._open_paths:
+            await self.app(scope, receive, send)
+            return
+        presented = self._header_or_query_key(scope)
+        if presented is not None:
+            if self._valid(presented):
+                await self.app(scope, receive, send)
+            else:
+                await self._refuse(scope, receive, send)
+            return
+        # No key in the header or query: look in the JSON body, then replay it to the app.
+        messages, body = await _read_body(receive) or ([], b"")
+        if not self._valid(_body_key(body)):
+            await self._refuse(scope, receive, send)
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+    @staticmethod
+    def _header_or_query_key(scope: Scope) -> bytes | None:
+        authorization = dict(scope["headers"]).get(b"authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else b""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if "api_key" in query:
+            return query["api_key"][0].encode()
+        return None
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            401,
+            "unauthorized",
+            "a valid API key is required: Authorization: Bearer <key>, ?api_key=, or api_key "
+            "in the JSON body",
+            **{"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+
+async def _read_body(
+    receive: Receive, max_bytes: int | None = None
+) -> tuple[list[Message], bytes] | None:
+    """All of a request's body messages and bytes; None once over `max_bytes`."""
+    messages: list[Message] = []
+    body = bytearray()
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if max_bytes is not None and len(body) > max_bytes:
+            return None
+        if not message.get("more_body", False):
+            break
+    return messages, bytes(body)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A `receive` that hands out already-read messages first."""
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
+
+
+def _body_key(body: bytes) -> str | None:
+    if b"api_key" not in body:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    key = parsed.get("api_key") if isinstance(parsed, dict) else None
+    return key if isinstance(key, str) else None

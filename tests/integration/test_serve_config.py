@@ -1,0 +1,68 @@
+"""README's run command, as written: `serve run serve_config.yaml` with the tiny random model
+(Ray started in-process by the CLI, in its own cluster), then an embed and two clicks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.serving import click_prompt, image_body, wait_for
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).parents[2]
+
+
+def test_serve_run_serve_config_serves_on_port_8000(tmp_path):
+    serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent)) or "serve"
+    env = {**os.environ, "SAM3_RANDOM_WEIGHTS": "tiny", "SAM3_MAX_HOLE_AREA": "0"}
+    # A fresh machine has no Ray running; here the test session's cluster runs, which a bare
+    # `ray.init()` would join. "local" makes the CLI start its own, as on a fresh machine.
+    env["RAY_ADDRESS"] = "local"
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        [serve_cli, "run", "serve_config.yaml"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = "http://127.0.0.1:8000"
+    try:
+
+        def embedded() -> requests.Response | None:
+            if process.poll() is not None:
+                raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+            try:
+                response = requests.post(
+                    f"{url}/sam3/embed_image", json={"image": image_body(1)}, timeout=30
+                )
+            except requests.ConnectionError:
+                return None
+            return response if response.status_code == 200 else None
+
+        image_id = wait_for(embedded, 240, "serve run to serve", every=2).json()["image_id"]
+        for click in [((10, 10),), ((10, 10), (40, 30))]:
+            response = requests.post(
+                f"{url}/sam3/visual_segment",
+                json={"image_id": image_id, "prompts": click_prompt(*click)},
+                timeout=30,
+            )
+            assert response.status_code == 200
+            assert response.headers["x-sam3-embedding-cache"] == "hit"
+            assert len(response.json()["predictions"]) == 1
+        assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+        assert "RANDOM weights" in (tmp_path / "serve.log").read_text()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)

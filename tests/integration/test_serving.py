@@ -1,0 +1,154 @@
+"""The service on a real local Ray cluster, over real HTTP through Ray's proxy: each image is
+owned by one segmenter replica, which embeds it once."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from inference_sdk import InferenceHTTPClient
+from pycocotools import mask as coco_mask
+
+from tests.conftest import random_pixels
+from tests.integration.serving import (
+    Service,
+    click_prompt,
+    deploy,
+    image_body,
+    wait_for,
+)
+
+pytestmark = pytest.mark.ray
+
+IMAGES = 30
+CLICKS = 4
+
+
+@pytest.fixture(scope="module")
+def three_replicas(service: Service) -> Service:
+    deploy(service, replicas=3)
+    return service
+
+
+def annotate(service: Service, seed: int) -> list[tuple[int, str, str]]:
+    """Embed with the first click, then three more clicks: by id, resent, by id."""
+    seen = []
+    image_id = f"img-{seed}"
+    response = service.post("/sam3/embed_image", {"image": image_body(seed), "image_id": image_id})
+    seen.append(response)
+    for click in range(1, CLICKS):
+        body = {"image_id": image_id, "prompts": click_prompt((10 + click, 20 + click))}
+        if click == 2:
+            body["image"] = image_body(seed)  # as the inference-sdk does: the image every time
+        seen.append(service.post("/sam3/visual_segment", body))
+    return [
+        (r.status_code, r.headers.get("x-sam3-replica"), r.headers.get("x-sam3-embedding-cache"))
+        for r in seen
+    ]
+
+
+def test_each_image_is_owned_by_one_replica_and_embedded_once(three_replicas):
+    service = three_replicas
+    misses_before = service.settled_metric_total("ray_sam3_embedding_cache_misses_total")
+    hits_before = service.settled_metric_total("ray_sam3_embedding_cache_hits_total")
+    with ThreadPoolExecutor(6) as pool:
+        results = dict(enumerate(pool.map(lambda s: annotate(service, s), range(IMAGES))))
+
+    owners = {}
+    for seed, calls in results.items():
+        assert [status for status, _, _ in calls] == [200] * CLICKS, calls
+        replicas = {replica for _, replica, _ in calls}
+        assert len(replicas) == 1, f"image {seed} was served by {replicas}"
+        owners[seed] = replicas.pop()
+        assert [cache for _, _, cache in calls] == ["miss"] + ["hit"] * (CLICKS - 1)
+    assert len(set(owners.values())) == 3, "the images should spread over the three replicas"
+
+    # The replicas' own Prometheus counters say the same as the headers.
+    wait_for(
+        lambda: (
+            service.metric_total("ray_sam3_embedding_cache_misses_total") - misses_before >= IMAGES
+        ),
+        60,
+        "the miss counters",
+    )
+    wait_for(
+        lambda: (
+            service.metric_total("ray_sam3_embedding_cache_hits_total") - hits_before
+            >= IMAGES * (CLICKS - 1)
+        ),
+        60,
+        "the hit counters",
+    )
+    assert service.metric_total("ray_sam3_embedding_cache_misses_total") - misses_before == IMAGES
+    assert service.metric_total("ray_sam3_embedding_cache_hits_total") - hits_before == IMAGES * (
+        CLICKS - 1
+    )
+
+
+def test_inference_sdk_client(three_replicas):
+    client = InferenceHTTPClient(api_url=three_replicas.url, api_key="unused-without-auth")
+    image = random_pixels(77, 90, 140)
+    embedded = client.sam3_embed_image(image)
+    assert embedded["image_id"]
+    prompts = [
+        {"points": [{"x": 20, "y": 30, "positive": True}]},
+        {"box": {"x": 70, "y": 45, "width": 40, "height": 30}},
+    ]
+    as_json = client.sam3_visual_segment(image, prompts=prompts, mask_input_format="json")
+    assert len(as_json["predictions"]) == 2
+    assert all(p["format"] == "polygon" for p in as_json["predictions"])
+    as_rle = client.sam3_visual_segment(image, prompts=prompts, mask_input_format="rle")
+    assert len(as_rle["predictions"]) == 2
+    for prediction in as_rle["predictions"]:
+        rle = prediction["masks"]
+        assert rle["size"] == [90, 140]
+        assert coco_mask.decode({"size": rle["size"], "counts": rle["counts"]}).shape == (90, 140)
+        assert 0 <= prediction["confidence"] <= 1
+    single = client.sam3_visual_segment(image, prompts=prompts[:1])
+    assert len(single["predictions"]) == 1
+
+
+def test_scale_down_moves_only_the_removed_replicas_images(three_replicas):
+    service = three_replicas
+    seeds = range(100, 118)
+    owner = {}
+    for seed in seeds:
+        response = service.post(
+            "/sam3/embed_image", {"image": image_body(seed), "image_id": f"s-{seed}"}
+        )
+        owner[seed] = response.headers["x-sam3-replica"]
+    assert len(set(owner.values())) == 3
+
+    deploy(service, replicas=2)
+    survivors = set()
+
+    def by_id(seed: int):
+        body = {"image_id": f"s-{seed}", "prompts": click_prompt((5, 5))}
+        return service.post("/sam3/visual_segment", body)
+
+    # Images of surviving replicas stay where they were (consistent hashing) and stay cached.
+    for seed in seeds:
+        response = by_id(seed)
+        if response.status_code == 200:
+            assert response.headers["x-sam3-replica"] == owner[seed]
+            assert response.headers["x-sam3-embedding-cache"] == "hit"
+            survivors.add(owner[seed])
+    assert len(survivors) == 2
+    moved = [seed for seed in seeds if owner[seed] not in survivors]
+    assert moved, "the removed replica owned some images"
+    for seed in moved:
+        response = by_id(seed)
+        assert response.status_code == 404, response.text
+        assert response.json()["code"] == "image_not_cached"
+        assert "send the image again" in response.json()["message"]
+        resent = service.post(
+            "/sam3/visual_segment",
+            {"image": image_body(seed), "image_id": f"s-{seed}", "prompts": click_prompt((5, 5))},
+        )
+        assert resent.status_code == 200
+        assert resent.headers["x-sam3-embedding-cache"] == "miss"
+        new_owner = resent.headers["x-sam3-replica"]
+        assert new_owner in survivors
+        again = by_id(seed)
+        assert again.headers["x-sam3-replica"] == new_owner
+        assert again.headers["x-sam3-embedding-cache"] == "hit"

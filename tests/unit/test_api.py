@@ -1,0 +1,347 @@
+"""The HTTP API without Ray: FastAPI's test client, the tiny engine in-process behind it."""
+
+from __future__ import annotations
+
+import base64
+
+import anyio
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from deployments.api import create_api
+from deployments.messages import EmbedReply, SegmentReply, ServiceUnavailableError
+from deployments.settings import ServiceSettings
+from sam3_core.engine import Segmenter, SegmentRequest
+from sam3_core.images import content_id
+from sam3_core.schemas import predictions_json
+from tests.conftest import encode_image, random_pixels
+
+
+class InProcessClient:
+    """A `SegmenterClient` calling the engine directly (one "replica")."""
+
+    def __init__(self, engine: Segmenter) -> None:
+        self.engine = engine
+        self.calls: list[SegmentRequest] = []
+        self.unavailable = False
+
+    async def embed(self, image, image_id, image_digest) -> EmbedReply:
+        result = await anyio.to_thread.run_sync(self.engine.embed, image, image_id, image_digest)
+        return EmbedReply(result.image_id, result.cache_hit, "local")
+
+    async def segment(self, request: SegmentRequest) -> SegmentReply:
+        if self.unavailable:
+            raise ServiceUnavailableError("owner restarting", retry_after_s=2.2)
+        self.calls.append(request)
+        result = await anyio.to_thread.run_sync(self.engine.segment, request)
+        body = predictions_json(result.predictions)
+        return SegmentReply(body, result.embedding_cache_hit, "local")
+
+
+@pytest.fixture
+def engine(make_segmenter) -> Segmenter:
+    return make_segmenter(embedding_cache_bytes=2**26)
+
+
+def make_client(engine: Segmenter, **settings) -> tuple[TestClient, InProcessClient]:
+    backend = InProcessClient(engine)
+    app = create_api(backend, ServiceSettings(**settings))
+    return TestClient(app, raise_server_exceptions=False), backend
+
+
+@pytest.fixture
+def api(engine) -> TestClient:
+    return make_client(engine)[0]
+
+
+PNG = encode_image(random_pixels(3, 90, 120))
+B64 = base64.b64encode(PNG).decode()
+CLICK = {"points": [{"x": 30, "y": 40, "positive": True}]}
+
+
+class TestEmbedImage:
+    def test_content_hash_id_and_cache_headers(self, api):
+        first = api.post("/sam3/embed_image", json={"image": {"type": "base64", "value": B64}})
+        assert first.status_code == 200
+        assert first.json()["image_id"] == content_id(PNG)
+        assert first.json()["time"] >= 0
+        assert first.headers["x-sam3-embedding-cache"] == "miss"
+        assert first.headers["x-sam3-replica"] == "local"
+        again = api.post(
+            "/sam3/embed_image",
+            json={"image": {"type": "base64", "value": "data:image/png;base64," + B64}},
+        )
+        assert again.headers["x-sam3-embedding-cache"] == "hit"
+
+    def test_roboflow_keys_are_ignored(self, api):
+        body = {
+            "image": {"type": "base64", "value": B64},
+            "image_id": "img-1",
+            "api_key": "x",
+            "id": "abc",
+            "model_id": "sam3/sam3_final",
+            "sam2_version_id": "hiera_large",
+        }
+        response = api.post("/sam3/embed_image", json=body)
+        assert response.status_code == 200 and response.json()["image_id"] == "img-1"
+
+
+class TestVisualSegment:
+    def test_the_three_prompt_forms(self, api):
+        forms = [{"prompts": [CLICK]}, [CLICK], CLICK]
+        masks = []
+        for form in forms:
+            body = {"image": {"type": "base64", "value": B64}, "prompts": form}
+            response = api.post("/sam3/visual_segment", json=body)
+            assert response.status_code == 200, response.text
+            (prediction,) = response.json()["predictions"]
+            assert prediction["format"] == "polygon"
+            masks.append(prediction["masks"])
+        assert masks[0] == masks[1] == masks[2]
+
+    def test_one_prediction_per_prompt_and_none_for_no_prompt(self, api):
+        body = {
+            "image": {"type": "base64", "value": B64},
+            "prompts": [CLICK, {"box": {"x": 60, "y": 45, "width": 40, "height": 30}}, {}],
+            "format": "rle",
+        }
+        predictions = api.post("/sam3/visual_segment", json=body).json()["predictions"]
+        assert [p["format"] for p in predictions] == ["rle"] * 3
+        assert predictions[0]["masks"]["size"] == [90, 120]
+        empty = api.post("/sam3/visual_segment", json={"image": {"type": "base64", "value": B64}})
+        assert len(empty.json()["predictions"]) == 1
+
+    def test_id_only_after_embed(self, api):
+        image_id = api.post(
+            "/sam3/embed_image", json={"image": {"type": "base64", "value": B64}}
+        ).json()["image_id"]
+        response = api.post("/sam3/visual_segment", json={"image_id": image_id, "prompts": CLICK})
+        assert response.status_code == 200
+        assert response.headers["x-sam3-embedding-cache"] == "hit"
+
+    def test_request_carries_bytes_id_digest_and_options(self, engine):
+        api, backend = make_client(engine)
+        body = {
+            "image": {"type": "base64", "value": B64},
+            "prompts": CLICK,
+            "multimask_output": False,
+            "format": "json",
+            "save_logits_to_cache": True,
+            "load_logits_from_cache": True,
+        }
+        assert api.post("/sam3/visual_segment", json=body).status_code == 200
+        (request,) = backend.calls
+        assert request.image == PNG and request.image_id == request.image_digest == content_id(PNG)
+        assert request.mask_format == "polygon" and request.multimask_output is False
+        assert request.save_logits_to_cache and request.load_logits_from_cache
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("body", "status", "code"),
+        [
+            ({"image_id": "never-embedded", "prompts": CLICK}, 404, "image_not_cached"),
+            ({"prompts": CLICK}, 400, "invalid_image"),
+            ({"image": {"type": "base64", "value": "%%%"}}, 400, "invalid_image"),
+            (
+                {"image": {"type": "base64", "value": base64.b64encode(b"GIF89a").decode()}},
+                400,
+                "invalid_image",
+            ),
+            ({"image": {"type": "numpy", "value": "gASV"}}, 400, "invalid_image"),
+            (
+                {"image": {"type": "url", "value": "http://169.254.169.254/"}},
+                400,
+                "url_input_refused",
+            ),
+            ({"image_id": "a b", "prompts": CLICK}, 400, "invalid_image_id"),
+            ({"image_id": "x" * 300}, 400, "invalid_image_id"),
+            (
+                {
+                    "image": {"type": "base64", "value": B64},
+                    "prompts": {"box": {"x": 1, "y": 1, "width": 0, "height": 3}},
+                },
+                400,
+                "invalid_prompt",
+            ),
+            (
+                {"image": {"type": "base64", "value": B64}, "prompts": [{}] * 65},
+                400,
+                "invalid_prompt",
+            ),
+            (
+                {
+                    "image": {"type": "base64", "value": B64},
+                    "prompts": {"points": [{"x": 1, "y": 2}]},
+                },
+                422,
+                "invalid_request",
+            ),
+            (
+                {"image": {"type": "base64", "value": B64}, "format": "binary"},
+                422,
+                "invalid_request",
+            ),
+            ({"image": "just a string"}, 422, "invalid_request"),
+        ],
+    )
+    def test_status_and_code(self, api, body, status, code):
+        response = api.post("/sam3/visual_segment", json=body)
+        assert response.status_code == status, response.text
+        assert response.json()["code"] == code and response.json()["message"]
+
+    def test_nan_and_infinity_are_400_naming_the_field(self, api):
+        prompts = '{"points": [{"x": NaN, "y": 1, "positive": true}]}'
+        raw = f'{{"image": {{"type": "base64", "value": "{B64}"}}, "prompts": {prompts}}}'
+        response = api.post(
+            "/sam3/visual_segment", content=raw, headers={"content-type": "application/json"}
+        )
+        assert (
+            response.status_code == 400 and "prompts[0].points[0].x" in response.json()["message"]
+        )
+
+    def test_not_json(self, api):
+        response = api.post(
+            "/sam3/visual_segment",
+            content=b"\x00\x01",
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 422
+
+    def test_image_and_pixel_limits_are_413(self, engine):
+        api, _ = make_client(engine, max_image_bytes=1000)
+        response = api.post("/sam3/embed_image", json={"image": {"type": "base64", "value": B64}})
+        assert response.status_code == 413 and response.json()["code"] == "image_too_large"
+        small = make_client(
+            Segmenter(engine.model, engine.settings.model_copy(update={"max_image_pixels": 100}))
+        )[0]
+        response = small.post("/sam3/embed_image", json={"image": {"type": "base64", "value": B64}})
+        assert response.status_code == 413
+
+    def test_body_limit_from_content_length_and_while_streaming(self, engine):
+        api, _ = make_client(engine, max_request_bytes=2000)
+        response = api.post("/sam3/embed_image", json={"image": {"type": "base64", "value": B64}})
+        assert response.status_code == 413 and response.json()["code"] == "request_too_large"
+
+        def chunks():
+            for _ in range(10):
+                yield b" " * 500
+
+        streamed = api.post(
+            "/sam3/embed_image", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413
+        assert api.get("/healthz").status_code == 200
+
+    def test_unavailable_owner_is_503_with_retry_after(self, engine):
+        api, backend = make_client(engine)
+        backend.unavailable = True
+        response = api.post(
+            "/sam3/visual_segment", json={"image": {"type": "base64", "value": B64}}
+        )
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "3"
+        assert response.json()["code"] == "service_unavailable"
+
+    def test_bad_input_leaves_the_cache_serving(self, api):
+        image_id = api.post(
+            "/sam3/embed_image", json={"image": {"type": "base64", "value": B64}}
+        ).json()["image_id"]
+        for bad in (
+            {"image": {"type": "base64", "value": "AAAA"}, "image_id": image_id},
+            {"image_id": image_id, "prompts": [{}] * 99},
+        ):
+            assert api.post("/sam3/visual_segment", json=bad).status_code == 400
+        response = api.post("/sam3/visual_segment", json={"image_id": image_id, "prompts": CLICK})
+        assert response.status_code == 200 and response.headers["x-sam3-embedding-cache"] == "hit"
+
+
+class TestApiKeys:
+    @pytest.fixture
+    def secured(self, engine) -> TestClient:
+        return make_client(engine, api_keys="k-one, k-two")[0]
+
+    def test_every_route_but_healthz_needs_a_key(self, secured):
+        assert secured.get("/healthz").status_code == 200
+        for method, path in [
+            ("get", "/docs"),
+            ("get", "/openapi.json"),
+            ("post", "/sam3/embed_image"),
+            ("post", "/sam3/visual_segment"),
+        ]:
+            response = getattr(secured, method)(path)
+            assert response.status_code == 401, path
+            assert response.json()["code"] == "unauthorized"
+
+    def test_bearer_query_and_body(self, secured):
+        body = {"image": {"type": "base64", "value": B64}}
+        assert (
+            secured.post(
+                "/sam3/embed_image", json=body, headers={"Authorization": "Bearer k-two"}
+            ).status_code
+            == 200
+        )
+        assert secured.post("/sam3/embed_image?api_key=k-one", json=body).status_code == 200
+        assert (
+            secured.post("/sam3/embed_image", json={**body, "api_key": "k-one"}).status_code == 200
+        )
+
+    def test_wrong_keys(self, secured):
+        body = {"image": {"type": "base64", "value": B64}}
+        assert (
+            secured.post(
+                "/sam3/embed_image", json=body, headers={"Authorization": "Bearer nope"}
+            ).status_code
+            == 401
+        )
+        assert (
+            secured.post(
+                "/sam3/embed_image", json=body, headers={"Authorization": "Basic azE6"}
+            ).status_code
+            == 401
+        )
+        assert secured.post("/sam3/embed_image?api_key=k-on", json=body).status_code == 401
+        assert secured.post("/sam3/embed_image", json={**body, "api_key": 1}).status_code == 401
+        # A wrong header key is not rescued by a right body key.
+        assert (
+            secured.post(
+                "/sam3/embed_image",
+                json={**body, "api_key": "k-one"},
+                headers={"Authorization": "Bearer x"},
+            ).status_code
+            == 401
+        )
+
+    def test_auth_comes_before_schema_errors(self, secured):
+        assert secured.post("/sam3/visual_segment", json={"prompts": "nonsense"}).status_code == 401
+
+    def test_keys_are_not_logged(self, engine, caplog):
+        api, _ = make_client(engine, api_keys="secret-key-123")
+        api.post("/sam3/embed_image?api_key=wrong-key-456", json={})
+        api.post(
+            "/sam3/embed_image",
+            json={"image": {"type": "url", "value": "x"}},
+            headers={"Authorization": "Bearer secret-key-123"},
+        )
+        assert "secret-key-123" not in caplog.text and "wrong-key-456" not in caplog.text
+
+
+def test_openapi_documents_the_routes(api):
+    spec = api.get("/openapi.json").json()
+    assert {"/sam3/embed_image", "/sam3/visual_segment", "/healthz"} <= set(spec["paths"])
+    responses = spec["paths"]["/sam3/visual_segment"]["post"]["responses"]
+    assert {"200", "400", "404", "413", "422", "503"} <= set(responses)
+    assert api.get("/docs").status_code == 200
+
+
+def test_masks_match_the_engine(api, engine):
+    body = {"image": {"type": "base64", "value": B64}, "prompts": CLICK, "format": "rle"}
+    (prediction,) = api.post("/sam3/visual_segment", json=body).json()["predictions"]
+    direct = engine.segment(
+        SegmentRequest(
+            image=PNG, prompts=SegmentRequest().prompts.model_validate(CLICK), mask_format="rle"
+        )
+    )
+    assert prediction["masks"]["counts"] == direct.predictions[0].masks.counts
+    assert np.isclose(prediction["confidence"], direct.predictions[0].confidence)
