@@ -25,13 +25,11 @@ import numpy as np
 import ray
 import requests
 import torch
-import yaml
 from fastapi import FastAPI, Request
 from ray import serve
-from ray.serve._private import api as _private_api
 from ray.serve.handle import DeploymentHandle
-from ray.serve.schema import ServeDeploySchema
 
+from deployments.config import deploy_config, load_config
 from sam3_core.engine import Segmenter, SegmentRequest
 from sam3_core.prompts import PromptSet
 from sam3_core.settings import EngineSettings
@@ -96,14 +94,12 @@ def timed_posts(session: requests.Session, url: str, bodies: list[dict]) -> list
 
 
 def deploy_ours() -> None:
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    (app,) = config["applications"]
-    app["args"].update({"engine": TINY, "segmenter_cpus": 1, "ingress_cpus": 0.5})
-    app["deployments"] = [
-        {"name": "Segmenter", "num_replicas": 1},
-        {"name": "Ingress", "num_replicas": 1},
-    ]
-    _private_api.serve_start().deploy_apps(ServeDeploySchema.model_validate(config))
+    deploy_config(
+        load_config(
+            args={"engine": TINY, "segmenter_cpus": 1, "ingress_cpus": 0.5},
+            deployments={"Segmenter": {"num_replicas": 1}, "Ingress": {"num_replicas": 1}},
+        )
+    )
     deadline = time.monotonic() + 300
     while serve.status().applications.get("sam3") is None or (
         serve.status().applications["sam3"].status != "RUNNING"

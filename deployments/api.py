@@ -21,7 +21,6 @@ from starlette.responses import JSONResponse
 from deployments.messages import SegmenterClient, ServiceUnavailableError
 from deployments.middleware import ApiKeyAuth, RequestBodyLimit, error_response
 from deployments.settings import ServiceSettings
-from sam3_core.engine import SegmentRequest
 from sam3_core.errors import (
     ImageNotCachedError,
     ImageTooLargeError,
@@ -38,6 +37,7 @@ from sam3_core.schemas import (
     EmbedImageResponse,
     ErrorResponse,
     ImageInput,
+    SegmentRequest,
     VisualSegmentRequest,
     VisualSegmentResponse,
 )
@@ -56,6 +56,7 @@ STATUS = {
 OPEN_PATHS = ("/healthz",)
 REPLICA_HEADER = "x-sam3-replica"
 CACHE_HEADER = "x-sam3-embedding-cache"
+LOGITS_HEADER = "x-sam3-logits-cache"
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
 
@@ -138,11 +139,14 @@ def create_api(client: SegmenterClient, settings: ServiceSettings) -> FastAPI:
             )
         )
         seconds = json.dumps(time.perf_counter() - started).encode()
+        headers = cache_headers(reply.replica, reply.cache_hit)
+        if reply.logits_cache_hit is not None:
+            headers[LOGITS_HEADER] = "hit" if reply.logits_cache_hit else "miss"
         # Assembled from the replica's pre-encoded predictions (see SegmentReply).
         return Response(
             content=b'{"predictions":' + reply.predictions_json + b',"time":' + seconds + b"}",
             media_type="application/json",
-            headers=cache_headers(reply.replica, reply.cache_hit),
+            headers=headers,
         )
 
     @app.get("/healthz", summary="Liveness of the ingress.")

@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.api import create_api
 from deployments.messages import EmbedReply, SegmentReply, ServiceUnavailableError
 from deployments.settings import ServiceSettings
-from sam3_core.engine import SegmentRequest
+from sam3_core.schemas import SegmentRequest
 
 # Failures after which the same request, sent again, can succeed: the owner replica was
 # overloaded, or died and is being replaced (its images then move to a new owner).

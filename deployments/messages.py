@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from sam3_core.engine import SegmentRequest
 from sam3_core.errors import Sam3Error
+from sam3_core.schemas import SegmentRequest
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class SegmentReply:
     predictions_json: bytes
     cache_hit: bool
     replica: str
+    logits_cache_hit: bool | None = None  # None when the request did not load logits
 
 
 class ServiceUnavailableError(Sam3Error):

@@ -65,7 +65,7 @@ class SegmenterDeployment:
         if not result.embedding_cache_hit:
             self.metrics.embed_latency.observe(result.embed_seconds)
         self.metrics.decode_latency.observe(result.decode_seconds)
-        return SegmentReply(body, result.embedding_cache_hit, self.replica)
+        return SegmentReply(body, result.embedding_cache_hit, self.replica, result.logits_cache_hit)
 
     def _segment(self, request: SegmentRequest) -> tuple[SegmentResult, bytes]:
         result = self.engine.segment(request)

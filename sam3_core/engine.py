@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -26,8 +27,8 @@ from sam3_core.errors import ImageNotCachedError, InvalidImageError
 from sam3_core.images import check_image_id, content_id, load_rgb
 from sam3_core.masks import mask_to_polygons, masks_to_rle
 from sam3_core.model import InteractiveSam3
-from sam3_core.prompts import PromptSet, decoder_groups, validate_prompt_set
-from sam3_core.schemas import Prediction, RleMask
+from sam3_core.prompts import decoder_groups, validate_prompt_set
+from sam3_core.schemas import Prediction, RleMask, SegmentRequest
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
@@ -38,21 +39,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CACHE_SHARE = {"cuda": 0.5, "cpu": 0.25}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class SegmentRequest:
-    """One segmentation call. `image` is the image file's bytes (PNG, JPEG, ...);
-    `image_digest` its SHA-256 where the caller has computed it already."""
-
-    prompts: PromptSet = field(default_factory=PromptSet)
-    image: bytes | None = None
-    image_id: str | None = None
-    image_digest: str | None = None
-    multimask_output: bool = True
-    mask_format: Literal["polygon", "rle"] = "polygon"
-    save_logits_to_cache: bool = False
-    load_logits_from_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -293,9 +279,32 @@ def encode_predictions(masks: Masks, mask_format: Literal["polygon", "rle"]) -> 
     ]
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 def default_cache_budget(device: torch.device) -> int:
     """Half the free GPU memory left after the model is loaded, or a quarter of free RAM."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * DEFAULT_CACHE_SHARE["cuda"])
-    return int(psutil.virtual_memory().available * DEFAULT_CACHE_SHARE["cpu"])
+    return int(available_memory() * DEFAULT_CACHE_SHARE["cpu"])
+
+
+def available_memory() -> int:
+    """Free RAM as this process may use it: inside a container (a Kubernetes pod) the
+    cgroup's limit, not the node's free memory, is what the OOM killer enforces. psutil
+    reads only the latter, hence the cgroup files (v2, else v1)."""
+    free = psutil.virtual_memory().available
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = (CGROUP_ROOT / limit_file).read_text().strip()
+            usage = int((CGROUP_ROOT / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < free + usage:
+            return max(int(limit) - usage, 0)
+        return free
+    return free

@@ -25,8 +25,10 @@ class EngineSettings(BaseSettings):
     checkpoint: str | None = Field(
         None, description="Path to SAM3 weights (sam3.pt), or hf://facebook/sam3."
     )
-    random_weights: Literal["tiny", "full"] | None = Field(
-        None, description="Random weights for tests and smoke runs: 'tiny' or 'full'."
+    random_weights: Literal["tiny", "narrow", "full"] | None = Field(
+        None,
+        description="Random weights for tests, smoke runs and benchmarks: 'tiny', 'narrow' "
+        "(1008 px, narrow widths) or 'full'.",
     )
     random_seed: int = Field(0, description="Seed of the random weights (same on every replica).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")

@@ -7,20 +7,16 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
-from ray.serve._private import api as _private_api
-from ray.serve.schema import ServeDeploySchema
 
+from deployments.config import APP_NAME as APP
+from deployments.config import deploy_config, load_config
 from tests.conftest import encode_image, random_pixels
 
-SERVE_CONFIG = Path(__file__).parents[2] / "serve_config.yaml"
-APP = "sam3"
 TINY_ENGINE = {"random_weights": "tiny", "max_hole_area": 0, "device": "cpu"}
 
 
@@ -71,31 +67,23 @@ class Service:
         return total
 
 
-def serve_config(
-    replicas: int,
-    *,
-    args: dict[str, Any] | None = None,
-    segmenter: dict[str, Any] | None = None,
-) -> ServeDeploySchema:
+def tiny_config(replicas: int, *, args: dict[str, Any] | None = None, segmenter=None):
     """serve_config.yaml's application with the tiny random model, fixed replica counts and
     fractional CPUs."""
-    config = yaml.safe_load(SERVE_CONFIG.read_text())
-    (app,) = config["applications"]
-    app["args"].update(
-        {"engine": TINY_ENGINE, "segmenter_cpus": 0.25, "ingress_cpus": 0.25, **(args or {})}
+    return load_config(
+        args={"engine": TINY_ENGINE, "segmenter_cpus": 0.25, "ingress_cpus": 0.25, **(args or {})},
+        deployments={
+            "Segmenter": {"num_replicas": replicas, **(segmenter or {})},
+            "Ingress": {"num_replicas": 1},
+        },
     )
-    app["deployments"] = [
-        {"name": "Segmenter", "num_replicas": replicas, **(segmenter or {})},
-        {"name": "Ingress", "num_replicas": 1},
-    ]
-    return ServeDeploySchema.model_validate({"applications": [app]})
 
 
 def deploy(service: Service, replicas: int, **overrides: Any) -> None:
     """Deploy (or update in place, as `serve deploy` does) the app from `serve_config`, and
     wait until `serve status` shows it RUNNING with `replicas` segmenters and the ingress's
     router reaches all of them."""
-    _private_api.serve_start().deploy_apps(serve_config(replicas, **overrides))
+    deploy_config(tiny_config(replicas, **overrides))
 
     def running() -> bool:
         status = serve.status().applications.get(APP)

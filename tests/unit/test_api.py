@@ -36,7 +36,7 @@ class InProcessClient:
         self.calls.append(request)
         result = await anyio.to_thread.run_sync(self.engine.segment, request)
         body = predictions_json(result.predictions)
-        return SegmentReply(body, result.embedding_cache_hit, "local")
+        return SegmentReply(body, result.embedding_cache_hit, "local", result.logits_cache_hit)
 
 
 @pytest.fixture
@@ -119,6 +119,7 @@ class TestVisualSegment:
         response = api.post("/sam3/visual_segment", json={"image_id": image_id, "prompts": CLICK})
         assert response.status_code == 200
         assert response.headers["x-sam3-embedding-cache"] == "hit"
+        assert "x-sam3-logits-cache" not in response.headers
 
     def test_request_carries_bytes_id_digest_and_options(self, engine):
         api, backend = make_client(engine)
@@ -130,7 +131,9 @@ class TestVisualSegment:
             "save_logits_to_cache": True,
             "load_logits_from_cache": True,
         }
-        assert api.post("/sam3/visual_segment", json=body).status_code == 200
+        response = api.post("/sam3/visual_segment", json=body)
+        assert response.status_code == 200
+        assert response.headers["x-sam3-logits-cache"] == "miss"  # nothing saved before it
         (request,) = backend.calls
         assert request.image == PNG and request.image_id == request.image_digest == content_id(PNG)
         assert request.mask_format == "polygon" and request.multimask_output is False
@@ -345,3 +348,16 @@ def test_masks_match_the_engine(api, engine):
     )
     assert prediction["masks"]["counts"] == direct.predictions[0].masks.counts
     assert np.isclose(prediction["confidence"], direct.predictions[0].confidence)
+
+
+def test_the_ingress_never_imports_the_model():
+    """The CPU ingress stays light: no torch, no sam3 in its process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, deployments.ingress\n"
+        "heavy = [m for m in ('torch', 'sam3', 'cv2') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
