@@ -1,7 +1,7 @@
 """Engine benchmark: cache bytes per image, embed and decode time, mask encoding time.
 
-    python bench/engine.py            # tiny and full-size SAM3 (random weights), ~3 min on 2 cores
-    python bench/engine.py --tiny     # tiny model only, seconds
+    python -m bench.engine            # tiny and full-size SAM3 (random weights), ~3 min on 2 cores
+    python -m bench.engine --tiny     # tiny model only, seconds
 
 Random weights throughout (no SAM3 weights can be downloaded here): timings are the
 architecture's, masks are meaningless. The full-size part builds sam3's own

@@ -1,7 +1,7 @@
 """Interactive annotation workload against the real service, request routers side by side.
 
-    python bench/interactive.py --quick     # < 3 min on 2 cores (CI runs it)
-    python bench/interactive.py             # R = 3 and 4, 12 annotators x 6 clicks (~25 min)
+    python -m bench.interactive --quick     # < 3 min on 2 cores (CI runs it)
+    python -m bench.interactive             # R = 3 and 4, 12 annotators x 6 clicks (~25 min)
 
 U simulated annotators work through images as an annotation tool does: embed, then k clicks
 where each click adds a point to the previous ones and reuses the logits cache; some clicks
@@ -35,17 +35,15 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 import numpy as np
 import ray
 import requests
 import torch
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
+from bench.harness import Prometheus, deploy_and_wait, running, start_local_cluster
 from deployments.config import APP_NAME, deploy_config, load_config
 from sam3_core.architecture import NARROW
 from sam3_core.model import InteractiveSam3
@@ -243,20 +241,11 @@ def encoded(seed: int) -> str:
 class Metrics:
     """Scrapes Ray's Prometheus endpoint; samples cache bytes per replica every second."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, prometheus: Prometheus) -> None:
+        self.samples = prometheus.samples
         self.peak_bytes: dict[str, float] = defaultdict(float)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def samples(self) -> list[tuple[str, dict[str, str], float]]:
-        text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
-        return [
-            (s.name, s.labels, s.value)
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name.startswith("ray_sam3_")
-        ]
 
     def totals(self) -> dict[str, dict[str, float]]:
         """Server counters by application."""
@@ -270,14 +259,7 @@ class Metrics:
         return dict(totals)
 
     def settled_totals(self) -> dict[str, dict[str, float]]:
-        """`totals` once they stop moving (replicas report every second)."""
-        previous = self.totals()
-        while True:
-            time.sleep(2.5)
-            current = self.totals()
-            if current == previous:
-                return current
-            previous = current
+        return Prometheus.settled(self.totals)
 
     def start(self, app: str) -> None:
         """Sample `app`'s cache bytes per replica, above each replica's level at the start."""
@@ -304,11 +286,7 @@ class Metrics:
 
     def _sample(self) -> None:
         while not self._stop.wait(1.0):
-            try:
-                samples = self.samples()
-            except requests.RequestException:
-                continue  # the metrics agent restarting; the next sample will do
-            for name, labels, value in samples:
+            for name, labels, value in self.samples():
                 if (
                     name == "ray_sam3_embedding_cache_bytes"
                     and labels.get("application") == self.app
@@ -346,38 +324,16 @@ REPLICAS: dict[str, set[str]] = {}
 
 
 def deploy(replicas: dict[str, int], base_url: str) -> None:
-    """Deploy one app per router (replacing whatever runs) and wait until every app is
-    RUNNING and its ingress's router reaches every segmenter replica."""
+    """Deploy one app per router, replacing whatever runs, and wait until each serves."""
     for name in list(serve.status().applications):
         serve.delete(name)
-    deploy_config(apps_config(replicas))
-    deadline = time.monotonic() + 900
-    for router, count in replicas.items():
-        while not running(app_name(router), count):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{app_name(router)} did not come up")
-            time.sleep(1)
-        # The ingress's router learns replicas by long poll: probe until it reaches them all.
-        seen: set[str] = set()
-        probe = {"image": {"type": "base64", "value": encoded(1)}}
-        while len(seen) < count:
-            for i in range(4):
-                body = {**probe, "image_id": f"probe-{time.monotonic_ns()}-{i}"}
-                url = f"{base_url}/{router}/sam3/embed_image"
-                response = requests.post(url, json=body, timeout=300)
-                if response.status_code == 200:
-                    seen.add(response.headers["x-sam3-replica"])
-            if time.monotonic() > deadline:
-                raise TimeoutError("the router did not reach every replica")
-        REPLICAS[app_name(router)] = seen
-
-
-def running(app: str, replicas: int) -> bool:
-    status = serve.status().applications.get(app)
-    if status is None or status.status != "RUNNING":
-        return False
-    states = status.deployments["Segmenter"].replica_states
-    return states.get("RUNNING", 0) == replicas and sum(states.values()) == replicas
+    reached = deploy_and_wait(
+        apps_config(replicas),
+        {app_name(router): count for router, count in replicas.items()},
+        base_url,
+        {"type": "base64", "value": encoded(1)},
+    )
+    REPLICAS.update(reached)
 
 
 # ---------------------------------------------------------------- one run
@@ -518,11 +474,11 @@ def scale_run(replicas: int, workload: Workload, base_url: str, metrics: Metrics
             deploy_config(apps_config(counts))
             known = REPLICAS[app]
             deadline = time.monotonic() + 600
-            while not ({e.replica for e in recorder.events if e.replica} - known):
+            while not (added := {e.replica for e in recorder.events if e.replica} - known):
                 if time.monotonic() > deadline:
                     raise TimeoutError("the added replica never answered")
                 time.sleep(0.2)
-            events.append({"t": now(), "replicas": replicas + 1})
+            events.append({"t": now(), "replicas": replicas + 1, "added": added})
             time.sleep(hold)
             counts[router] = replicas
             deploy_config(apps_config(counts))
@@ -539,6 +495,9 @@ def scale_run(replicas: int, workload: Workload, base_url: str, metrics: Metrics
     peak = metrics.stop()
     if len(events) != 2:
         raise RuntimeError(f"the scale events did not happen: {events}")
+    # The ring changed when the first request the added replica answered was sent.
+    added = events[0].pop("added")
+    events[0]["t"] = min(e.t for e in recorder.events if e.replica in added)
     report = summarise(router, replicas, workload, recorder, None, peak)
     report["scale_events"] = [
         {**event, **moved_images(recorder.events, event["t"], before=r, after=event["replicas"])}
@@ -740,21 +699,11 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
 
-    metrics_port = free_port()
-    ray.init(
-        # Logical CPUs: three apps of R segmenters (0.5 each) and an ingress, one replica more
-        # during the scale events. They share this machine's physical cores.
-        num_cpus=16,
-        object_store_memory=256 * 2**20,
-        include_dashboard=False,
-        log_to_driver=False,
-        _metrics_export_port=metrics_port,
-        _system_config={"metrics_report_interval_ms": 1000},
-    )
-    http_port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-    base_url = f"http://127.0.0.1:{http_port}"
-    metrics = Metrics(metrics_port)
+    # Logical CPUs: three apps of R segmenters (0.5 each) and an ingress, one replica more
+    # during the scale events; they share this machine's physical cores.
+    cluster = start_local_cluster(workers=0, head_cpus=16)
+    base_url = cluster.url
+    metrics = Metrics(cluster.metrics)
     started = time.monotonic()
     try:
         runs = []
@@ -780,11 +729,10 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        cluster.shutdown()
 
     report = {
-        "command": "python bench/interactive.py" + (" --quick" if args.quick else ""),
+        "command": "python -m bench.interactive" + (" --quick" if args.quick else ""),
         "machine": {
             "cpu": platform.machine(),
             "cores": os.cpu_count(),
@@ -812,14 +760,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"in {report['wall_seconds']:.0f} s"
     )
     return report
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Serving overhead: HTTP latency of sam3-serve next to a no-op two-hop Ray Serve app.
 
-    python bench/serve.py              # ~2 min on 2 cores
-    python bench/serve.py --requests 1000
+    python -m bench.serve              # ~2 min on 2 cores
+    python -m bench.serve --requests 1000
 
 One local Ray instance runs both apps side by side: ours (serve_config.yaml's application,
 tiny random-weights model, one segmenter replica) and a no-op app of the same shape (FastAPI
@@ -14,29 +14,25 @@ the same image and prompt, one torch thread as in the replica) is taken out.
 import argparse
 import base64
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 import numpy as np
-import ray
 import requests
 import torch
 from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.config import deploy_config, load_config
+from bench.harness import deploy_and_wait, start_local_cluster
+from deployments.config import APP_NAME, load_config
 from sam3_core.engine import Segmenter, SegmentRequest
 from sam3_core.prompts import PromptSet
 from sam3_core.settings import EngineSettings
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "bench" / "results"
-PORT = 8123
 TINY = {"random_weights": "tiny", "device": "cpu"}
 
 
@@ -93,20 +89,13 @@ def timed_posts(session: requests.Session, url: str, bodies: list[dict]) -> list
     return seconds
 
 
-def deploy_ours() -> None:
-    deploy_config(
-        load_config(
-            args={"engine": TINY, "segmenter_cpus": 1, "ingress_cpus": 0.5},
-            deployments={"Segmenter": {"num_replicas": 1}, "Ingress": {"num_replicas": 1}},
-        )
+def deploy_ours(base_url: str) -> None:
+    config = load_config(
+        args={"engine": TINY, "segmenter_cpus": 1, "ingress_cpus": 0.5},
+        deployments={"Segmenter": {"num_replicas": 1}, "Ingress": {"num_replicas": 1}},
     )
-    deadline = time.monotonic() + 300
-    while serve.status().applications.get("sam3") is None or (
-        serve.status().applications["sam3"].status != "RUNNING"
-    ):
-        if time.monotonic() > deadline:
-            raise TimeoutError("sam3 app did not start")
-        time.sleep(1)
+    probe = {"type": "base64", "value": jpeg_b64(99)[0]}
+    deploy_and_wait(config, {APP_NAME: 1}, base_url, probe)
 
 
 def engine_alone(image: bytes, prompt: dict, repeat: int) -> dict[str, dict[str, float]]:
@@ -135,11 +124,10 @@ def main() -> None:
     args = parser.parse_args()
     n = args.requests
 
-    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    deploy_ours()
+    cluster = start_local_cluster(workers=0, head_cpus=2)
+    base = cluster.url
+    deploy_ours(base)
     serve.run(NoopIngress.bind(NoopReplica.bind()), name="noop", route_prefix="/noop")
-    base = f"http://127.0.0.1:{PORT}"
     session = requests.Session()
 
     # Embeds first: 150 new images would push the clicked image out of the count-limited LRU.
@@ -176,8 +164,7 @@ def main() -> None:
         "ours_click_rps": concurrent(f"{base}/sam3/visual_segment", click),
         "noop_rps": concurrent(f"{base}/noop/click", click),
     }
-    serve.shutdown()
-    ray.shutdown()
+    cluster.shutdown()
     alone = engine_alone(image, prompt, repeat=min(n, 300))
 
     report = {

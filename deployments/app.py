@@ -89,6 +89,7 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
         ray_actor_options={"num_cpus": args.segmenter_cpus, "num_gpus": gpus},
         max_ongoing_requests=8,
         max_queued_requests=64,
+        backpressure_config={"status_code": 503, "retry_after_s": 1},
         health_check_period_s=10,
         graceful_shutdown_timeout_s=30,
         request_router_config={

@@ -6,6 +6,7 @@ Ray tags each with `deployment`, `replica` and `application` and prefixes the na
 
 from __future__ import annotations
 
+import psutil
 from ray.serve import metrics
 
 from sam3_core.engine import EngineStats
@@ -52,6 +53,10 @@ class SegmenterMetrics:
             description="Time to decode one request's prompts and encode its masks.",
             boundaries=LATENCY_BUCKETS_S,
         )
+        self.rss = metrics.Gauge(
+            "sam3_replica_rss_bytes", description="Resident memory of the replica's process."
+        )
+        self._process = psutil.Process()
         self._last: EngineStats | None = None
 
     def record_stats(self, stats: EngineStats) -> None:
@@ -70,4 +75,5 @@ class SegmenterMetrics:
         self.embedding_bytes.set(stats.embedding_cache_bytes)
         self.embedding_budget.set(stats.embedding_cache_budget_bytes)
         self.embedding_entries.set(stats.embedding_cache_entries)
+        self.rss.set(self._process.memory_info().rss)
         self._last = stats

@@ -22,6 +22,9 @@ from sam3_core.errors import InvalidPromptError
 # The decoder's "not a point" label and the point that stands for "no prompt at all".
 NOT_A_POINT = -1
 SENTINEL_POINT = (0.0, 0.0)
+# Coordinates and sizes past this overflow the decoder's float32 maths into NaN scores; no
+# image has sides this long (SAM3_MAX_IMAGE_PIXELS).
+MAX_COORDINATE = 1e9
 
 
 class Box(BaseModel):
@@ -124,9 +127,7 @@ def validate_prompt_set(prompt_set: PromptSet, *, max_prompts: int, max_points: 
         where = f"prompts[{i}]"
         if prompt.box is not None:
             for name in ("x", "y", "width", "height"):
-                value = getattr(prompt.box, name)
-                if not math.isfinite(value):
-                    raise InvalidPromptError(f"{where}.box.{name}: must be a finite number")
+                _check_coordinate(getattr(prompt.box, name), f"{where}.box.{name}")
             for name in ("width", "height"):
                 if getattr(prompt.box, name) <= 0:
                     raise InvalidPromptError(f"{where}.box.{name}: must be greater than 0")
@@ -136,8 +137,14 @@ def validate_prompt_set(prompt_set: PromptSet, *, max_prompts: int, max_points: 
             )
         for j, point in enumerate(prompt.points or ()):
             for name in ("x", "y"):
-                if not math.isfinite(getattr(point, name)):
-                    raise InvalidPromptError(f"{where}.points[{j}].{name}: must be a finite number")
+                _check_coordinate(getattr(point, name), f"{where}.points[{j}].{name}")
+
+
+def _check_coordinate(value: float, field: str) -> None:
+    if not math.isfinite(value):
+        raise InvalidPromptError(f"{field}: must be a finite number")
+    if abs(value) > MAX_COORDINATE:
+        raise InvalidPromptError(f"{field}: must be within ±{MAX_COORDINATE:g} pixels")
 
 
 @dataclass(frozen=True)

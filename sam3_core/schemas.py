@@ -12,6 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from sam3_core.prompts import PromptSet
 
+# A 4x4 PNG: the examples of the OpenAPI document (Swagger's "Try it out", schemathesis).
+EXAMPLE_IMAGE = {
+    "type": "base64",
+    "value": (
+        "iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFElEQVR4"
+        "2mM8ISfHAANMDEgANwcANHYBDH++Xo4AAAAASUVORK5CYII="
+    ),
+}
+EXAMPLE_PROMPTS = {"prompts": [{"points": [{"x": 1, "y": 2, "positive": True}]}]}
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -28,6 +38,10 @@ class ImageInput(_Body):
 
 
 class EmbedImageRequest(_Body):
+    model_config = ConfigDict(
+        extra="ignore", json_schema_extra={"examples": [{"image": EXAMPLE_IMAGE, "image_id": "a"}]}
+    )
+
     image: ImageInput | None = Field(None, description="The image; optional if image_id is cached.")
     image_id: str | None = Field(
         None, description="Cache key; without one, the SHA-256 of the image's bytes."
@@ -40,6 +54,16 @@ class EmbedImageResponse(BaseModel):
 
 
 class VisualSegmentRequest(_Body):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"image": EXAMPLE_IMAGE, "prompts": EXAMPLE_PROMPTS, "format": "rle"},
+                {"image": EXAMPLE_IMAGE, "image_id": "a", "prompts": EXAMPLE_PROMPTS},
+            ]
+        },
+    )
+
     image: ImageInput | None = Field(None, description="The image; optional if image_id is cached.")
     image_id: str | None = Field(None, description="Cache key of an embedded image.")
     prompts: PromptSet = Field(

@@ -36,7 +36,7 @@ def report() -> dict:
     # Its own Ray instance, not the test session's cluster (which a bare ray.init would join).
     env = {**os.environ, "RAY_ADDRESS": "local"}
     subprocess.run(
-        [sys.executable, "bench/interactive.py", "--quick"],
+        [sys.executable, "-m", "bench.interactive", "--quick"],
         cwd=ROOT,
         env=env,
         check=True,

@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import ray
 
-from tests.integration.serving import Service, click_prompt, deploy, image_body
+from bench.harness import LocalCluster
+from tests.integration.serving import click_prompt, deploy, image_body
 
 pytestmark = pytest.mark.ray
 
 
-def test_affinity_across_nodes(service: Service):
+def test_affinity_across_nodes(service: LocalCluster):
     # Each worker node has one segmenter_slot: two replicas needing one each sit on two nodes.
     deploy(
         service,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.serving import click_prompt, image_body, wait_for
+from bench.harness import wait_for
+from tests.integration.serving import click_prompt, image_body
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).parents[2]

@@ -9,28 +9,25 @@ import pytest
 from inference_sdk import InferenceHTTPClient
 from pycocotools import mask as coco_mask
 
+from bench.harness import LocalCluster
 from tests.conftest import random_pixels
-from tests.integration.serving import (
-    Service,
-    click_prompt,
-    deploy,
-    image_body,
-    wait_for,
-)
+from tests.integration.serving import click_prompt, deploy, image_body, settled_total
 
 pytestmark = pytest.mark.ray
 
 IMAGES = 30
 CLICKS = 4
+MISSES = "ray_sam3_embedding_cache_misses_total"
+HITS = "ray_sam3_embedding_cache_hits_total"
 
 
 @pytest.fixture(scope="module")
-def three_replicas(service: Service) -> Service:
+def three_replicas(service: LocalCluster) -> LocalCluster:
     deploy(service, replicas=3)
     return service
 
 
-def annotate(service: Service, seed: int) -> list[tuple[int, str, str]]:
+def annotate(service: LocalCluster, seed: int) -> list[tuple[int, str, str]]:
     """Embed with the first click, then three more clicks: by id, resent, by id."""
     seen = []
     image_id = f"img-{seed}"
@@ -49,8 +46,8 @@ def annotate(service: Service, seed: int) -> list[tuple[int, str, str]]:
 
 def test_each_image_is_owned_by_one_replica_and_embedded_once(three_replicas):
     service = three_replicas
-    misses_before = service.settled_metric_total("ray_sam3_embedding_cache_misses_total")
-    hits_before = service.settled_metric_total("ray_sam3_embedding_cache_hits_total")
+    misses_before = settled_total(service, MISSES)
+    hits_before = settled_total(service, HITS)
     with ThreadPoolExecutor(6) as pool:
         results = dict(enumerate(pool.map(lambda s: annotate(service, s), range(IMAGES))))
 
@@ -64,25 +61,9 @@ def test_each_image_is_owned_by_one_replica_and_embedded_once(three_replicas):
     assert len(set(owners.values())) == 3, "the images should spread over the three replicas"
 
     # The replicas' own Prometheus counters say the same as the headers.
-    wait_for(
-        lambda: (
-            service.metric_total("ray_sam3_embedding_cache_misses_total") - misses_before >= IMAGES
-        ),
-        60,
-        "the miss counters",
-    )
-    wait_for(
-        lambda: (
-            service.metric_total("ray_sam3_embedding_cache_hits_total") - hits_before
-            >= IMAGES * (CLICKS - 1)
-        ),
-        60,
-        "the hit counters",
-    )
-    assert service.metric_total("ray_sam3_embedding_cache_misses_total") - misses_before == IMAGES
-    assert service.metric_total("ray_sam3_embedding_cache_hits_total") - hits_before == IMAGES * (
-        CLICKS - 1
-    )
+    misses = settled_total(service, MISSES) - misses_before
+    hits = settled_total(service, HITS) - hits_before
+    assert (misses, hits) == (IMAGES, IMAGES * (CLICKS - 1))
 
 
 def test_inference_sdk_client(three_replicas):

@@ -63,6 +63,8 @@ class TestValidation:
             ({"box": {**BOX, "height": 0}}, "prompts[0].box.height"),
             ({"points": [P1, {**P2, "y": float("-inf")}]}, "prompts[0].points[1].y"),
             ({"points": [{**P1, "x": float("nan")}]}, "prompts[0].points[0].x"),
+            ({"points": [{**P1, "x": 1e308}]}, "prompts[0].points[0].x"),
+            ({"box": {**BOX, "width": 3e38}}, "prompts[0].box.width"),
         ],
     )
     def test_bad_values_name_the_field(self, prompt, field):

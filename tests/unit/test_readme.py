@@ -1,12 +1,30 @@
-"""README.md stays true: every setting is in its table, its two commands are where CI and
-users look for them."""
+"""The docs stay true: every setting is in README.md's table and every limit in
+docs/operations.md; README's two commands are where CI and users look for them."""
 
 import re
 from pathlib import Path
 
 from deployments.settings import ServiceSettings
 
-README = (Path(__file__).parents[2] / "README.md").read_text()
+ROOT = Path(__file__).parents[2]
+README = (ROOT / "README.md").read_text()
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
+LIMITS = (
+    "max_request_bytes",
+    "max_image_bytes",
+    "max_image_pixels",
+    "max_prompts",
+    "max_points_per_prompt",
+    "max_image_id_length",
+    "embedding_cache_bytes",
+    "max_embedding_cache_size",
+    "embedding_dtype",
+    "max_logits_cache_size",
+    "logits_cache_bytes",
+    "url_timeout_seconds",
+    "url_max_redirects",
+    "retry_after_seconds",
+)
 
 
 def env_name(field: str) -> str:
@@ -30,3 +48,9 @@ def test_the_two_commands():
     ):
         block = re.search(rf"<!-- {marker} -->\n```bash\n(.+?)\n```", README, re.S)
         assert block and command in block.group(1)
+
+
+def test_every_limit_is_in_the_operations_guide():
+    missing = [env_name(f) for f in LIMITS if f"`{env_name(f)}`" not in OPERATIONS]
+    assert not missing, f"docs/operations.md's limits table lacks {missing}"
+    assert set(LIMITS) <= set(ServiceSettings.model_fields)

@@ -1,0 +1,87 @@
+"""Behaviour under overload, hang-ups, concurrency, replica and node failure, and a memory
+soak, on the session's multi-node cluster over real HTTP (`bench/reliability.py` holds the
+scenarios, which print the figures BENCHMARKS.md reports; here they run small and bounded)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+import ray
+
+from bench import reliability
+from bench.harness import LocalCluster, image_body, random_image
+from tests.integration.serving import deploy
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+SIZES = reliability.QUICK
+
+
+def test_overload_is_503_with_retry_after_then_normal_service(service: LocalCluster):
+    out = reliability.overload(service, **SIZES["overload"])
+    statuses = out["by_status"]
+    assert set(statuses) <= {"200", "503"}, statuses
+    assert statuses.get("503", 0) > 0, "the burst should exceed the queues"
+    assert out["rejected_with_retry_after"] == statuses["503"]
+    assert out["rejected_codes"] == {"service_unavailable": statuses["503"]}
+    assert out["status_right_after"] == 200
+
+
+def test_hung_up_clients_cancel_their_queued_work(service: LocalCluster):
+    out = reliability.cancellation(service, **SIZES["cancellation"])
+    assert out["hung_up"] == SIZES["cancellation"]["hangups"]
+    # The slow embed, and at most one hung-up request already on its way to the replica.
+    assert out["embeddings_computed"] <= 2, out
+
+
+def test_concurrent_clients_get_what_they_get_alone(service: LocalCluster):
+    out = reliability.cross_talk(service, **SIZES["cross_talk"])
+    assert set(out["by_status"]) == {"200"}, out["by_status"]
+    assert out["sequences_differing_from_alone"] == 0
+
+
+def assert_recovered(out: dict) -> None:
+    statuses = out["by_status"]
+    assert "500" not in statuses and set(statuses) <= {"200", "404", "503"}, statuses
+    assert set(out["failed_codes"]) <= {"503 service_unavailable", "404 image_not_cached"}, out
+    assert out["unavailable_with_retry_after"] == out["failed_codes"].get(
+        "503 service_unavailable", 0
+    )
+    assert out["replacement_answering_after_s"] is not None, "the replica was not replaced"
+    assert out["images_served_at_end"] == out["images"]
+    assert set(out["replicas_after"]) != set(out["replicas_before"])
+
+
+def test_a_killed_replica_is_replaced_and_its_images_move(service: LocalCluster):
+    assert_recovered(reliability.replica_failure(service, **SIZES["replica_failure"]))
+
+
+def test_a_lost_node_is_survived(service: LocalCluster):
+    assert_recovered(reliability.node_loss(service, **SIZES["node_loss"]))
+    assert ray.cluster_resources()[reliability.SEGMENTER_SLOT] == 2  # the node was replaced
+
+
+def test_memory_stays_within_the_cache_budget(service: LocalCluster):
+    out = reliability.soak(service, **SIZES["soak"])
+    assert out["budget_reported"] == out["budget_bytes"]
+    assert out["max_cache_bytes"] <= out["budget_bytes"]
+    assert out["rss_growth_over_budget"] <= 1.10, out["rss_growth_over_budget"]
+
+
+def test_logs_never_hold_image_bytes(service: LocalCluster):
+    deploy(service, 1)
+    picture = random_image(4242)
+    body = image_body(picture)
+    broken = base64.b64encode(b"NOT-AN-IMAGE-" + b"Q" * 64).decode()
+    markers = [body["value"][100:160], broken[8:60]]
+    service.post("/sam3/embed_image", {"image": body, "image_id": "logged?"})
+    service.post("/sam3/embed_image", {"image": {"type": "base64", "value": broken}})
+    service.post("/sam3/visual_segment", {"image": {"type": "base64", "value": body["value"][:-9]}})
+    service.post("/sam3/visual_segment", {"image": body, "prompts": "not prompts"})
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    for path in logs.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="ignore")
+            for marker in markers:
+                assert marker not in text, f"{path} holds image bytes"
