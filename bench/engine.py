@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 import torch
 
-from sam3_core.architecture import FULL, TINY, Architecture, count_parameters
+from sam3_core.architecture import FULL, NARROW, TINY, Architecture, count_parameters
 from sam3_core.masks import mask_to_polygons, masks_to_rle
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import building_on, leave_tracker_autocast
@@ -175,6 +175,38 @@ def bench_encoding(side: int = 1008) -> dict:
     return out
 
 
+def bench_precision(images: int = 24) -> dict:
+    """Masks and scores from bfloat16 / float16 cached embeddings against float32 ones, on
+    the narrow model (SAM3's 1008 px feature maps), two prompts per image."""
+    model = random_model(NARROW)
+    rng = np.random.default_rng(1)
+    out: dict[str, dict[str, float]] = {}
+    for dtype in (torch.bfloat16, torch.float16):
+        worst_iou, worst_score, mean_iou = 1.0, 0.0, []
+        for i in range(images):
+            pixels = torch.from_numpy(
+                np.random.default_rng(100 + i).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+            ).permute(2, 0, 1)
+            embedding = model.encode(pixels)
+            coords = rng.uniform((0, 0), (400, 300), size=(2, 2, 2))
+            labels = np.array([[1, 1], [1, 0]])
+            full = model.decode(embedding, point_coords=coords, point_labels=labels)
+            half = model.decode(embedding.to(dtype), point_coords=coords, point_labels=labels)
+            for a, b in zip(full.masks, half.masks, strict=True):
+                union = (a | b).sum()
+                iou = (a & b).sum() / union if union else 1.0
+                worst_iou = min(worst_iou, float(iou))
+                mean_iou.append(float(iou))
+            worst_score = max(worst_score, float(np.abs(full.scores - half.scores).max()))
+        out[str(dtype).removeprefix("torch.")] = {
+            "worst_mask_iou": worst_iou,
+            "mean_mask_iou": float(np.mean(mean_iou)),
+            "worst_score_difference": worst_score,
+            "prompts": 2 * images,
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="skip the full-size model")
@@ -194,6 +226,7 @@ def main() -> None:
         "weights": "random",
         "tiny": bench_model(random_model(TINY), image, embeds=20, decodes=50),
         "mask_encoding_1008": bench_encoding(),
+        "reduced_precision": bench_precision(),
     }
     if not args.tiny:
         report["full"] = bench_full(image)
