@@ -56,6 +56,11 @@ class SegmenterMetrics:
         self.rss = metrics.Gauge(
             "sam3_replica_rss_bytes", description="Resident memory of the replica's process."
         )
+        self.private_memory = metrics.Gauge(
+            "sam3_replica_private_memory_bytes",
+            description="Resident memory the replica alone holds: RSS less shared pages "
+            "(Ray's object store, which requests' image bytes pass through, and libraries).",
+        )
         self._process = psutil.Process()
         self._last: EngineStats | None = None
 
@@ -75,5 +80,7 @@ class SegmenterMetrics:
         self.embedding_bytes.set(stats.embedding_cache_bytes)
         self.embedding_budget.set(stats.embedding_cache_budget_bytes)
         self.embedding_entries.set(stats.embedding_cache_entries)
-        self.rss.set(self._process.memory_info().rss)
+        memory = self._process.memory_info()
+        self.rss.set(memory.rss)
+        self.private_memory.set(memory.rss - getattr(memory, "shared", 0))
         self._last = stats

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-logger = logging.getLogger(__name__)
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:

@@ -15,17 +15,16 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import psutil
 import torch
 
 from sam3_core.caches import CachedEmbedding, EmbeddingCache, LogitsCache
 from sam3_core.errors import ImageNotCachedError, InvalidImageError
 from sam3_core.images import check_image_id, content_id, load_rgb
 from sam3_core.masks import mask_to_polygons, masks_to_rle
+from sam3_core.memory import default_cache_budget, release_freed_memory
 from sam3_core.model import InteractiveSam3
 from sam3_core.prompts import decoder_groups, validate_prompt_set
 from sam3_core.schemas import Prediction, RleMask, SegmentRequest
@@ -33,10 +32,6 @@ from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
 logger = logging.getLogger(__name__)
-
-# Share of free device memory (CUDA) or available RAM (CPU) the embedding cache may use
-# when SAM3_EMBEDDING_CACHE_BYTES is unset.
-DEFAULT_CACHE_SHARE = {"cuda": 0.5, "cpu": 0.25}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -249,6 +244,8 @@ class Segmenter:
                     image_id,
                     cached.nbytes,
                 )
+            if self.settings.release_freed_memory and self.model.device.type == "cpu":
+                release_freed_memory()  # the embed's working memory, evicted embeddings
             self._count(hit=False)
             pending.set_result(cached)
             return cached, False
@@ -277,34 +274,3 @@ def encode_predictions(masks: Masks, mask_format: Literal["polygon", "rle"]) -> 
         Prediction(masks=mask_to_polygons(mask), confidence=float(score), format="polygon")
         for mask, score in zip(masks.masks, masks.scores, strict=True)
     ]
-
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def default_cache_budget(device: torch.device) -> int:
-    """Half the free GPU memory left after the model is loaded, or a quarter of free RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * DEFAULT_CACHE_SHARE["cuda"])
-    return int(available_memory() * DEFAULT_CACHE_SHARE["cpu"])
-
-
-def available_memory() -> int:
-    """Free RAM as this process may use it: inside a container (a Kubernetes pod) the
-    cgroup's limit, not the node's free memory, is what the OOM killer enforces. psutil
-    reads only the latter, hence the cgroup files (v2, else v1)."""
-    free = psutil.virtual_memory().available
-    for limit_file, usage_file in (
-        ("memory.max", "memory.current"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
-    ):
-        try:
-            limit = (CGROUP_ROOT / limit_file).read_text().strip()
-            usage = int((CGROUP_ROOT / usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit.isdigit() and int(limit) < free + usage:
-            return max(int(limit) - usage, 0)
-        return free
-    return free

@@ -50,6 +50,11 @@ class EngineSettings(BaseSettings):
     )
     max_logits_cache_size: int = Field(1000, ge=1, description="Count limit (Roboflow's).")
     logits_cache_bytes: int = Field(512 * MiB, gt=0, description="Byte budget of the logits cache.")
+    release_freed_memory: bool = Field(
+        True,
+        description="On the CPU, hand freed heap memory back to the OS after each embed "
+        "(glibc malloc_trim), so the process stays at its cache budget.",
+    )
     disable_logits_cache: bool = Field(
         False,
         validation_alias=AliasChoices("DISABLE_SAM3_LOGITS_CACHE", "disable_logits_cache"),

@@ -66,7 +66,8 @@ def test_memory_stays_within_the_cache_budget(service: LocalCluster):
     out = reliability.soak(service, **SIZES["soak"])
     assert out["budget_reported"] == out["budget_bytes"]
     assert out["max_cache_bytes"] <= out["budget_bytes"]
-    assert out["rss_growth_over_budget"] <= 1.10, out["rss_growth_over_budget"]
+    # The replica's memory beyond its model settles within the cache budget + 10 %.
+    assert out["plateau_over_budget"] <= 1.10, out
 
 
 def test_logs_never_hold_image_bytes(service: LocalCluster):

@@ -4,9 +4,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import psutil
 import pytest
-import torch
 from pycocotools import mask as coco_mask
 
 from sam3_core import engine as engine_module
@@ -149,6 +147,17 @@ class TestCaches:
         assert id_a not in engine.embeddings and engine.logits.count_for(id_a) == 0
         assert engine.stats().embedding_cache_evictions == 2
 
+    def test_embeds_on_the_cpu_hand_freed_memory_back(self, make_segmenter, monkeypatch):
+        trims = []
+        monkeypatch.setattr(engine_module, "release_freed_memory", lambda: trims.append(1))
+        engine = make_segmenter(embedding_cache_bytes=2 * EMBEDDING_BYTES)
+        for image in images(3):
+            engine.embed(image)
+        engine.embed(images(3)[2])  # a hit: nothing was freed
+        assert len(trims) == 3
+        make_segmenter(release_freed_memory=False).embed(images(4)[3])
+        assert len(trims) == 3
+
     def test_count_limit(self, make_segmenter):
         engine = make_segmenter(embedding_cache_bytes=2**30, max_embedding_cache_size=2)
         for data in images(4):
@@ -266,26 +275,3 @@ class TestConcurrency:
             got = list(pool.map(lambda job: run(engine, job), jobs * 3))
         for (masks, scores), (want_masks, want_scores) in zip(got, expected * 3, strict=True):
             assert np.array_equal(masks, want_masks) and np.array_equal(scores, want_scores)
-
-
-class TestDefaultBudget:
-    def test_a_container_limit_bounds_the_cpu_budget(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(engine_module, "CGROUP_ROOT", tmp_path)
-        (tmp_path / "memory.max").write_text("4294967296\n")  # 4 GiB pod limit
-        (tmp_path / "memory.current").write_text(str(1024**3))  # 1 GiB used
-        assert engine_module.available_memory() == 3 * 1024**3
-        assert engine_module.default_cache_budget(torch.device("cpu")) == 3 * 1024**3 // 4
-
-    def test_no_limit_means_free_ram(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(engine_module, "CGROUP_ROOT", tmp_path)
-        (tmp_path / "memory.max").write_text("max\n")
-        (tmp_path / "memory.current").write_text("123")
-        free = engine_module.available_memory()
-        assert abs(free - psutil.virtual_memory().available) < 256 * 2**20
-
-    def test_cgroup_v1(self, tmp_path, monkeypatch):
-        monkeypatch.setattr(engine_module, "CGROUP_ROOT", tmp_path)
-        (tmp_path / "memory").mkdir()
-        (tmp_path / "memory" / "memory.limit_in_bytes").write_text(str(2 * 1024**3))
-        (tmp_path / "memory" / "memory.usage_in_bytes").write_text(str(1024**3))
-        assert engine_module.available_memory() == 1024**3

@@ -14,6 +14,7 @@ import torch
 
 from sam3_core.architecture import TINY, count_parameters
 from sam3_core.engine import Segmenter, SegmentRequest
+from sam3_core.errors import InvalidPromptError
 from sam3_core.model import InteractiveSam3
 from sam3_core.prompts import PromptSet
 from sam3_core.sam3_compat import building_on, leave_tracker_autocast
@@ -229,3 +230,28 @@ class TestBuild:
         )
         assert out.returncode == 0, out.stderr[-2000:]
         assert "stand-in" in out.stdout
+
+
+class TestDecoderInputs:
+    @pytest.mark.parametrize(
+        ("inputs", "message"),
+        [
+            ({"point_labels": np.array([[1]])}, "point_labels given without point_coords"),
+            ({"point_coords": np.zeros((1, 1, 2))}, "point_coords given without point_labels"),
+            ({}, "needs points or boxes"),
+            (
+                {"point_coords": np.zeros((1, 2, 2)), "point_labels": np.array([[1]])},
+                "do not match",
+            ),
+            ({"boxes": np.zeros((1, 3))}, r"boxes must be \(B, 4\)"),
+            (
+                {"boxes": np.zeros((2, 4)), "mask_input": np.zeros((1, 1, 64, 64))},
+                "disagree on the batch size",
+            ),
+            ({"boxes": np.zeros((1, 4)), "mask_input": np.zeros((1, 1, 32, 32))}, "mask_input"),
+        ],
+    )
+    def test_bad_arrays_are_refused_before_the_model(self, tiny_model, inputs, message):
+        embedding = tiny_model.encode(torch.zeros(3, 20, 20, dtype=torch.uint8))
+        with pytest.raises(InvalidPromptError, match=message):
+            tiny_model.decode(embedding, **inputs)
