@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import threading
 import time
 from collections import Counter
@@ -169,18 +170,18 @@ def cancellation(cluster: LocalCluster, hangups: int = 10) -> dict:
         segmenter={"max_ongoing_requests": 1, "max_queued_requests": 64},
     )
     before = Prometheus.settled(lambda: cluster.metrics.total(MISSES))
-    # A large picture keeps the one replica busy for a while (decode and resize).
+    # A 64 MP picture keeps the one replica busy for over a second (decode and resize).
     buffer = io.BytesIO()
-    Image.new("RGB", (6000, 6000), (128, 128, 128)).save(buffer, "PNG")
+    Image.new("RGB", (8000, 8000), (128, 128, 128)).save(buffer, "PNG")
     slow = buffer.getvalue()
+    bodies = [{"image": image_body(random_image(500 + i))} for i in range(hangups)]
     slow_thread = threading.Thread(
         target=cluster.post, args=("/sam3/embed_image", {"image": image_body(slow)})
     )
     slow_thread.start()
-    time.sleep(0.5)
+    time.sleep(0.3)
 
-    def hang_up(i: int) -> bool:
-        body = {"image": image_body(random_image(500 + i))}
+    def hang_up(body: dict) -> bool:
         try:
             requests.post(f"{cluster.url}/sam3/embed_image", json=body, timeout=0.3)
         except requests.Timeout:
@@ -188,7 +189,7 @@ def cancellation(cluster: LocalCluster, hangups: int = 10) -> dict:
         return False
 
     with ThreadPoolExecutor(hangups) as pool:
-        hung_up = sum(pool.map(hang_up, range(hangups)))
+        hung_up = sum(pool.map(hang_up, bodies))
     slow_thread.join()
     computed = Prometheus.settled(lambda: cluster.metrics.total(MISSES)) - before
     return {"hung_up": hung_up, "embeddings_computed": computed}
@@ -336,7 +337,8 @@ def soak(
     cluster: LocalCluster, budget_images: int = 8, factor: int = 5, release_memory: bool = True
 ) -> dict:
     """Embed `factor` x more distinct images than the cache budget holds (narrow model, whose
-    embeddings are 5 MiB): cache bytes and the replica's RSS over time.
+    embeddings are 5 MiB), two clicks on each: cache bytes and the replica's memory over time,
+    and the service time of embeds and clicks.
 
     `release_memory=False` turns off what keeps the process at its budget (the engine's
     malloc_trim after embeds, and one malloc arena: glibc's default of 8 per core instead),
@@ -373,27 +375,39 @@ def soak(
             samples.get("ray_sam3_replica_rss_bytes", 0.0),
         )
 
+    embed_s, click_s = [], []  # time spent in the service, from the responses
+
+    def serve_image(seed: int) -> None:
+        """Embed a new picture, then two clicks on it by image_id."""
+        picture = image_body(random_image(seed, 480, 640))
+        response = cluster.post("/sam3/embed_image", {"image": picture})
+        assert response.status_code == 200, response.text
+        embedded = response.json()
+        embed_s.append(embedded["time"])
+        for click in range(2):
+            body = click_body(embedded["image_id"], [(100 + 50 * click, 200)])
+            response = cluster.post("/sam3/visual_segment", body)
+            assert response.status_code == 200, response.text
+            click_s.append(response.json()["time"])
+
     started = time.monotonic()
-    # The deployed replica's first metrics report (its probe images cached).
     curve = [(0.0, 0, *wait_for(lambda: (s := sample())[2] and s, 30, "replica metrics"))]
     total = budget_images * factor
     for i in range(total):
-        data = random_image(2000 + i, 480, 640)
-        response = cluster.post("/sam3/embed_image", {"image": image_body(data)})
-        assert response.status_code == 200, response.text
+        serve_image(2000 + i)
         curve.append((time.monotonic() - started, i + 1, *sample()))
     time.sleep(2.5)
     curve.append((time.monotonic() - started, total, *sample()))
     curve = [point for point in curve if point[4]]  # a metrics scrape may miss a report
-    # Private memory (RSS less shared pages: the object store the image bytes pass through
-    # is Ray's, with its own limit). The replica without its cache: the least that private
-    # memory less the cache's bytes was seen at (the model, an embed's working memory).
-    # Measured from that floor, the plateau holds the cache (at most the budget) plus
-    # whatever else crept in.
-    without_cache = min(private - cache for _, _, cache, _, private, _ in curve)
+    # Private memory: RSS less shared pages (the object store the image bytes pass through
+    # is Ray's, with its own limit). The replica beside its cache: private memory less the
+    # cache's bytes over the first third (model, embed and click working memory). The
+    # plateau, over the last third, holds that, the cache (at most the budget) and whatever
+    # else crept in. Medians: one embed's or click's working memory comes and goes.
+    third = max(len(curve) // 3, 1)
+    without_cache = statistics.median(point[4] - point[2] for point in curve[:third])
     private = [point[4] for point in curve]
-    last_third = sorted(private[-max(len(private) // 3, 1) :])
-    plateau = last_third[len(last_third) // 2]
+    plateau = statistics.median(private[-third:])
     return {
         "budget_bytes": budget,
         "images_embedded": total,
@@ -407,6 +421,8 @@ def soak(
         # cache's own share is at most 1.0.
         "plateau_over_budget": (plateau - without_cache) / budget,
         "peak_over_budget": (max(private) - without_cache) / budget,
+        "embed_median_ms": statistics.median(embed_s) * 1000,
+        "click_median_ms": statistics.median(click_s) * 1000,
         "curve": [
             {"t": t, "embedded": n, "cache_bytes": c, "private_bytes": p, "rss_bytes": r}
             for t, n, c, _, p, r in curve
@@ -429,8 +445,8 @@ QUICK = {
     "cross_talk": {"clients": 32, "images": 8, "clicks": 3},
     "replica_failure": {"load_s": 9},
     "node_loss": {"load_s": 12},
-    "soak": {"budget_images": 8, "factor": 5},
-    "soak_without_release": {"budget_images": 8, "factor": 5},
+    "soak": {"budget_images": 12, "factor": 5},
+    "soak_without_release": {"budget_images": 12, "factor": 5},
 }
 FULL = {
     "overload": {"clicks": 400},
