@@ -60,13 +60,14 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:
 def release_freed_memory() -> None:
     """Return the free pages of the C heap to the operating system (glibc `malloc_trim`).
 
-    Why: on the CPU, an embed allocates hundreds of MiB of activations and keeps a few MiB
-    of embedding, and glibc keeps freed memory resident (it raises its mmap threshold to
-    the largest block freed, so later blocks come from heap arenas that only shrink from
-    the top). A replica embedding 5x its cache budget grew to 3x the budget in a soak;
-    trimming after each embed keeps it at the budget for ~7 ms (BENCHMARKS.md, reliability).
-    A fixed low mmap threshold (`MALLOC_MMAP_THRESHOLD_`) bounded it too but made embeds and
-    decodes ~1.5x slower.
+    Why: on the CPU an embed allocates and frees hundreds of MiB of activations while the
+    cache keeps a few MiB of embedding, and glibc keeps freed memory resident (it raises its
+    mmap threshold to the largest block freed, so later blocks come from heap arenas that
+    only shrink from the top). Trimming after each embed keeps a replica at its cache budget;
+    the price is that the next click faults its working memory in again (`bench/memory.py`:
+    +15 ms on the first click after an embed, +9 % per embed, on the narrow model). A fixed
+    low mmap threshold (`MALLOC_MMAP_THRESHOLD_`) bounded memory too but made every embed and
+    decode ~1.5x slower.
     """
     trim = _malloc_trim()
     if trim is not None:
