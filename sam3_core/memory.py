@@ -1,18 +1,15 @@
-"""The replica's memory: how much the embedding cache may use by default, and handing the
-memory of evicted embeddings back to the operating system."""
+"""The process's memory: how much the embedding cache may use by default, and handing freed
+memory back to the operating system."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 from functools import cache
 from pathlib import Path
 
 import psutil
 import torch
-
-logger = logging.getLogger(__name__)
 
 # Share of free device memory (CUDA) or available RAM (CPU) the embedding cache may use
 # when SAM3_EMBEDDING_CACHE_BYTES is unset.
