@@ -483,10 +483,10 @@ def main() -> None:
     path = RESULTS / f"{stem}.json"
     # A run of some scenarios updates theirs and keeps the others' figures.
     previous = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**previous, **report}, indent=1))
-    report = json.loads(path.read_text())
-    if "soak" in report:
-        plot_soak(report, RESULTS / f"{stem}-soak.png")
+    merged = {**previous, **report}
+    path.write_text(json.dumps(merged, indent=1))
+    if "soak" in merged:
+        plot_soak(merged, RESULTS / f"{stem}-soak.png")
 
 
 def plot_soak(report: dict, path: Path) -> None:
