@@ -6,7 +6,7 @@
 #                     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
 #
 # RAY_IMAGE must carry the Ray pinned in pyproject.toml (ray[serve]==2.60.0) and Python 3.11;
-# tests/unit/test_k8s_manifests.py checks the default against pyproject and the manifests.
+# tests/k8s/test_dockerfile.py checks the default against pyproject and the manifests.
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
 

@@ -1,16 +1,19 @@
-"""The HTTP API (SPEC §3), Roboflow-compatible, as a FastAPI app around a `SegmenterClient`.
+"""The HTTP API (SPEC §3), Roboflow-compatible: a FastAPI app whose routes are derived from
+`deployments.operations.OPERATIONS`, in front of the replicas that own the images (`Owners`).
 
-The API decodes base64 (or fetches a URL), works out the `image_id`, validates prompts, and
-hands bytes and prompts to the segmenter that owns the image; it never decodes pixels. Every
-error becomes `{"message", "code"}` with its status here, in one table.
+A route checks the body, decodes base64 (or fetches a URL), works out the `image_id`, and
+hands bytes and prompts to the owner; it never decodes pixels. Every error becomes
+`{"message", "code"}` with its status here, in one table.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 from fastapi import FastAPI, Request, Response
@@ -18,9 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from deployments.messages import SegmenterClient, ServiceUnavailableError
 from deployments.middleware import ApiKeyAuth, RequestBodyLimit, error_response
-from deployments.settings import ServiceSettings
+from deployments.operations import OPERATIONS, ImageBody, Operation, Reply
+from deployments.owners import Owners, ServiceUnavailableError
+from deployments.settings import IngressSettings
+from sam3_core.calls import ImageRequest
 from sam3_core.errors import (
     ImageNotCachedError,
     ImageTooLargeError,
@@ -30,17 +35,9 @@ from sam3_core.errors import (
     Sam3Error,
     WeightsError,
 )
-from sam3_core.images import check_image_id, content_id, read_image_input
-from sam3_core.prompts import validate_prompt_set
-from sam3_core.schemas import (
-    EmbedImageRequest,
-    EmbedImageResponse,
-    ErrorResponse,
-    ImageInput,
-    SegmentRequest,
-    VisualSegmentRequest,
-    VisualSegmentResponse,
-)
+from sam3_core.images import check_image_id, content_id
+from sam3_core.protocol.bodies import ErrorResponse
+from sam3_core.protocol.image_input import read_image_input
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +51,8 @@ STATUS = {
     WeightsError: 503,
 }
 OPEN_PATHS = ("/healthz",)
-REPLICA_HEADER = "x-sam3-replica"
-CACHE_HEADER = "x-sam3-embedding-cache"
-LOGITS_HEADER = "x-sam3-logits-cache"
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
-
-
-def cache_headers(replica: str, cache_hit: bool) -> dict[str, str]:
-    return {REPLICA_HEADER: replica, CACHE_HEADER: "hit" if cache_hit else "miss"}
 
 
 def status_of(error: Sam3Error) -> int:
@@ -72,81 +62,68 @@ def status_of(error: Sam3Error) -> int:
     return 500
 
 
-def create_api(client: SegmenterClient, settings: ServiceSettings) -> FastAPI:
-    """The ASGI app: routes, error mapping, body limit and API keys."""
+def reply_response(reply: Reply, started: float) -> Response:
+    """The JSON response: the replica's pre-encoded members, then the service's `time`."""
+    seconds = json.dumps(time.perf_counter() - started).encode()
+    return Response(
+        content=b"{" + reply.members + b',"time":' + seconds + b"}",
+        media_type="application/json",
+        headers=reply.response_headers(),
+    )
+
+
+def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
+    """The ASGI app: a route per operation, error mapping, body limit and API keys."""
     app = FastAPI(
         title="sam3-serve",
         summary="Interactive SAM3 segmentation: embed an image once, then click.",
         version="0.1.0",
     )
+    url_policy = settings.url_policy()
 
-    async def image_bytes(
-        image: ImageInput | None, image_id: str | None
-    ) -> tuple[bytes | None, str, str | None]:
-        """(bytes, image_id, digest): base64 decoding, URL fetching and hashing run in a
-        worker thread, off the event loop."""
+    async def read_image(body: ImageBody) -> ImageRequest:
+        """The body's image bytes, id and digest: base64 decoding, URL fetching and hashing
+        run in a worker thread, off the event loop."""
+        image, image_id = body.image, body.image_id
         if image_id is not None:
             check_image_id(image_id, max_length=settings.max_image_id_length)
         if image is None:
             if image_id is None:
                 raise InvalidImageError("send the image, or the image_id of an embedded image")
-            return None, image_id, None
+            return ImageRequest(image_id=image_id)
 
         def read() -> tuple[bytes, str]:
-            data = read_image_input(image, settings)
+            data = read_image_input(
+                image, max_bytes=settings.max_image_bytes, url_policy=url_policy
+            )
             return data, content_id(data)
 
         data, digest = await anyio.to_thread.run_sync(read)
-        return data, image_id or digest, digest
+        return ImageRequest(image=data, image_id=image_id or digest, image_digest=digest)
 
-    @app.post(
-        "/sam3/embed_image",
-        response_model=EmbedImageResponse,
-        responses=_ERRORS,
-        summary="Embed an image and keep its embedding for later clicks.",
-    )
-    async def embed_image(body: EmbedImageRequest, response: Response) -> EmbedImageResponse:
-        started = time.perf_counter()
-        data, image_id, digest = await image_bytes(body.image, body.image_id)
-        reply = await client.embed(data, image_id, digest)
-        response.headers.update(cache_headers(reply.replica, reply.cache_hit))
-        return EmbedImageResponse(image_id=reply.image_id, time=time.perf_counter() - started)
+    def route(operation: Operation) -> Callable[..., Awaitable[Response]]:
+        async def endpoint(body: ImageBody) -> Response:
+            started = time.perf_counter()
+            operation.check(body, settings)
+            request = operation.request(body, await read_image(body))
+            return reply_response(await owners.call(operation, request), started)
 
-    @app.post(
-        "/sam3/visual_segment",
-        response_model=VisualSegmentResponse,
-        responses=_ERRORS,
-        summary="Masks for points and boxes: one prediction per prompt, in order.",
-    )
-    async def visual_segment(body: VisualSegmentRequest) -> Response:
-        started = time.perf_counter()
-        validate_prompt_set(
-            body.prompts,
-            max_prompts=settings.max_prompts,
-            max_points=settings.max_points_per_prompt,
+        # FastAPI reads the body's model, hence its validation and OpenAPI schema, from here.
+        parameter = inspect.Parameter(
+            "body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=operation.body
         )
-        data, image_id, digest = await image_bytes(body.image, body.image_id)
-        reply = await client.segment(
-            SegmentRequest(
-                prompts=body.prompts,
-                image=data,
-                image_id=image_id,
-                image_digest=digest,
-                multimask_output=body.multimask_output,
-                mask_format="rle" if body.format == "rle" else "polygon",
-                save_logits_to_cache=body.save_logits_to_cache,
-                load_logits_from_cache=body.load_logits_from_cache,
-            )
-        )
-        seconds = json.dumps(time.perf_counter() - started).encode()
-        headers = cache_headers(reply.replica, reply.cache_hit)
-        if reply.logits_cache_hit is not None:
-            headers[LOGITS_HEADER] = "hit" if reply.logits_cache_hit else "miss"
-        # Assembled from the replica's pre-encoded predictions (see SegmentReply).
-        return Response(
-            content=b'{"predictions":' + reply.predictions_json + b',"time":' + seconds + b"}",
-            media_type="application/json",
-            headers=headers,
+        endpoint.__signature__ = inspect.Signature([parameter])  # type: ignore[attr-defined]
+        endpoint.__name__ = operation.name
+        return endpoint
+
+    for operation in OPERATIONS:
+        app.add_api_route(
+            operation.path,
+            route(operation),
+            methods=["POST"],
+            response_model=operation.response,
+            responses=_ERRORS,
+            summary=operation.summary,
         )
 
     @app.get("/healthz", summary="Liveness of the ingress.")

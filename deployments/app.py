@@ -2,8 +2,10 @@
 
     segmenter (GPU where there is one; one replica owns each image) <- ingress (CPU, HTTP)
 
-Replica counts, autoscaling and queue limits come from `serve_config.yaml`'s `deployments:`
-section; the defaults here are what `serve run deployments.app:build_app` gets without it.
+`args:` are validated here, before any replica starts: a typo in `serve_config.yaml` fails
+`serve run` / `serve deploy` with a message naming it. Replica counts and autoscaling come
+from `serve_config.yaml`'s `deployments:` section; the other deployment options have their
+defaults in `DEPLOYMENT_DEFAULTS`, which that file, README.md and k8s/ repeat (a test checks).
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import logging
 from typing import Any, Literal
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings
 from ray import serve
 from ray.serve import Application
 
 from deployments.ingress import Ingress
-from deployments.segmenter import SegmenterDeployment
+from deployments.segmenter import SegmenterReplica
+from deployments.settings import IngressSettings
+from sam3_core.settings import EngineSettings
 
 logger = logging.getLogger("ray.serve")
 
@@ -27,6 +32,26 @@ ROUTERS = {
     # Ray Serve's default, and round robin: for the benchmark's side-by-side comparison.
     "power_of_two": "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter",
     "round_robin": "ray.serve.experimental.round_robin_router:RoundRobinRouter",
+}
+
+_BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
+# Options of each deployment unless serve_config.yaml's `deployments:` entry sets them.
+DEPLOYMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "Segmenter": {
+        # A click is ~5 ms of GPU time and an embed ~100-300 ms: 8 in flight keeps a GPU busy
+        # without letting one replica's queue hide latency from the autoscaler.
+        "max_ongoing_requests": 8,
+        # Per caller (ingress replica); past it the client gets 503 + Retry-After.
+        "max_queued_requests": 64,
+        "backpressure_config": _BACKPRESSURE,
+        "health_check_period_s": 10,
+        "graceful_shutdown_timeout_s": 30,
+    },
+    "Ingress": {
+        "max_ongoing_requests": 256,
+        "max_queued_requests": 512,
+        "backpressure_config": _BACKPRESSURE,
+    },
 }
 
 
@@ -56,9 +81,53 @@ class AppArgs(BaseModel):
     )
     engine: dict[str, Any] = Field(
         default_factory=dict,
-        description="Engine settings overriding the SAM3_* environment, e.g. "
+        description="Settings overriding the SAM3_* environment of every replica, e.g. "
         "{random_weights: tiny} or {checkpoint: /models/sam3.pt, embedding_dtype: bfloat16}.",
     )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_settings(cls, engine: dict[str, Any]) -> dict[str, Any]:
+        """Each override is a setting of the engine or of the ingress, with a valid value."""
+        unknown = sorted(set(engine) - set(EngineSettings.model_fields | _ingress_only()))
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {unknown}; settings are the SAM3_* variables' names in "
+                "lower case without the prefix, e.g. random_weights, max_prompts"
+            )
+        for settings in (EngineSettings, IngressSettings):
+            try:
+                _from_overrides_only(settings)(**_part(engine, settings))
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+                )
+                raise ValueError(problems) from None
+        return engine
+
+
+def _ingress_only() -> dict[str, Any]:
+    fields = IngressSettings.model_fields
+    return {k: v for k, v in fields.items() if k not in EngineSettings.model_fields}
+
+
+def _part(engine: dict[str, Any], settings: type[BaseSettings]) -> dict[str, Any]:
+    """The overrides that are fields of `settings`."""
+    return {k: v for k, v in engine.items() if k in settings.model_fields}
+
+
+def _from_overrides_only(settings: type[BaseSettings]) -> type[BaseSettings]:
+    """`settings` reading its arguments alone: the builder's environment is not the
+    replicas' (each replica adds its own when it starts)."""
+
+    class Overrides(settings):  # type: ignore[valid-type, misc]
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: Any, *_: Any, **__: Any
+        ) -> tuple[Any, ...]:
+            return (init_settings,)
+
+    return Overrides
 
 
 def resolve_gpus(requested: float | Literal["auto"]) -> float:
@@ -84,7 +153,7 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
         else {}
     )
     segmenter = serve.deployment(
-        SegmenterDeployment,
+        SegmenterReplica,
         name="Segmenter",
         ray_actor_options={
             "num_cpus": args.segmenter_cpus,
@@ -95,22 +164,19 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
             # its run, for +4 % per embed and ~1 ms per click).
             "runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "1"}},
         },
-        max_ongoing_requests=8,
-        max_queued_requests=64,
-        backpressure_config={"status_code": 503, "retry_after_s": 1},
-        health_check_period_s=10,
-        graceful_shutdown_timeout_s=30,
         request_router_config={
             "request_router_class": ROUTERS[args.router],
             "request_router_kwargs": router_kwargs,
         },
+        **DEPLOYMENT_DEFAULTS["Segmenter"],
     )
     ingress = serve.deployment(
         Ingress,
         name="Ingress",
         ray_actor_options={"num_cpus": args.ingress_cpus},
-        max_ongoing_requests=256,
-        max_queued_requests=512,
-        backpressure_config={"status_code": 503, "retry_after_s": 1},
+        **DEPLOYMENT_DEFAULTS["Ingress"],
     )
-    return ingress.bind(segmenter.bind(args.engine, args.segmenter_threads), args.engine)
+    return ingress.bind(
+        segmenter.bind(_part(args.engine, EngineSettings), args.segmenter_threads),
+        _part(args.engine, IngressSettings),
+    )

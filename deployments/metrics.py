@@ -84,3 +84,10 @@ class SegmenterMetrics:
         self.rss.set(memory.rss)
         self.private_memory.set(memory.rss - getattr(memory, "shared", 0))
         self._last = stats
+
+    def record_timings(self, timings: dict[str, float]) -> None:
+        """Observe the stages of one request (`Reply.timings`)."""
+        if "embed" in timings:
+            self.embed_latency.observe(timings["embed"])
+        if "decode" in timings:
+            self.decode_latency.observe(timings["decode"] + timings.get("encode", 0.0))

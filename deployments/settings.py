@@ -1,4 +1,5 @@
-"""The HTTP service's settings: the engine's (images, prompts, URL input) plus its own."""
+"""The ingress's settings: the request limits it shares with the engine (`RequestLimits`),
+plus what only the HTTP side uses: API keys, the body limit, URL input, `Retry-After`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from sam3_core.settings import EngineSettings, MiB
+from sam3_core.protocol.url_fetch import UrlPolicy
+from sam3_core.settings import MiB, RequestLimits
 
 
-class ServiceSettings(EngineSettings):
+class IngressSettings(RequestLimits):
     """Read from the environment of each ingress replica (`SAM3_<NAME>`)."""
 
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
@@ -23,9 +25,40 @@ class ServiceSettings(EngineSettings):
         1, ge=0, description="Retry-After sent with 503 when the service is overloaded."
     )
 
+    # URL input (off by default; SSRF-guarded when on).
+    allow_url_input: bool = Field(False, description="Accept {'type': 'url'} images.")
+    url_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Hosts URL images may come from ('example.com' or '*.example.com').",
+    )
+    url_allow_private_networks: bool = Field(
+        False, description="Let URL input reach private, loopback and link-local addresses."
+    )
+    url_timeout_seconds: float = Field(10.0, gt=0, description="Whole-fetch time limit.")
+    url_max_redirects: int = Field(3, ge=0, description="Redirects followed (each re-checked).")
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
+
+    @field_validator("url_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(h.strip().lower() for h in value.split(",") if h.strip())
+        return value
+
+    def url_policy(self) -> UrlPolicy | None:
+        """What URL input may reach; None when it is off."""
+        if not self.allow_url_input:
+            return None
+        return UrlPolicy(
+            allowed_hosts=self.url_allowed_hosts,
+            allow_private_networks=self.url_allow_private_networks,
+            max_bytes=self.max_image_bytes,
+            timeout_seconds=self.url_timeout_seconds,
+            max_redirects=self.url_max_redirects,
+        )

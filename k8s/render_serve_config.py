@@ -5,7 +5,7 @@
 
 `serveConfigV2` is an inline string of the RayService, which kustomize cannot fill from a
 file, so this script writes it into JSON 6902 patches (`serve-config.yaml` in the base and in
-each overlay that changes it); tests/unit/test_k8s_manifests.py fails when they are stale.
+each overlay that changes it); tests/k8s/test_serve_config.py fails when they are stale.
 
 On Kubernetes the config differs from `serve_config.yaml` in exactly these ways:
 - `http_options.host` is 0.0.0.0: pods are reached on their IP, not on loopback.

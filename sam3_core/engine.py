@@ -1,11 +1,13 @@
 """`Segmenter`: the engine. Embeds an image once, keeps the embedding, decodes prompts.
 
     segmenter = Segmenter.from_settings(EngineSettings(random_weights="tiny"))
-    image_id = segmenter.embed(png_bytes).image_id
+    image_id = segmenter.embed(EmbedRequest(image=png_bytes)).image_id
     result = segmenter.segment(SegmentRequest(image_id=image_id, prompts=PromptSet(...)))
 
-Every public method is synchronous, thread-safe and may block for a model call: the serving
-layer calls them from worker threads, off its event loop.
+A segmentation runs in three stages, `prepare` → `decode` → `finish`: only `decode` runs the
+model, so that a batcher can collect the decode stage of several requests. Every public
+method is synchronous, thread-safe and may block for a model call: the serving layer calls
+them from worker threads, off its event loop.
 """
 
 from __future__ import annotations
@@ -15,58 +17,31 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from sam3_core.caches import CachedEmbedding, EmbeddingCache, LogitsCache
+from sam3_core.calls import (
+    CacheOutcome,
+    Decoded,
+    EmbedRequest,
+    EmbedResult,
+    ImageRequest,
+    Segmentation,
+    SegmentRequest,
+)
 from sam3_core.errors import ImageNotCachedError, InvalidImageError
 from sam3_core.images import check_image_id, content_id, load_rgb
-from sam3_core.masks import mask_to_polygons, masks_to_rle
 from sam3_core.memory import default_cache_budget, release_freed_memory
 from sam3_core.model import InteractiveSam3
-from sam3_core.prompts import decoder_groups, validate_prompt_set
-from sam3_core.schemas import Prediction, RleMask, SegmentRequest
+from sam3_core.prompts import DecoderGroup, decoder_groups, validate_prompt_set
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    image_id: str
-    cache_hit: bool
-    embed_seconds: float
-
-
-@dataclass(frozen=True)
-class Masks:
-    """One entry per prompt, in prompt order (one entry when there is no prompt).
-
-    Attributes:
-        masks: (P, H, W) bool at the original image size.
-        scores: (P,) float32.
-        low_res_logits: (P, L, L) float32, L = 288 at 1008 px.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    image_id: str
-    masks: Masks
-    predictions: list[Prediction]
-    embedding_cache_hit: bool
-    logits_cache_hit: bool | None  # None when the request did not ask to load logits
-    embed_seconds: float
-    decode_seconds: float
 
 
 @dataclass(frozen=True)
@@ -83,6 +58,25 @@ class EngineStats:
     logits_cache_misses: int
     logits_cache_entries: int
     logits_cache_bytes: int
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """A segmentation between its stages: what `prepare` found for `decode` and `finish`.
+
+    Attributes:
+        prior_logits: (P, L, L) float32 logits of an earlier prompt set, or None.
+        groups: the decoder calls the prompts split into.
+    """
+
+    request: SegmentRequest
+    image_id: str
+    cached: CachedEmbedding
+    embedding_cache: CacheOutcome
+    prior_logits: np.ndarray | None
+    logits_cache: CacheOutcome | None
+    groups: list[DecoderGroup]
+    timings: dict[str, float]
 
 
 class Segmenter:
@@ -115,72 +109,92 @@ class Segmenter:
         settings = settings or EngineSettings()
         return cls(load_model(settings), settings)
 
-    def embed(
-        self,
-        image: bytes | None = None,
-        image_id: str | None = None,
-        image_digest: str | None = None,
-    ) -> EmbedResult:
-        """Embed `image` under `image_id` (default: the SHA-256 of its bytes) unless the same
-        content is cached under that id already."""
-        started = time.perf_counter()
-        image_id, _, hit = self._embedding(image, image_id, image_digest)
-        return EmbedResult(image_id, hit, 0.0 if hit else time.perf_counter() - started)
+    def embed(self, request: EmbedRequest) -> EmbedResult:
+        """Embed the image under its `image_id` (default: the SHA-256 of its bytes) unless
+        the same content is cached under that id already."""
+        timings: dict[str, float] = {}
+        image_id, _, outcome = self._embedding(request, timings)
+        return EmbedResult(image_id=image_id, embedding_cache=outcome, timings=timings)
 
-    def segment(self, request: SegmentRequest) -> SegmentResult:
-        """Masks for every prompt of `request`, also encoded in its wire format."""
+    def segment(self, request: SegmentRequest) -> Segmentation:
+        """Masks for every prompt of `request`: `prepare`, `decode`, `finish` in a row."""
+        job = self.prepare(request)
+        return self.finish(job, self.decode(job))
+
+    def prepare(self, request: SegmentRequest) -> SegmentJob:
+        """Everything before the model's decoder: check the prompts, find (or compute) the
+        image's embedding and the prior logits the request asks for."""
         settings = self.settings
         validate_prompt_set(
             request.prompts,
             max_prompts=settings.max_prompts,
             max_points=settings.max_points_per_prompt,
         )
-        started = time.perf_counter()
-        image_id, cached, hit = self._embedding(
-            request.image, request.image_id, request.image_digest
-        )
-        embed_seconds = 0.0 if hit else time.perf_counter() - started
+        timings: dict[str, float] = {}
+        image_id, cached, outcome = self._embedding(request, timings)
         prompts = request.prompts
         prior = None
-        logits_hit = None
+        logits_cache: CacheOutcome | None = None
         if request.load_logits_from_cache and not settings.disable_logits_cache:
             prior = self.logits.find_prior(image_id, prompts) if prompts.prompts else None
-            logits_hit = prior is not None
+            logits_cache = "miss" if prior is None else "hit"
             with self._counter_lock:
-                self._logits_hits += int(logits_hit)
-                self._logits_misses += int(not logits_hit)
-        count = prompts.prediction_count
-        height, width = cached.embedding.orig_hw
+                self._logits_hits += int(prior is not None)
+                self._logits_misses += int(prior is None)
+        return SegmentJob(
+            request=request,
+            image_id=image_id,
+            cached=cached,
+            embedding_cache=outcome,
+            prior_logits=prior,
+            logits_cache=logits_cache,
+            groups=decoder_groups(prompts),
+            timings=timings,
+        )
+
+    def decode(self, job: SegmentJob) -> Decoded:
+        """The model's part: every decoder group of the job, merged back in prompt order."""
+        started = time.perf_counter()
+        count = job.request.prompts.prediction_count
+        height, width = job.cached.embedding.orig_hw
         side = self.model.arch.low_res_size
         masks = np.zeros((count, height, width), dtype=bool)
         scores = np.zeros(count, dtype=np.float32)
         low_res = np.zeros((count, side, side), dtype=np.float32)
-        for group in decoder_groups(prompts):
+        prior = job.prior_logits
+        for group in job.groups:
             slots = list(group.slots)
             decoded = self.model.decode(
-                cached.embedding,
+                job.cached.embedding,
                 point_coords=group.point_coords,
                 point_labels=group.point_labels,
                 boxes=group.boxes,
                 mask_input=None if prior is None else prior[slots][:, None],
-                multimask_output=request.multimask_output,
+                multimask_output=job.request.multimask_output,
             )
             masks[slots], scores[slots], low_res[slots] = (
                 decoded.masks,
                 decoded.scores,
                 decoded.low_res_logits,
             )
-        if request.save_logits_to_cache and not settings.disable_logits_cache and prompts.prompts:
-            self.logits.put(image_id, prompts, low_res)
-        result = Masks(masks, scores, low_res)
-        return SegmentResult(
-            image_id=image_id,
-            masks=result,
-            predictions=encode_predictions(result, request.mask_format),
-            embedding_cache_hit=hit,
-            logits_cache_hit=logits_hit,
-            embed_seconds=embed_seconds,
-            decode_seconds=time.perf_counter() - started - embed_seconds,
+        job.timings["decode"] = time.perf_counter() - started
+        return Decoded(masks, scores, low_res)
+
+    def finish(self, job: SegmentJob, decoded: Decoded) -> Segmentation:
+        """After the decoder: keep the logits where asked, and the result."""
+        request = job.request
+        if (
+            request.save_logits_to_cache
+            and not self.settings.disable_logits_cache
+            and request.prompts.prompts
+        ):
+            self.logits.put(job.image_id, request.prompts, decoded.low_res_logits)
+        return Segmentation(
+            image_id=job.image_id,
+            embedding_cache=job.embedding_cache,
+            timings=job.timings,
+            decoded=decoded,
+            logits_cache=job.logits_cache,
         )
 
     def stats(self) -> EngineStats:
@@ -198,9 +212,11 @@ class Segmenter:
         )
 
     def _embedding(
-        self, image: bytes | None, image_id: str | None, image_digest: str | None
-    ) -> tuple[str, CachedEmbedding, bool]:
-        """(image_id, cached embedding, whether it was a cache hit)."""
+        self, request: ImageRequest, timings: dict[str, float]
+    ) -> tuple[str, CachedEmbedding, CacheOutcome]:
+        """The request's image id and cached embedding, computed first where needed (then
+        `timings["embed"]` says how long that took)."""
+        image, image_id = request.image, request.image_id
         if image_id is not None:
             check_image_id(image_id, max_length=self.settings.max_image_id_length)
         if image is None:
@@ -213,16 +229,22 @@ class Segmenter:
                     f"image_id {image_id!r} is not cached on this replica: send the image again"
                 )
             self._count(hit=True)
-            return image_id, cached, True
-        digest = image_digest or content_id(image)
+            return image_id, cached, "hit"
+        digest = request.image_digest or content_id(image)
         image_id = image_id or digest
         cached = self.embeddings.get(image_id)
         if cached is not None and cached.content_digest == digest:
             self._count(hit=True)
-            return image_id, cached, True
-        return image_id, *self._embed_once(image, image_id, digest)
+            return image_id, cached, "hit"
+        started = time.perf_counter()
+        cached, outcome = self._embed_once(image, image_id, digest)
+        if outcome == "miss":
+            timings["embed"] = time.perf_counter() - started
+        return image_id, cached, outcome
 
-    def _embed_once(self, image: bytes, image_id: str, digest: str) -> tuple[CachedEmbedding, bool]:
+    def _embed_once(
+        self, image: bytes, image_id: str, digest: str
+    ) -> tuple[CachedEmbedding, CacheOutcome]:
         """Embed, with concurrent requests for the same image waiting on one computation."""
         key = (image_id, digest)
         with self._inflight_lock:
@@ -233,7 +255,7 @@ class Segmenter:
         assert pending is not None
         if not owner:
             self._count(hit=True)
-            return pending.result(), True
+            return pending.result(), "hit"
         try:
             pixels = load_rgb(image, max_pixels=self.settings.max_image_pixels)
             embedding = self.model.encode(torch.from_numpy(pixels).permute(2, 0, 1))
@@ -248,7 +270,7 @@ class Segmenter:
                 release_freed_memory()  # the embed's working memory, evicted embeddings
             self._count(hit=False)
             pending.set_result(cached)
-            return cached, False
+            return cached, "miss"
         except BaseException as exc:
             pending.set_exception(exc)
             raise
@@ -262,15 +284,3 @@ class Segmenter:
                 self._hits += 1
             else:
                 self._misses += 1
-
-
-def encode_predictions(masks: Masks, mask_format: Literal["polygon", "rle"]) -> list[Prediction]:
-    if mask_format == "rle":
-        return [
-            Prediction(masks=RleMask(**rle), confidence=float(score), format="rle")
-            for rle, score in zip(masks_to_rle(masks.masks), masks.scores, strict=True)
-        ]
-    return [
-        Prediction(masks=mask_to_polygons(mask), confidence=float(score), format="polygon")
-        for mask, score in zip(masks.masks, masks.scores, strict=True)
-    ]

@@ -1,4 +1,5 @@
-"""Client images: base64 to bytes, bytes to RGB pixels, with byte and pixel limits.
+"""Images: their ids (SHA-256 of the bytes, or the client's within limits), and bytes to RGB
+pixels within a pixel limit.
 
 Pixels are decoded by Pillow from a fixed list of raster formats; nothing a client sends is
 ever unpickled (Roboflow's `numpy` image type is a pickle and is refused).
@@ -6,8 +7,6 @@ ever unpickled (Roboflow's `numpy` image type is a pickle and is refused).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
 import warnings
@@ -16,59 +15,12 @@ from io import BytesIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sam3_core.errors import (
-    ImageTooLargeError,
-    InvalidImageError,
-    InvalidImageIdError,
-    UrlInputError,
-)
-from sam3_core.schemas import ImageInput
-from sam3_core.settings import EngineSettings
-from sam3_core.url_fetch import UrlPolicy, fetch_image
+from sam3_core.errors import ImageTooLargeError, InvalidImageError, InvalidImageIdError
 
 # JPEG includes MPO (multi-picture JPEGs from phone cameras).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
-_DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(r"\s+")
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
-
-
-def decode_base64(value: str, *, max_bytes: int) -> bytes:
-    """Base64 text, with or without a `data:image/...;base64,` prefix, to the image's bytes."""
-    text = _WHITESPACE.sub("", _DATA_URL.sub("", value.strip(), count=1))
-    if not text:
-        raise InvalidImageError("image.value is empty")
-    if len(text) // 4 * 3 > max_bytes + 2:
-        raise ImageTooLargeError(
-            f"the image is about {len(text) // 4 * 3} bytes, the limit is {max_bytes}"
-        )
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidImageError(f"image.value is not valid base64: {exc}") from exc
-    if len(data) > max_bytes:
-        raise ImageTooLargeError(f"the image is {len(data)} bytes, the limit is {max_bytes}")
-    return data
-
-
-def read_image_input(image: ImageInput, settings: EngineSettings) -> bytes:
-    """The bytes of a client's image: base64 decoded, or (where enabled) fetched by URL."""
-    kind = image.type.lower()
-    if kind == "base64":
-        return decode_base64(image.value, max_bytes=settings.max_image_bytes)
-    if kind == "url":
-        if not settings.allow_url_input:
-            raise UrlInputError("URL images are disabled on this server (SAM3_ALLOW_URL_INPUT)")
-        policy = UrlPolicy(
-            allowed_hosts=settings.url_allowed_hosts,
-            allow_private_networks=settings.url_allow_private_networks,
-            max_bytes=settings.max_image_bytes,
-            timeout_seconds=settings.url_timeout_seconds,
-            max_redirects=settings.url_max_redirects,
-        )
-        return fetch_image(image.value, policy)
-    raise InvalidImageError(f"image.type {image.type!r} is not supported; use base64 or url")
 
 
 def content_id(data: bytes) -> str:

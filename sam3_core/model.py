@@ -14,6 +14,7 @@ from sam3_core.architecture import (
     build_interactive_predictor,
     build_vision_neck,
 )
+from sam3_core.calls import Decoded
 from sam3_core.errors import InvalidPromptError
 from sam3_core.sam3_compat import quiet_sam3
 
@@ -49,22 +50,6 @@ class ImageEmbedding:
             high_res_feats=(self.high_res_feats[0].to(dtype), self.high_res_feats[1].to(dtype)),
             orig_hw=self.orig_hw,
         )
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """Best proposal per prompt of one decoder call.
-
-    Attributes:
-        masks: (B, H, W) bool at the original image size.
-        scores: (B,) float32, the decoder's predicted IoU of each returned mask.
-        low_res_logits: (B, 4·S/14, 4·S/14) float32 (288² at 1008 px), clamped to ±32 as sam3
-            does; what `mask_input` takes in a later call.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
 
 
 class InteractiveSam3(nn.Module):
@@ -138,7 +123,8 @@ class InteractiveSam3(nn.Module):
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
     ) -> Decoded:
-        """Decode B prompts of one image in one call and keep each prompt's best proposal.
+        """Decode B prompts of one image in one call and keep each prompt's best proposal
+        (`Decoded` with B entries).
 
         Args:
             embedding: from `encode`, in any dtype.

@@ -1,25 +1,39 @@
-"""The engine's configuration: one typed object read from the environment once per process."""
+"""Configuration, read from the environment once per process (SPEC §7).
+
+`RequestLimits` is what one request may carry; the engine and the HTTP ingress both apply
+it (the ingress's own settings, in `deployments.settings`, add to it, never the model's).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
 
 
-class EngineSettings(BaseSettings):
-    """Settings of `sam3_core` (SPEC §7). Every field is read from `SAM3_<NAME>`.
-
-    Names borrowed from Roboflow's inference server (`SAM3_MAX_EMBEDDING_CACHE_SIZE`,
-    `SAM3_MAX_LOGITS_CACHE_SIZE`, `DISABLE_SAM3_LOGITS_CACHE`) keep their meaning.
-    """
+class RequestLimits(BaseSettings):
+    """Limits of one request. Every field is read from `SAM3_<NAME>`."""
 
     model_config = SettingsConfigDict(
         env_prefix="SAM3_", extra="ignore", populate_by_name=True, frozen=True
     )
+
+    max_image_bytes: int = Field(25 * MiB, gt=0, description="Encoded image size limit.")
+    max_image_pixels: int = Field(64 * MiB, gt=0, description="width x height limit.")
+    max_prompts: int = Field(64, ge=1, description="Prompts in one request.")
+    max_points_per_prompt: int = Field(64, ge=1, description="Points in one prompt.")
+    max_image_id_length: int = Field(256, ge=16, description="Characters in an image_id.")
+
+
+class EngineSettings(RequestLimits):
+    """Settings of `sam3_core`: the model, its caches and the request limits.
+
+    Names borrowed from Roboflow's inference server (`SAM3_MAX_EMBEDDING_CACHE_SIZE`,
+    `SAM3_MAX_LOGITS_CACHE_SIZE`, `DISABLE_SAM3_LOGITS_CACHE`) keep their meaning.
+    """
 
     # Model and weights.
     checkpoint: str | None = Field(
@@ -60,32 +74,6 @@ class EngineSettings(BaseSettings):
         validation_alias=AliasChoices("DISABLE_SAM3_LOGITS_CACHE", "disable_logits_cache"),
         description="Ignore save_logits_to_cache / load_logits_from_cache (Roboflow's name).",
     )
-
-    # Input limits.
-    max_image_bytes: int = Field(25 * MiB, gt=0, description="Encoded image size limit.")
-    max_image_pixels: int = Field(64 * MiB, gt=0, description="width x height limit.")
-    max_prompts: int = Field(64, ge=1, description="Prompts in one request.")
-    max_points_per_prompt: int = Field(64, ge=1, description="Points in one prompt.")
-    max_image_id_length: int = Field(256, ge=16, description="Characters in an image_id.")
-
-    # URL input (off by default; SSRF-guarded when on).
-    allow_url_input: bool = Field(False, description="Accept {'type': 'url'} images.")
-    url_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
-        (),
-        description="Hosts URL images may come from ('example.com' or '*.example.com').",
-    )
-    url_allow_private_networks: bool = Field(
-        False, description="Let URL input reach private, loopback and link-local addresses."
-    )
-    url_timeout_seconds: float = Field(10.0, gt=0, description="Whole-fetch time limit.")
-    url_max_redirects: int = Field(3, ge=0, description="Redirects followed (each re-checked).")
-
-    @field_validator("url_allowed_hosts", mode="before")
-    @classmethod
-    def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(h.strip().lower() for h in value.split(",") if h.strip())
-        return value
 
     @field_validator("random_weights", "checkpoint", mode="before")
     @classmethod

@@ -4,39 +4,35 @@ from __future__ import annotations
 
 import base64
 
-import anyio
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from deployments.api import create_api
-from deployments.messages import EmbedReply, SegmentReply, ServiceUnavailableError
-from deployments.settings import ServiceSettings
-from sam3_core.engine import Segmenter, SegmentRequest
+from deployments.operations import Operation, Reply
+from deployments.owners import LocalOwners, ServiceUnavailableError
+from deployments.settings import IngressSettings
+from sam3_core import Segmenter, SegmentRequest
+from sam3_core.calls import ImageRequest
 from sam3_core.images import content_id
-from sam3_core.schemas import predictions_json
+from sam3_core.protocol.masks import encode_predictions
 from tests.conftest import encode_image, random_pixels
 
 
-class InProcessClient:
-    """A `SegmenterClient` calling the engine directly (one "replica")."""
+class InProcessOwners(LocalOwners):
+    """The engine in-process as the only "replica", recording segment requests."""
 
     def __init__(self, engine: Segmenter) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.calls: list[SegmentRequest] = []
         self.unavailable = False
 
-    async def embed(self, image, image_id, image_digest) -> EmbedReply:
-        result = await anyio.to_thread.run_sync(self.engine.embed, image, image_id, image_digest)
-        return EmbedReply(result.image_id, result.cache_hit, "local")
-
-    async def segment(self, request: SegmentRequest) -> SegmentReply:
+    async def call(self, operation: Operation, request: ImageRequest) -> Reply:
         if self.unavailable:
             raise ServiceUnavailableError("owner restarting", retry_after_s=2.2)
-        self.calls.append(request)
-        result = await anyio.to_thread.run_sync(self.engine.segment, request)
-        body = predictions_json(result.predictions)
-        return SegmentReply(body, result.embedding_cache_hit, "local", result.logits_cache_hit)
+        if isinstance(request, SegmentRequest):
+            self.calls.append(request)
+        return await super().call(operation, request)
 
 
 @pytest.fixture
@@ -44,9 +40,9 @@ def engine(make_segmenter) -> Segmenter:
     return make_segmenter(embedding_cache_bytes=2**26)
 
 
-def make_client(engine: Segmenter, **settings) -> tuple[TestClient, InProcessClient]:
-    backend = InProcessClient(engine)
-    app = create_api(backend, ServiceSettings(**settings))
+def make_client(engine: Segmenter, **settings) -> tuple[TestClient, InProcessOwners]:
+    backend = InProcessOwners(engine)
+    app = create_api(backend, IngressSettings(**settings))
     return TestClient(app, raise_server_exceptions=False), backend
 
 
@@ -342,22 +338,8 @@ def test_masks_match_the_engine(api, engine):
     body = {"image": {"type": "base64", "value": B64}, "prompts": CLICK, "format": "rle"}
     (prediction,) = api.post("/sam3/visual_segment", json=body).json()["predictions"]
     direct = engine.segment(
-        SegmentRequest(
-            image=PNG, prompts=SegmentRequest().prompts.model_validate(CLICK), mask_format="rle"
-        )
-    )
-    assert prediction["masks"]["counts"] == direct.predictions[0].masks.counts
-    assert np.isclose(prediction["confidence"], direct.predictions[0].confidence)
-
-
-def test_the_ingress_never_imports_the_model():
-    """The CPU ingress stays light: no torch, no sam3 in its process."""
-    import subprocess
-    import sys
-
-    script = (
-        "import sys, deployments.ingress\n"
-        "heavy = [m for m in ('torch', 'sam3', 'cv2') if m in sys.modules]\n"
-        "assert not heavy, heavy\n"
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+        SegmentRequest(image=PNG, prompts=SegmentRequest().prompts.model_validate(CLICK))
+    ).decoded
+    (expected,) = encode_predictions(direct.masks, direct.scores, "rle")
+    assert prediction["masks"]["counts"] == expected.masks.counts
+    assert np.isclose(prediction["confidence"], expected.confidence)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 from pydantic import ValidationError
 
-from deployments.app import ROUTERS, build_app
+from deployments.app import DEPLOYMENT_DEFAULTS, ROUTERS, build_app
+
+ROOT = Path(__file__).parents[2]
+README = ROOT / "README.md"
 
 
 def deployments(args: dict) -> dict:
@@ -37,3 +44,66 @@ def test_consistent_hashing_is_strict_by_default():
 def test_unknown_args_are_refused():
     with pytest.raises(ValidationError, match="segmenter_gpu"):
         build_app({"segmenter_gpu": 1})
+
+
+@pytest.mark.parametrize(
+    ("engine", "names"),
+    [
+        ({"randm_weights": "tiny"}, "randm_weights"),
+        ({"max_prompts": 0}, "max_prompts"),
+        ({"random_weights": "huge"}, "random_weights"),
+        ({"url_timeout_seconds": -1}, "url_timeout_seconds"),
+    ],
+)
+def test_engine_settings_are_checked_when_the_app_is_built(engine, names):
+    with pytest.raises(ValidationError, match=names):
+        build_app({"segmenter_gpus": 0, "engine": engine})
+
+
+def test_each_deployment_gets_its_own_settings(monkeypatch):
+    # The builder's environment is not the replicas': only the overrides are checked here.
+    monkeypatch.setenv("SAM3_MAX_PROMPTS", "0")
+    engine = {"random_weights": "tiny", "max_prompts": 5, "api_keys": "k", "allow_url_input": True}
+    built = deployments({"segmenter_gpus": 0, "engine": engine})
+    segmenter_settings, _ = built["Segmenter"].init_args
+    _, ingress_settings = built["Ingress"].init_args
+    assert segmenter_settings == {"random_weights": "tiny", "max_prompts": 5}
+    assert ingress_settings == {"max_prompts": 5, "api_keys": "k", "allow_url_input": True}
+
+
+def test_deployment_options_are_the_defaults_table():
+    built = deployments({"segmenter_gpus": 0})
+    for name, options in DEPLOYMENT_DEFAULTS.items():
+        config = built[name]._deployment_config
+        for option, value in options.items():
+            got = getattr(config, option)
+            assert (got.model_dump() if hasattr(got, "model_dump") else got) == value, option
+
+
+def _serve_config_deployments(config: dict) -> dict[str, dict]:
+    (app,) = config["applications"]
+    return {entry["name"]: entry for entry in app["deployments"]}
+
+
+def test_serve_config_readme_and_k8s_agree_with_the_defaults_table():
+    sources = {"serve_config.yaml": yaml.safe_load((ROOT / "serve_config.yaml").read_text())}
+    for patch in sorted((ROOT / "k8s").glob("**/serve-config.yaml")):
+        (operation,) = yaml.safe_load(patch.read_text())
+        sources[str(patch.relative_to(ROOT))] = yaml.safe_load(operation["value"])
+    for source, config in sources.items():
+        for name, entry in _serve_config_deployments(config).items():
+            for option, value in entry.items():
+                if option in DEPLOYMENT_DEFAULTS[name]:
+                    assert value == DEPLOYMENT_DEFAULTS[name][option], (source, name, option)
+    shown = _serve_config_deployments(sources["serve_config.yaml"])
+    readme = {
+        (name, option): yaml.safe_load(value)
+        for name, option, value in re.findall(
+            r"^\| `deployments\[(\w+)\]\.(\w+)` \| `([^`]+)` \|", README.read_text(), re.M
+        )
+    }
+    for name, options in DEPLOYMENT_DEFAULTS.items():
+        for option, value in options.items():
+            assert readme.get((name, option)) == value, f"README.md: {name}.{option}"
+        for option in ("max_ongoing_requests", "max_queued_requests"):
+            assert option in shown[name], f"serve_config.yaml shows {name}.{option}"

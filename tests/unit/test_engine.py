@@ -5,10 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from pycocotools import mask as coco_mask
 
+from sam3_core import EmbedRequest, Segmenter, SegmentRequest
 from sam3_core import engine as engine_module
-from sam3_core.engine import Segmenter, SegmentRequest
 from sam3_core.errors import (
     ImageNotCachedError,
     ImageTooLargeError,
@@ -37,20 +36,26 @@ def images(n: int) -> list[bytes]:
 class TestEmbed:
     def test_content_id_and_hits(self, segmenter):
         (data,) = images(1)
-        first = segmenter.embed(data)
-        assert first.image_id == content_id(data) and not first.cache_hit
-        assert segmenter.embed(data).cache_hit
-        assert segmenter.embed(image_id=first.image_id).cache_hit
-        assert segmenter.embed(data, image_id=first.image_id).cache_hit
+        first = segmenter.embed(EmbedRequest(image=data))
+        assert first.image_id == content_id(data) and first.embedding_cache == "miss"
+        assert segmenter.embed(EmbedRequest(image=data)).embedding_cache == "hit"
+        assert segmenter.embed(EmbedRequest(image_id=first.image_id)).embedding_cache == "hit"
+        assert (
+            segmenter.embed(EmbedRequest(image=data, image_id=first.image_id)).embedding_cache
+            == "hit"
+        )
 
     def test_embedding_is_what_decoding_needs_only(self, segmenter):
         (data,) = images(1)
-        segmenter.embed(data, image_id="a")
+        segmenter.embed(EmbedRequest(image=data, image_id="a"))
         assert segmenter.stats().embedding_cache_bytes == EMBEDDING_BYTES
 
     def test_client_ids_are_kept(self, segmenter):
         (data,) = images(1)
-        assert segmenter.embed(data, image_id="project/img-7.jpg").image_id == "project/img-7.jpg"
+        assert (
+            segmenter.embed(EmbedRequest(image=data, image_id="project/img-7.jpg")).image_id
+            == "project/img-7.jpg"
+        )
 
     def test_concurrent_embeds_of_one_image_compute_once(self, segmenter):
         (data,) = images(1)
@@ -58,7 +63,7 @@ class TestEmbed:
 
         def embed(_: int) -> str:
             barrier.wait()
-            return segmenter.embed(data).image_id
+            return segmenter.embed(EmbedRequest(image=data)).image_id
 
         with ThreadPoolExecutor(8) as pool:
             ids = set(pool.map(embed, range(8)))
@@ -77,16 +82,37 @@ class TestSegment:
             ]
         )
         result = segmenter.segment(SegmentRequest(image=data, prompts=prompts))
-        assert len(result.predictions) == 3 and result.masks.masks.shape == (3, 120, 160)
-        assert result.masks.low_res_logits.shape == (3, 64, 64)
+        assert len(result.decoded.masks) == 3 and result.decoded.masks.shape == (3, 120, 160)
+        assert result.decoded.low_res_logits.shape == (3, 64, 64)
         alone = segmenter.segment(
             SegmentRequest(image=data, prompts=PromptSet.model_validate(prompts.prompts[1]))
         )
-        assert np.array_equal(result.masks.masks[1], alone.masks.masks[0])
+        assert np.array_equal(result.decoded.masks[1], alone.decoded.masks[0])
+
+    def test_the_stages_give_what_segment_gives_and_only_decode_runs_the_model(
+        self, segmenter, monkeypatch
+    ):
+        (data,) = images(1)
+        segmenter.embed(EmbedRequest(image=data, image_id="s"))
+        request = SegmentRequest(image_id="s", prompts=clicks((5, 5)), save_logits_to_cache=True)
+        whole = segmenter.segment(request)
+        calls = []
+        decode = segmenter.model.decode
+        monkeypatch.setattr(
+            segmenter.model, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k)
+        )
+        job = segmenter.prepare(request)
+        assert not calls and job.image_id == "s" and job.embedding_cache == "hit"
+        decoded = segmenter.decode(job)
+        assert len(calls) == 1
+        result = segmenter.finish(job, decoded)
+        assert len(calls) == 1 and segmenter.logits.count_for("s") == 1
+        assert np.array_equal(result.decoded.masks, whole.decoded.masks)
+        assert np.array_equal(result.decoded.scores, whole.decoded.scores)
 
     def test_no_prompt_gives_one_prediction(self, segmenter):
         (data,) = images(1)
-        assert len(segmenter.segment(SegmentRequest(image=data)).predictions) == 1
+        assert len(segmenter.segment(SegmentRequest(image=data)).decoded.masks) == 1
 
     def test_id_only_needs_a_cached_embedding(self, segmenter):
         with pytest.raises(ImageNotCachedError, match="send the image again"):
@@ -96,54 +122,46 @@ class TestSegment:
 
     def test_id_only_after_embed_is_a_hit(self, segmenter):
         (data,) = images(1)
-        image_id = segmenter.embed(data).image_id
+        image_id = segmenter.embed(EmbedRequest(image=data)).image_id
         result = segmenter.segment(SegmentRequest(image_id=image_id, prompts=clicks((5, 5))))
-        assert result.embedding_cache_hit and result.image_id == image_id
+        assert result.embedding_cache == "hit" and result.image_id == image_id
 
     def test_new_content_under_a_known_id_is_re_embedded(self, segmenter, make_segmenter):
         old, new = images(2)
-        segmenter.embed(old, image_id="doc")
+        segmenter.embed(EmbedRequest(image=old, image_id="doc"))
         segmenter.segment(
             SegmentRequest(image_id="doc", prompts=clicks((5, 5)), save_logits_to_cache=True)
         )
         result = segmenter.segment(
             SegmentRequest(image=new, image_id="doc", prompts=clicks((5, 5)))
         )
-        assert not result.embedding_cache_hit
+        assert result.embedding_cache == "miss"
         assert segmenter.logits.count_for("doc") == 0  # the old picture's logits are gone
         fresh = make_segmenter().segment(SegmentRequest(image=new, prompts=clicks((5, 5))))
-        assert np.array_equal(result.masks.masks, fresh.masks.masks)
+        assert np.array_equal(result.decoded.masks, fresh.decoded.masks)
         hit = segmenter.segment(SegmentRequest(image=new, image_id="doc", prompts=clicks((5, 5))))
-        assert hit.embedding_cache_hit
-
-    def test_formats(self, segmenter):
-        (data,) = images(1)
-        rle = segmenter.segment(
-            SegmentRequest(image=data, mask_format="rle", prompts=clicks((9, 9)))
-        )
-        (prediction,) = rle.predictions
-        assert prediction.format == "rle" and prediction.masks.size == [120, 160]
-        decoded = coco_mask.decode({"size": [120, 160], "counts": prediction.masks.counts})
-        assert np.array_equal(decoded.astype(bool), rle.masks.masks[0])
-        polygon = segmenter.segment(SegmentRequest(image=data, prompts=clicks((9, 9))))
-        assert polygon.predictions[0].format == "polygon"
-        assert polygon.predictions[0].confidence == pytest.approx(float(rle.masks.scores[0]))
+        assert hit.embedding_cache == "hit"
 
 
 class TestCaches:
     def test_lru_by_bytes_and_eviction_drops_logits(self, make_segmenter):
         engine = make_segmenter(embedding_cache_bytes=int(EMBEDDING_BYTES * 2.5))
         a, b, c = images(3)
-        id_a, id_b = engine.embed(a).image_id, engine.embed(b).image_id
+        id_a, id_b = (
+            engine.embed(EmbedRequest(image=a)).image_id,
+            engine.embed(EmbedRequest(image=b)).image_id,
+        )
         # A click on a refreshes it: b becomes the least recently used.
         engine.segment(
             SegmentRequest(image_id=id_a, prompts=clicks((3, 3)), save_logits_to_cache=True)
         )
-        engine.embed(c)
+        engine.embed(EmbedRequest(image=c))
         assert id_a in engine.embeddings and id_b not in engine.embeddings
         assert engine.stats().embedding_cache_bytes <= engine.embeddings.max_bytes
         assert engine.logits.count_for(id_a) == 1
-        engine.embed(b)  # now a is the least recently used: it goes, with its logits
+        engine.embed(
+            EmbedRequest(image=b)
+        )  # now a is the least recently used: it goes, with its logits
         assert id_a not in engine.embeddings and engine.logits.count_for(id_a) == 0
         assert engine.stats().embedding_cache_evictions == 2
 
@@ -152,23 +170,23 @@ class TestCaches:
         monkeypatch.setattr(engine_module, "release_freed_memory", lambda: trims.append(1))
         engine = make_segmenter(embedding_cache_bytes=2 * EMBEDDING_BYTES)
         for image in images(3):
-            engine.embed(image)
-        engine.embed(images(3)[2])  # a hit: nothing was freed
+            engine.embed(EmbedRequest(image=image))
+        engine.embed(EmbedRequest(image=images(3)[2]))  # a hit: nothing was freed
         assert len(trims) == 3
-        make_segmenter(release_freed_memory=False).embed(images(4)[3])
+        make_segmenter(release_freed_memory=False).embed(EmbedRequest(image=images(4)[3]))
         assert len(trims) == 3
 
     def test_count_limit(self, make_segmenter):
         engine = make_segmenter(embedding_cache_bytes=2**30, max_embedding_cache_size=2)
         for data in images(4):
-            engine.embed(data)
+            engine.embed(EmbedRequest(image=data))
         assert len(engine.embeddings) == 2
 
     def test_an_image_over_the_budget_is_served_but_not_kept(self, make_segmenter):
         engine = make_segmenter(embedding_cache_bytes=EMBEDDING_BYTES - 1)
         (data,) = images(1)
         result = engine.segment(SegmentRequest(image=data, prompts=clicks((2, 2))))
-        assert len(result.predictions) == 1 and len(engine.embeddings) == 0
+        assert len(result.decoded.masks) == 1 and len(engine.embeddings) == 0
 
     def test_logits_cache_round_trip_and_disable(self, make_segmenter):
         for disabled in (False, True):
@@ -182,7 +200,7 @@ class TestCaches:
                     image=data, prompts=clicks((3, 3), (9, 9)), load_logits_from_cache=True
                 )
             )
-            assert second.logits_cache_hit is (None if disabled else True)
+            assert second.logits_cache == (None if disabled else "hit")
             assert len(engine.logits) == (0 if disabled else 1)
 
 
@@ -194,8 +212,8 @@ class TestReducedPrecision:
         worst_iou, worst_score = 1.0, 0.0
         for i, data in enumerate(images(6)):
             prompts = clicks((10 + 20 * i, 30), (90, 40 + 10 * i))
-            a = reference.segment(SegmentRequest(image=data, prompts=prompts)).masks
-            b = reduced.segment(SegmentRequest(image=data, prompts=prompts)).masks
+            a = reference.segment(SegmentRequest(image=data, prompts=prompts)).decoded
+            b = reduced.segment(SegmentRequest(image=data, prompts=prompts)).decoded
             union = (a.masks | b.masks).sum()
             worst_iou = min(worst_iou, (a.masks & b.masks).sum() / union if union else 1.0)
             worst_score = max(worst_score, float(np.abs(a.scores - b.scores).max()))
@@ -207,7 +225,7 @@ class TestReducedPrecision:
 class TestBadInput:
     def test_each_case_has_its_error_and_the_caches_survive(self, segmenter):
         (good,) = images(1)
-        image_id = segmenter.embed(good).image_id
+        image_id = segmenter.embed(EmbedRequest(image=good)).image_id
         before = segmenter.stats()
         jpeg = encode_image(random_pixels(1, 64, 64), "JPEG")
         cases = [
@@ -236,12 +254,12 @@ class TestBadInput:
             with pytest.raises(error):
                 segmenter.segment(request)
         assert segmenter.stats().embedding_cache_bytes == before.embedding_cache_bytes
-        assert segmenter.segment(SegmentRequest(image_id=image_id)).embedding_cache_hit
+        assert segmenter.segment(SegmentRequest(image_id=image_id)).embedding_cache == "hit"
 
     def test_pixel_limit(self, make_segmenter):
         engine = make_segmenter(max_image_pixels=100 * 100)
         with pytest.raises(ImageTooLargeError):
-            engine.embed(encode_image(random_pixels(0, 101, 100)))
+            engine.embed(EmbedRequest(image=encode_image(random_pixels(0, 101, 100))))
 
 
 class TestConcurrency:
@@ -260,17 +278,17 @@ class TestConcurrency:
                 image_id=None if send_image else content_id(image),
                 prompts=prompts,
             )
-            masks = engine.segment(request).masks
-            return masks.masks, masks.scores
+            decoded = engine.segment(request).decoded
+            return decoded.masks, decoded.scores
 
         sequential_engine = make_segmenter()
         for image in data:
-            sequential_engine.embed(image)
+            sequential_engine.embed(EmbedRequest(image=image))
         expected = [run(sequential_engine, job) for job in jobs]
 
         engine = make_segmenter()
         for image in data:
-            engine.embed(image)
+            engine.embed(EmbedRequest(image=image))
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(lambda job: run(engine, job), jobs * 3))
         for (masks, scores), (want_masks, want_scores) in zip(got, expected * 3, strict=True):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from sam3_core import Segmenter, SegmentRequest
 from sam3_core.architecture import TINY, count_parameters
-from sam3_core.engine import Segmenter, SegmentRequest
 from sam3_core.errors import InvalidPromptError
 from sam3_core.model import InteractiveSam3
 from sam3_core.prompts import PromptSet
@@ -51,7 +51,7 @@ def engine_masks(engine: Segmenter, image: np.ndarray, prompts: object, **option
     request = SegmentRequest(
         image=encode_image(image), prompts=PromptSet.model_validate(prompts), **options
     )
-    return engine.segment(request).masks
+    return engine.segment(request).decoded
 
 
 def assert_same(ours, theirs) -> None:
@@ -173,8 +173,8 @@ class TestParityWithSam3:
                 load_logits_from_cache=True,
             )
         )
-        assert result.logits_cache_hit is True
-        assert_same(result.masks, refined)
+        assert result.logits_cache == "hit"
+        assert_same(result.decoded, refined)
 
 
 class TestBuild:

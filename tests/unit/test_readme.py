@@ -4,7 +4,9 @@ docs/operations.md; README's two commands are where CI and users look for them."
 import re
 from pathlib import Path
 
-from deployments.settings import ServiceSettings
+from deployments.settings import IngressSettings
+from sam3_core.settings import EngineSettings
+from tests.conftest import encode_image, random_pixels
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
@@ -27,17 +29,19 @@ LIMITS = (
 )
 
 
+# Every setting of the service: the engine's (each segmenter replica) and the ingress's.
+SETTINGS = {**EngineSettings.model_fields, **IngressSettings.model_fields}
+
+
 def env_name(field: str) -> str:
-    alias = ServiceSettings.model_fields[field].validation_alias
+    alias = SETTINGS[field].validation_alias
     if alias is not None:
         return alias.choices[0]
     return f"SAM3_{field.upper()}"
 
 
 def test_every_setting_is_documented():
-    missing = [
-        env_name(f) for f in ServiceSettings.model_fields if f"`{env_name(f)}`" not in README
-    ]
+    missing = [env_name(f) for f in SETTINGS if f"`{env_name(f)}`" not in README]
     assert not missing, f"README.md's configuration table lacks {missing}"
 
 
@@ -53,4 +57,19 @@ def test_the_two_commands():
 def test_every_limit_is_in_the_operations_guide():
     missing = [env_name(f) for f in LIMITS if f"`{env_name(f)}`" not in OPERATIONS]
     assert not missing, f"docs/operations.md's limits table lacks {missing}"
-    assert set(LIMITS) <= set(ServiceSettings.model_fields)
+    assert set(LIMITS) <= set(SETTINGS)
+
+
+def test_the_engine_example_runs(tmp_path, monkeypatch):
+    """README's engine example, run as written but on the tiny random model."""
+    (code,) = re.findall(r"Or use the engine directly.*?```python\n(.+?)```", README, re.S)
+    assert 'EngineSettings(checkpoint="/models/sam3.pt")' in code
+    code = code.replace(
+        'EngineSettings(checkpoint="/models/sam3.pt")',
+        'EngineSettings(random_weights="tiny", device="cpu", max_hole_area=0)',
+    )
+    (tmp_path / "photo.jpg").write_bytes(encode_image(random_pixels(0, 480, 640), "JPEG"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].decoded.masks.shape == (1, 480, 640)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import cv2
+from typing import Literal
+
 import numpy as np
 from pycocotools import mask as coco_mask
+
+from sam3_core.protocol.bodies import Prediction, RleMask
 
 Polygon = list[list[int]]
 
@@ -18,6 +21,10 @@ def mask_to_polygons(mask: np.ndarray) -> list[Polygon]:
     Returns:
         `[[]]` for an empty mask (Roboflow's convention), else `[[[x, y], ...], ...]`.
     """
+    # Imported here: the CPU ingress imports this package for its operation table but never
+    # draws a polygon, and OpenCV is the heaviest import it would otherwise pay for.
+    import cv2
+
     contours, _ = cv2.findContours(
         mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
     )
@@ -40,4 +47,24 @@ def masks_to_rle(masks: np.ndarray) -> list[dict[str, object]]:
     return [
         {"size": [int(h) for h in rle["size"]], "counts": rle["counts"].decode("ascii")}
         for rle in encoded
+    ]
+
+
+def encode_predictions(
+    masks: np.ndarray, scores: np.ndarray, mask_format: Literal["polygon", "rle"]
+) -> list[Prediction]:
+    """One prediction per mask.
+
+    Args:
+        masks: (P, H, W) bool.
+        scores: (P,) float.
+    """
+    if mask_format == "rle":
+        return [
+            Prediction(masks=RleMask(**rle), confidence=float(score), format="rle")
+            for rle, score in zip(masks_to_rle(masks), scores, strict=True)
+        ]
+    return [
+        Prediction(masks=mask_to_polygons(mask), confidence=float(score), format="polygon")
+        for mask, score in zip(masks, scores, strict=True)
     ]

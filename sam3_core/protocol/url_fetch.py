@@ -32,7 +32,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True)
 class UrlPolicy:
-    """What URL input may reach (built from `EngineSettings`)."""
+    """What URL input may reach (the ingress builds it from its settings)."""
 
     allowed_hosts: tuple[str, ...]
     allow_private_networks: bool = False

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sam3_core.errors import ImageTooLargeError, UrlInputError
-from sam3_core.url_fetch import UrlPolicy, _address_refusal, fetch_image, host_allowed
+from sam3_core.protocol.url_fetch import UrlPolicy, _address_refusal, fetch_image, host_allowed
 
 BODY = b"\x89PNG fake image bytes" * 10
 

@@ -1,11 +1,8 @@
-"""The shapes of data at the engine's edges: the JSON bodies of the SAM3 interactive API
-(SPEC §3), compatible with Roboflow's inference server and the `inference-sdk` client (unknown
-keys such as `api_key` or `model_id` are ignored), and `SegmentRequest`, the engine's call.
-No torch here: the CPU ingress imports this module, never the model."""
+"""The JSON bodies of the SAM3 API (SPEC §3), compatible with Roboflow's inference server and
+the `inference-sdk` client: unknown keys such as `api_key` or `model_id` are ignored."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -117,18 +114,3 @@ class VisualSegmentResponse(BaseModel):
 class ErrorResponse(BaseModel):
     message: str
     code: str
-
-
-@dataclass(frozen=True)
-class SegmentRequest:
-    """One segmentation call. `image` is the image file's bytes (PNG, JPEG, ...);
-    `image_digest` its SHA-256 where the caller has computed it already."""
-
-    prompts: PromptSet = field(default_factory=PromptSet)
-    image: bytes | None = None
-    image_id: str | None = None
-    image_digest: str | None = None
-    multimask_output: bool = True
-    mask_format: Literal["polygon", "rle"] = "polygon"
-    save_logits_to_cache: bool = False
-    load_logits_from_cache: bool = False

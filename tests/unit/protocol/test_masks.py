@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from sam3_core.masks import mask_to_polygons, masks_to_rle
+from sam3_core.protocol.masks import mask_to_polygons, masks_to_rle
 
 
 def fill(polygons: list, shape: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,83 @@
+"""How the ingress reaches the replica that owns an image: `RayOwners` over a Ray Serve
+handle with consistent-hash affinity (`session_id=image_id`), or `LocalOwners`, one engine
+in this process (tests, or the API without Ray)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import anyio
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from deployments.operations import Operation, Reply, run
+from sam3_core.calls import ImageRequest
+from sam3_core.errors import Sam3Error
+
+# Failures after which the same request, sent again, can succeed: the owner replica was
+# overloaded, or died and is being replaced (its images then move to a new owner).
+RETRYABLE = (
+    BackPressureError,
+    DeploymentUnavailableError,
+    RayActorError,
+    ActorDiedError,
+    ActorUnavailableError,
+)
+
+
+class ServiceUnavailableError(Sam3Error):
+    """Retryable: overloaded (backpressure), or the image's replica is gone or restarting."""
+
+    code = "service_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Owners(Protocol):
+    """Runs an operation on the replica that owns the request's image."""
+
+    async def call(self, operation: Operation, request: ImageRequest) -> Reply: ...
+
+
+class RayOwners:
+    """The segmenter deployment's replicas, reached through `handle`; its request router
+    (consistent hashing, set by the application builder) picks the owner of `image_id`."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def call(self, operation: Operation, request: ImageRequest) -> Reply:
+        assert request.image_id is not None, "the ingress resolves the image_id first"
+        owner = self.handle.options(session_id=request.image_id)
+        return await _unavailable_as_503(getattr(owner, operation.name).remote(request))
+
+
+class LocalOwners:
+    """One engine (`sam3_core.Segmenter`) in this process, the owner of every image; the
+    engine's calls run in a worker thread, as on a replica."""
+
+    def __init__(self, engine: Any, replica: str = "local") -> None:
+        self.engine = engine
+        self.replica = replica
+
+    async def call(self, operation: Operation, request: ImageRequest) -> Reply:
+        return await anyio.to_thread.run_sync(run, self.engine, operation, request, self.replica)
+
+
+async def _unavailable_as_503(response: DeploymentResponse) -> Reply:
+    """The reply, with Ray's retryable failures translated into `ServiceUnavailableError`."""
+    try:
+        return await response
+    except BackPressureError as error:
+        raise ServiceUnavailableError(
+            "the segmenter that owns this image is overloaded; retry shortly",
+            retry_after_s=getattr(error, "retry_after_s", None),
+        ) from error
+    except RETRYABLE as error:
+        raise ServiceUnavailableError(
+            f"the segmenter that owns this image is unavailable ({type(error).__name__}); "
+            "retry shortly"
+        ) from error

@@ -1,0 +1,94 @@
+"""What each engine operation is asked and what it returns. No torch here: the CPU ingress
+builds the requests, the segmenter replicas run them.
+
+An image is named by `image_id`; its bytes (`image`, the file as sent: PNG, JPEG, ...) come
+with the first request about it, and again whenever the caller cannot know it is cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from sam3_core.prompts import PromptSet
+
+# How a request found its image's embedding: cached already, or computed for it.
+CacheOutcome = Literal["hit", "miss"]
+MaskFormat = Literal["polygon", "rle"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageRequest:
+    """The image a request is about. `image_digest` is the SHA-256 of `image` where the
+    caller has computed it already; without `image_id` the digest is the id."""
+
+    image: bytes | None = None
+    image_id: str | None = None
+    image_digest: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedRequest(ImageRequest):
+    """Embed an image and keep its embedding."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentRequest(ImageRequest):
+    """Masks for points and boxes: one per prompt of `prompts`, in order."""
+
+    prompts: PromptSet = field(default_factory=PromptSet)
+    multimask_output: bool = True
+    mask_format: MaskFormat = "polygon"
+    save_logits_to_cache: bool = False
+    load_logits_from_cache: bool = False
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What the decoder gives for a batch of prompts: one entry per prompt, in order.
+
+    Attributes:
+        masks: (P, H, W) bool at the original image size.
+        scores: (P,) float32, the decoder's predicted IoU of each mask.
+        low_res_logits: (P, L, L) float32 (L = 288 at 1008 px), clamped to ±32 as sam3
+            does; what `mask_input` takes in a later call.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageResult:
+    """What every operation reports about its image.
+
+    Attributes:
+        timings: seconds spent per stage of this request in the engine ("embed" when the
+            image was embedded for it, "decode", ...).
+    """
+
+    image_id: str
+    embedding_cache: CacheOutcome
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedResult(ImageResult):
+    """The image is cached under `image_id`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Segmentation(ImageResult):
+    """The masks of a `SegmentRequest`: `decoded` has one entry per prompt (one when there
+    is no prompt).
+
+    Attributes:
+        logits_cache: whether earlier logits seeded the decoder; None when the request did
+            not ask to load them.
+    """
+
+    decoded: Decoded
+    logits_cache: CacheOutcome | None = None
