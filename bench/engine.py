@@ -25,9 +25,10 @@ import numpy as np
 import psutil
 import torch
 
+from bench.samples import random_pixels
 from sam3_core.architecture import FULL, NARROW, TINY, Architecture, count_parameters
-from sam3_core.masks import mask_to_polygons, masks_to_rle
 from sam3_core.model import InteractiveSam3
+from sam3_core.protocol.masks import mask_to_polygons, masks_to_rle
 from sam3_core.sam3_compat import building_on, leave_tracker_autocast
 from sam3_core.weights import checkpoint_of_sam3_model, load_checkpoint
 
@@ -183,9 +184,7 @@ def bench_precision(images: int = 24) -> dict:
     for dtype in (torch.bfloat16, torch.float16):
         worst_iou, worst_score, mean_iou = 1.0, 0.0, []
         for i in range(images):
-            pixels = torch.from_numpy(
-                np.random.default_rng(100 + i).integers(0, 256, (300, 400, 3), dtype=np.uint8)
-            ).permute(2, 0, 1)
+            pixels = torch.from_numpy(random_pixels(100 + i, 300, 400)).permute(2, 0, 1)
             embedding = model.encode(pixels)
             coords = rng.uniform((0, 0), (400, 300), size=(2, 2, 2))
             labels = np.array([[1, 1], [1, 0]])
@@ -211,9 +210,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="skip the full-size model")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    image = torch.from_numpy(
-        np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)
-    ).permute(2, 0, 1)
+    image = torch.from_numpy(random_pixels(0, 768, 1024)).permute(2, 0, 1)
     report = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),

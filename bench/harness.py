@@ -4,8 +4,6 @@ reading the replicas' Prometheus metrics."""
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import socket
 import time
@@ -17,10 +15,8 @@ from typing import Any, TypeVar
 # Ray >= 2.59 turns token auth on for local clusters; these clusters are the harness's own.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import numpy as np
 import ray
 import requests
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 from ray.cluster_utils import Cluster
@@ -51,18 +47,6 @@ def app_config(
             "Ingress": {"num_replicas": 1, **(ingress or {})},
         },
     )
-
-
-def random_image(seed: int, height: int = 96, width: int = 128) -> bytes:
-    """Random pixels as PNG (random weights make any picture as good as another)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def image_body(data: bytes) -> dict[str, str]:
-    return {"type": "base64", "value": base64.b64encode(data).decode()}
 
 
 def free_port() -> int:

@@ -21,7 +21,6 @@ shared pages) beyond its cache at the end and at its peak. Writes bench/results/
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -44,14 +43,12 @@ SKIP = 6  # warm-up calls left out of the medians
 
 def child(release: bool) -> dict:
     """The workload in this process; returns its figures."""
-    import numpy as np
     import psutil
     import torch
-    from PIL import Image
 
-    from sam3_core.engine import Segmenter, SegmentRequest
-    from sam3_core.prompts import PromptSet
-    from sam3_core.settings import EngineSettings
+    from bench.samples import random_image
+    from deployments.operations import SEGMENT, run
+    from sam3_core import EmbedRequest, EngineSettings, PromptSet, Segmenter, SegmentRequest
 
     torch.set_num_threads(1)
     segmenter = Segmenter.from_settings(
@@ -68,11 +65,9 @@ def child(release: bool) -> dict:
 
     def annotate(i: int) -> None:
         """Embed image i, then two clicks on it, each call timed."""
-        pixels = np.random.default_rng(i).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "PNG")
+        data = random_image(i, 480, 640)
         started = time.perf_counter()
-        image_id = segmenter.embed(buffer.getvalue()).image_id
+        image_id = segmenter.embed(EmbedRequest(image=data)).image_id
         embed.append(time.perf_counter() - started)
         for click, seconds in enumerate((first, second)):
             point = {"x": 100 + 50 * click, "y": 200, "positive": True}
@@ -82,7 +77,7 @@ def child(release: bool) -> dict:
                 mask_format="rle",
             )
             started = time.perf_counter()
-            segmenter.segment(request)
+            run(segmenter, SEGMENT, request, "bench")  # decode and encode, as served
             seconds.append(time.perf_counter() - started)
 
     # Two annotators at a time on a pool of the replica's size (segmenter_threads: 4).

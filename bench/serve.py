@@ -12,7 +12,6 @@ the same image and prompt, one torch thread as in the replica) is taken out.
 """
 
 import argparse
-import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +25,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from bench.harness import deploy_and_wait, start_local_cluster
+from bench.samples import image_body, random_image
 from deployments.config import APP_NAME, load_config
-from sam3_core.engine import Segmenter, SegmentRequest
-from sam3_core.prompts import PromptSet
-from sam3_core.settings import EngineSettings
+from deployments.operations import SEGMENT, run
+from sam3_core import EmbedRequest, EngineSettings, PromptSet, Segmenter, SegmentRequest
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -58,15 +57,9 @@ class NoopIngress:
         return await owner.click.remote(body)
 
 
-def jpeg_b64(seed: int) -> tuple[str, bytes]:
-    from io import BytesIO
-
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    buffer = BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    return base64.b64encode(buffer.getvalue()).decode(), buffer.getvalue()
+def photo(seed: int) -> bytes:
+    """The 640x480 JPEG of random pixels this benchmark sends."""
+    return random_image(seed, 480, 640, "JPEG", quality=90)
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -94,7 +87,7 @@ def deploy_ours(base_url: str) -> None:
         args={"engine": TINY, "segmenter_cpus": 1, "ingress_cpus": 0.5},
         deployments={"Segmenter": {"num_replicas": 1}, "Ingress": {"num_replicas": 1}},
     )
-    probe = {"type": "base64", "value": jpeg_b64(99)[0]}
+    probe = image_body(photo(99))
     deploy_and_wait(config, {APP_NAME: 1}, base_url, probe)
 
 
@@ -102,18 +95,18 @@ def engine_alone(image: bytes, prompt: dict, repeat: int) -> dict[str, dict[str,
     # Ray gives an actor with num_cpus=1 OMP_NUM_THREADS=1: torch runs one thread there too.
     torch.set_num_threads(1)
     engine = Segmenter.from_settings(EngineSettings(**TINY))
-    image_id = engine.embed(image).image_id
+    image_id = engine.embed(EmbedRequest(image=image)).image_id
     request = SegmentRequest(image_id=image_id, prompts=PromptSet.model_validate(prompt))
     clicks = []
     for _ in range(repeat):
         started = time.perf_counter()
-        engine.segment(request)
+        run(engine, SEGMENT, request, "alone")  # decode and encode, as a replica does
         clicks.append(time.perf_counter() - started)
     embeds = []
     for seed in range(min(repeat, 100)):
-        data = jpeg_b64(10_000 + seed)[1]
+        data = photo(10_000 + seed)
         started = time.perf_counter()
-        engine.embed(data)
+        engine.embed(EmbedRequest(image=data))
         embeds.append(time.perf_counter() - started)
     return {"click": percentiles(clicks), "embed": percentiles(embeds)}
 
@@ -131,16 +124,13 @@ def main() -> None:
     session = requests.Session()
 
     # Embeds first: 150 new images would push the clicked image out of the count-limited LRU.
-    embed_bodies = [
-        {"image": {"type": "base64", "value": jpeg_b64(1000 + i)[0]}} for i in range(min(n, 150))
-    ]
+    embed_bodies = [{"image": image_body(photo(1000 + i))} for i in range(min(n, 150))]
     ours_embed = timed_posts(session, f"{base}/sam3/embed_image", embed_bodies)
     noop_embed = timed_posts(session, f"{base}/noop/click", embed_bodies)
 
-    image_b64, image = jpeg_b64(0)
-    image_id = session.post(
-        f"{base}/sam3/embed_image", json={"image": {"type": "base64", "value": image_b64}}
-    ).json()["image_id"]
+    image = photo(0)
+    embedded = session.post(f"{base}/sam3/embed_image", json={"image": image_body(image)})
+    image_id = embedded.json()["image_id"]
     prompt = {"points": [{"x": 320, "y": 240, "positive": True}]}
     click = {"image_id": image_id, "prompts": prompt}
     for _ in range(20):  # warm up both paths

@@ -1,29 +1,19 @@
-"""Fixtures shared by every test: images and a tiny random-weights SAM3.
+"""Fixtures shared by every test: images (from `bench.samples`) and a tiny random-weights SAM3.
 
 Random weights: masks are meaningless but deterministic, which is what the tests compare.
 """
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
-from PIL import Image
 
+from bench.samples import encode_image, random_pixels
 from sam3_core.engine import Segmenter
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
-
-def encode_image(pixels: np.ndarray, fmt: str = "PNG", **options: object) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def random_pixels(seed: int, height: int = 120, width: int = 160) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+# Test modules import these from here.
+__all__ = ["encode_image", "random_pixels", "tiny_settings"]
 
 
 def tiny_settings(**overrides: object) -> EngineSettings:

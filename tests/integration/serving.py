@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from functools import partial
 from typing import Any
 
 from bench.harness import LocalCluster, Prometheus, app_config, deploy_and_wait
+from bench.samples import image_body as encoded
+from bench.samples import random_image
 from deployments.config import APP_NAME as APP
-from tests.conftest import encode_image, random_pixels
 
 
 def deploy(service: LocalCluster, replicas: int, **overrides: Any) -> set[str]:
@@ -22,17 +22,12 @@ def settled_total(service: LocalCluster, name: str) -> float:
     return Prometheus.settled(partial(service.metrics.total, name))
 
 
-_IMAGES: dict[int, bytes] = {}
-
-
 def image_bytes(seed: int) -> bytes:
-    if seed not in _IMAGES:
-        _IMAGES[seed] = encode_image(random_pixels(seed, 96, 128))
-    return _IMAGES[seed]
+    return random_image(seed)
 
 
 def image_body(seed: int) -> dict[str, str]:
-    return {"type": "base64", "value": base64.b64encode(image_bytes(seed)).decode()}
+    return encoded(random_image(seed))
 
 
 def click_prompt(*points: tuple[float, float]) -> dict:

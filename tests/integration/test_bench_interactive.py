@@ -1,4 +1,4 @@
-"""bench/interactive.py --quick, as CI runs it: on any machine, consistent hashing computes
+"""bench/interactive --quick, as CI runs it: on any machine, consistent hashing computes
 each image's embedding once, and again only when a scale event moves the image; the JSON
 report has every field. (Latencies depend on the machine and are not asserted.)"""
 

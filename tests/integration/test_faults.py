@@ -1,5 +1,5 @@
 """Behaviour under overload, hang-ups, concurrency, replica and node failure, and a memory
-soak, on the session's multi-node cluster over real HTTP (`bench/reliability.py` holds the
+soak, on the session's multi-node cluster over real HTTP (`bench/reliability/` holds the
 scenarios, which print the figures BENCHMARKS.md reports; here they run small and bounded)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import ray
 
 from bench import reliability
-from bench.harness import LocalCluster, image_body, random_image
+from bench.harness import LocalCluster
+from bench.samples import image_body, random_image
 from tests.integration.serving import deploy
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
