@@ -21,8 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from deployments.middleware import ApiKeyAuth, RequestBodyLimit, error_response
-from deployments.operations import OPERATIONS, ImageBody, Operation, Reply
+from deployments.middleware import ApiKeyAuth, RequestBodyLimit, error_response, tenant_of
+from deployments.operations import JSON, OPERATIONS, ImageBody, Operation, Reply
 from deployments.owners import Owners, ServiceUnavailableError
 from deployments.settings import IngressSettings
 from sam3_core.calls import ImageRequest
@@ -32,6 +32,7 @@ from sam3_core.errors import (
     InvalidImageError,
     InvalidImageIdError,
     InvalidPromptError,
+    MaskBudgetError,
     Sam3Error,
     WeightsError,
 )
@@ -47,12 +48,14 @@ STATUS = {
     InvalidPromptError: 400,
     ImageNotCachedError: 404,
     ImageTooLargeError: 413,
+    MaskBudgetError: 413,
     ServiceUnavailableError: 503,
     WeightsError: 503,
 }
 OPEN_PATHS = ("/healthz",)
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
+_POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
 def status_of(error: Sam3Error) -> int:
@@ -63,13 +66,12 @@ def status_of(error: Sam3Error) -> int:
 
 
 def reply_response(reply: Reply, started: float) -> Response:
-    """The JSON response: the replica's pre-encoded members, then the service's `time`."""
-    seconds = json.dumps(time.perf_counter() - started).encode()
-    return Response(
-        content=b"{" + reply.members + b',"time":' + seconds + b"}",
-        media_type="application/json",
-        headers=reply.response_headers(),
-    )
+    """The replica's pre-encoded body; a JSON object gets the service's `time` last."""
+    body = reply.body
+    if reply.media_type == JSON:
+        seconds = json.dumps(time.perf_counter() - started).encode()
+        body = body[:-1] + b',"time":' + seconds + b"}"
+    return Response(content=body, media_type=reply.media_type, headers=reply.response_headers())
 
 
 def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
@@ -81,7 +83,7 @@ def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
     )
     url_policy = settings.url_policy()
 
-    async def read_image(body: ImageBody) -> ImageRequest:
+    async def read_image(body: ImageBody, tenant: str | None) -> ImageRequest:
         """The body's image bytes, id and digest: base64 decoding, URL fetching and hashing
         run in a worker thread, off the event loop."""
         image, image_id = body.image, body.image_id
@@ -90,7 +92,7 @@ def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
         if image is None:
             if image_id is None:
                 raise InvalidImageError("send the image, or the image_id of an embedded image")
-            return ImageRequest(image_id=image_id)
+            return ImageRequest(image_id=image_id, tenant=tenant)
 
         def read() -> tuple[bytes, str]:
             data = read_image_input(
@@ -99,20 +101,25 @@ def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
             return data, content_id(data)
 
         data, digest = await anyio.to_thread.run_sync(read)
-        return ImageRequest(image=data, image_id=image_id or digest, image_digest=digest)
+        return ImageRequest(
+            image=data, image_id=image_id or digest, image_digest=digest, tenant=tenant
+        )
 
     def route(operation: Operation) -> Callable[..., Awaitable[Response]]:
-        async def endpoint(body: ImageBody) -> Response:
+        async def endpoint(body: ImageBody, http: Request) -> Response:
             started = time.perf_counter()
             operation.check(body, settings)
-            request = operation.request(body, await read_image(body))
-            return reply_response(await owners.call(operation, request), started)
+            image = await read_image(body, tenant_of(http.scope))
+            reply = await owners.call(operation, operation.request(body, image))
+            return reply_response(reply, started)
 
         # FastAPI reads the body's model, hence its validation and OpenAPI schema, from here.
-        parameter = inspect.Parameter(
-            "body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=operation.body
+        endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [
+                inspect.Parameter("body", _POSITIONAL, annotation=operation.body),
+                inspect.Parameter("http", _POSITIONAL, annotation=Request),
+            ]
         )
-        endpoint.__signature__ = inspect.Signature([parameter])  # type: ignore[attr-defined]
         endpoint.__name__ = operation.name
         return endpoint
 

@@ -170,13 +170,20 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
         },
         **DEPLOYMENT_DEFAULTS["Segmenter"],
     )
+    ingress_settings = _part(args.engine, IngressSettings)
+    # Ray's proxy answers the ingress's own overload (past max_queued_requests) with this
+    # Retry-After; the ingress answers a segmenter's with SAM3_RETRY_AFTER_SECONDS itself.
+    retry_after = IngressSettings(**ingress_settings).retry_after_seconds
     ingress = serve.deployment(
         Ingress,
         name="Ingress",
         ray_actor_options={"num_cpus": args.ingress_cpus},
-        **DEPLOYMENT_DEFAULTS["Ingress"],
+        **{
+            **DEPLOYMENT_DEFAULTS["Ingress"],
+            "backpressure_config": {**_BACKPRESSURE, "retry_after_s": retry_after},
+        },
     )
     return ingress.bind(
         segmenter.bind(_part(args.engine, EngineSettings), args.segmenter_threads),
-        _part(args.engine, IngressSettings),
+        ingress_settings,
     )

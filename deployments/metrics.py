@@ -43,6 +43,12 @@ class SegmenterMetrics:
         self.logits_misses = metrics.Counter(
             "sam3_logits_cache_misses", description="Loads that found no earlier prompt's logits."
         )
+        self.logits_entries = metrics.Gauge(
+            "sam3_logits_cache_entries", description="Prompt sets in the logits cache."
+        )
+        self.logits_bytes = metrics.Gauge(
+            "sam3_logits_cache_bytes", description="Bytes held by the logits cache."
+        )
         self.embed_latency = metrics.Histogram(
             "sam3_embed_latency_seconds",
             description="Time to embed one image (decode + model).",
@@ -80,6 +86,8 @@ class SegmenterMetrics:
         self.embedding_bytes.set(stats.embedding_cache_bytes)
         self.embedding_budget.set(stats.embedding_cache_budget_bytes)
         self.embedding_entries.set(stats.embedding_cache_entries)
+        self.logits_entries.set(stats.logits_cache_entries)
+        self.logits_bytes.set(stats.logits_cache_bytes)
         memory = self._process.memory_info()
         self.rss.set(memory.rss)
         self.private_memory.set(memory.rss - getattr(memory, "shared", 0))

@@ -7,6 +7,7 @@ the key inside a JSON body (Roboflow's clients send it there), hence these two c
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Iterable
@@ -14,6 +15,8 @@ from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+TENANT = "sam3_tenant"
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -55,10 +58,17 @@ class RequestBodyLimit:
         await response(scope, receive, send)
 
 
+def tenant_of(scope: Scope) -> str | None:
+    """Who sent the request: a digest of its API key (set by `ApiKeyAuth`); None without
+    keys. The digest names the key's images in caches and routing; the key itself goes
+    nowhere."""
+    return scope.get("state", {}).get(TENANT)
+
+
 class ApiKeyAuth:
     """Every path but `open_paths` needs one of `keys`: `Authorization: Bearer <key>`, an
     `api_key` query parameter, or an `api_key` field of a JSON body. Keys are compared in
-    constant time and never logged."""
+    constant time and never logged; the request's tenant (`tenant_of`) is its key's digest."""
 
     def __init__(self, app: ASGIApp, keys: Iterable[str], open_paths: Iterable[str]) -> None:
         self.app = app
@@ -80,15 +90,18 @@ class ApiKeyAuth:
         presented = self._header_or_query_key(scope)
         if presented is not None:
             if self._valid(presented):
+                _set_tenant(scope, presented)
                 await self.app(scope, receive, send)
             else:
                 await self._refuse(scope, receive, send)
             return
         # No key in the header or query: look in the JSON body, then replay it to the app.
         messages, body = await _read_body(receive) or ([], b"")
-        if not self._valid(_body_key(body)):
+        key = _body_key(body)
+        if key is None or not self._valid(key):
             await self._refuse(scope, receive, send)
             return
+        _set_tenant(scope, key)
         await self.app(scope, _replay(messages, receive), send)
 
     @staticmethod
@@ -112,6 +125,11 @@ class ApiKeyAuth:
             **{"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
+
+
+def _set_tenant(scope: Scope, key: str | bytes) -> None:
+    raw = key.encode() if isinstance(key, str) else key
+    scope.setdefault("state", {})[TENANT] = hashlib.sha256(raw).hexdigest()[:32]
 
 
 async def _read_body(

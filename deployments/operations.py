@@ -34,7 +34,7 @@ from sam3_core.protocol.bodies import (
     VisualSegmentResponse,
     predictions_json,
 )
-from sam3_core.protocol.masks import encode_predictions
+from sam3_core.protocol.masks import BINARY, encode_predictions, masks_npz
 from sam3_core.settings import RequestLimits
 
 REPLICA_HEADER = "x-sam3-replica"
@@ -54,22 +54,26 @@ RequestT = TypeVar("RequestT", bound=ImageRequest)
 ResultT = TypeVar("ResultT", bound=ImageResult)
 
 
+JSON = "application/json"
+
+
 @dataclass(frozen=True)
 class Reply:
     """What an owner replica sends back to the ingress (never an embedding).
 
     Attributes:
-        members: the JSON response's members but "time", encoded by the replica (in its
-            worker thread), e.g. `b'"predictions":[...]'`: the ingress neither unpickles nor
-            re-encodes nested lists.
+        body: the response body, encoded by the replica (in its worker thread) so that the
+            ingress neither unpickles nor re-encodes nested lists; a JSON object still
+            without its "time" member, which the ingress adds.
         headers: this operation's own response headers.
         timings: seconds per stage of the request inside the replica.
     """
 
     image_id: str
     embedding_cache: str
-    members: bytes
+    body: bytes
     replica: str
+    media_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -85,7 +89,8 @@ class Operation(Generic[BodyT, RequestT, ResultT]):
         name: the engine's method (`Segmenter.<name>`) and the replica's.
         check: refuses a body the limits do not allow, before its image is read.
         request: the engine request for a body whose image the ingress has read already.
-        reply: the reply's JSON members and headers for the engine's result, on the replica.
+        reply: the reply's body, media type and headers for the engine's result, on the
+            replica.
     """
 
     name: str
@@ -94,7 +99,7 @@ class Operation(Generic[BodyT, RequestT, ResultT]):
     body: type[BodyT]
     response: type[BaseModel]
     request: Callable[[BodyT, ImageRequest], RequestT]
-    reply: Callable[[RequestT, ResultT], tuple[bytes, dict[str, str]]]
+    reply: Callable[[RequestT, ResultT], Encoded]
     check: Callable[[BodyT, RequestLimits], None] = lambda body, limits: None
 
 
@@ -103,39 +108,49 @@ def run(engine: Any, operation: Operation, request: ImageRequest, replica: str) 
     owner replica does, in a worker thread."""
     result: ImageResult = getattr(engine, operation.name)(request)
     started = time.perf_counter()
-    members, headers = operation.reply(request, result)
+    encoded = operation.reply(request, result)
     return Reply(
         image_id=result.image_id,
         embedding_cache=result.embedding_cache,
-        members=members,
+        body=encoded.body,
         replica=replica,
-        headers=headers,
+        media_type=encoded.media_type,
+        headers=encoded.headers,
         timings={**result.timings, "encode": time.perf_counter() - started},
     )
 
 
-def _embed_reply(_: EmbedRequest, result: EmbedResult) -> tuple[bytes, dict[str, str]]:
-    return b'"image_id":' + json.dumps(result.image_id).encode(), {}
+@dataclass(frozen=True)
+class Encoded:
+    """An operation's reply body as the replica encoded it (see `Reply`)."""
+
+    body: bytes
+    media_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _embed_reply(_: EmbedRequest, result: EmbedResult) -> Encoded:
+    return Encoded(b'{"image_id":' + json.dumps(result.image_id).encode() + b"}")
 
 
 def _segment_request(body: VisualSegmentRequest, image: ImageRequest) -> SegmentRequest:
     return SegmentRequest(
-        image=image.image,
-        image_id=image.image_id,
-        image_digest=image.image_digest,
+        **image.image_fields(),
         prompts=body.prompts,
         multimask_output=body.multimask_output,
-        mask_format="rle" if body.format == "rle" else "polygon",
+        mask_format="polygon" if body.format == "json" else body.format,
         save_logits_to_cache=body.save_logits_to_cache,
         load_logits_from_cache=body.load_logits_from_cache,
     )
 
 
-def _segment_reply(request: SegmentRequest, result: Segmentation) -> tuple[bytes, dict[str, str]]:
+def _segment_reply(request: SegmentRequest, result: Segmentation) -> Encoded:
     decoded = result.decoded
-    predictions = encode_predictions(decoded.masks, decoded.scores, request.mask_format)
     headers = {} if result.logits_cache is None else {LOGITS_HEADER: result.logits_cache}
-    return b'"predictions":' + predictions_json(predictions), headers
+    if request.mask_format == "binary":
+        return Encoded(masks_npz(decoded.masks, decoded.low_res_logits), BINARY, headers)
+    predictions = encode_predictions(decoded.masks, decoded.scores, request.mask_format)
+    return Encoded(b'{"predictions":' + predictions_json(predictions) + b"}", JSON, headers)
 
 
 def _check_prompts(body: VisualSegmentRequest, limits: RequestLimits) -> None:
@@ -150,9 +165,7 @@ EMBED = Operation(
     summary="Embed an image and keep its embedding for later clicks.",
     body=EmbedImageRequest,
     response=EmbedImageResponse,
-    request=lambda _, image: EmbedRequest(
-        image=image.image, image_id=image.image_id, image_digest=image.image_digest
-    ),
+    request=lambda _, image: EmbedRequest(**image.image_fields()),
     reply=_embed_reply,
 )
 SEGMENT = Operation(

@@ -50,8 +50,7 @@ class RayOwners:
         self.handle = handle
 
     async def call(self, operation: Operation, request: ImageRequest) -> Reply:
-        assert request.image_id is not None, "the ingress resolves the image_id first"
-        owner = self.handle.options(session_id=request.image_id)
+        owner = self.handle.options(session_id=owner_key(request))
         return await _unavailable_as_503(getattr(owner, operation.name).remote(request))
 
 
@@ -67,14 +66,20 @@ class LocalOwners:
         return await anyio.to_thread.run_sync(run, self.engine, operation, request, self.replica)
 
 
+def owner_key(request: ImageRequest) -> str:
+    """What the router hashes: one owner per (tenant, image_id) (SPEC §10)."""
+    assert request.image_id is not None, "the ingress resolves the image_id first"
+    return request.image_id if request.tenant is None else f"{request.tenant}:{request.image_id}"
+
+
 async def _unavailable_as_503(response: DeploymentResponse) -> Reply:
     """The reply, with Ray's retryable failures translated into `ServiceUnavailableError`."""
     try:
         return await response
     except BackPressureError as error:
+        # Retry-After: the ingress's SAM3_RETRY_AFTER_SECONDS, not the segmenter's option.
         raise ServiceUnavailableError(
-            "the segmenter that owns this image is overloaded; retry shortly",
-            retry_after_s=getattr(error, "retry_after_s", None),
+            "the segmenter that owns this image is overloaded; retry shortly"
         ) from error
     except RETRYABLE as error:
         raise ServiceUnavailableError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +18,14 @@ from sam3_core.model import ImageEmbedding
 from sam3_core.prompts import PromptSet, is_strict_subset
 
 
-@dataclass(frozen=True)
+@dataclass
 class CachedEmbedding:
-    """An image's embedding and the SHA-256 of the bytes it was computed from."""
+    """An image's embedding, the SHA-256 of the bytes it was computed from, and `arrival`:
+    the order (larger is later) of the latest request that sent these bytes."""
 
     embedding: ImageEmbedding
     content_digest: str
+    arrival: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -31,68 +33,96 @@ class CachedEmbedding:
 
 
 class EmbeddingCache:
-    """LRU of embeddings: a hit refreshes; evicts the least recently used until both the
-    byte budget and the count limit hold. `on_evict(image_id)` runs for every entry that
-    leaves (evicted or replaced by new content)."""
+    """LRU of embeddings by key (any hashable; the engine's is (tenant, image_id)): a hit
+    refreshes; evicts the least recently used until both the byte budget and the count limit
+    hold. `on_evict(key, entry)` runs for every entry that leaves (evicted, or replaced by
+    new content)."""
 
     def __init__(
         self,
         max_bytes: int,
         max_entries: int,
-        on_evict: Callable[[str], None] | None = None,
+        on_evict: Callable[[Hashable, CachedEmbedding], None] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self._on_evict = on_evict
-        self._entries: OrderedDict[str, CachedEmbedding] = OrderedDict()
+        self._entries: OrderedDict[Hashable, CachedEmbedding] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
         self.evictions = 0
 
-    def get(self, image_id: str) -> CachedEmbedding | None:
+    def get(self, key: Hashable) -> CachedEmbedding | None:
         with self._lock:
-            entry = self._entries.get(image_id)
+            entry = self._entries.get(key)
             if entry is not None:
-                self._entries.move_to_end(image_id)
+                self._entries.move_to_end(key)
             return entry
 
-    def put(self, image_id: str, entry: CachedEmbedding) -> bool:
-        """Store `entry` (replacing any entry of that id); False if it alone is over budget."""
-        if entry.nbytes > self.max_bytes:
-            self.discard(image_id)
-            return False
-        dropped: list[str] = []
+    def holds(self, key: Hashable, content_digest: str) -> bool:
+        """Whether `key` holds that content now (without refreshing it)."""
         with self._lock:
-            old = self._entries.pop(image_id, None)
-            if old is not None:
-                self._nbytes -= old.nbytes
-                if old.content_digest != entry.content_digest:
-                    dropped.append(image_id)
-            while self._entries and (
-                self._nbytes + entry.nbytes > self.max_bytes
-                or len(self._entries) + 1 > self.max_entries
-            ):
-                victim, evicted = self._entries.popitem(last=False)
-                self._nbytes -= evicted.nbytes
-                self.evictions += 1
-                dropped.append(victim)
-            self._entries[image_id] = entry
-            self._nbytes += entry.nbytes
-        self._notify(dropped)
-        return True
+            entry = self._entries.get(key)
+            return entry is not None and entry.content_digest == content_digest
 
-    def discard(self, image_id: str) -> None:
+    def put(self, key: Hashable, entry: CachedEmbedding) -> bool:
+        """Store `entry` (replacing any entry of that key); False if it alone is over budget."""
+        return self._store(key, entry, latest_only=False)
+
+    def keep_latest(self, key: Hashable, entry: CachedEmbedding) -> bool:
+        """Store `entry` unless the content cached under `key` was sent by a later request
+        (a larger `arrival`); for the content cached already, only note the later arrival.
+
+        Returns whether `key` now holds `entry`'s content."""
+        return self._store(key, entry, latest_only=True)
+
+    def _store(self, key: Hashable, entry: CachedEmbedding, *, latest_only: bool) -> bool:
+        dropped: list[tuple[Hashable, CachedEmbedding]] = []
         with self._lock:
-            old = self._entries.pop(image_id, None)
+            old = self._entries.get(key)
+            if latest_only and old is not None:
+                if old.content_digest == entry.content_digest:
+                    old.arrival = max(old.arrival, entry.arrival)
+                    self._entries.move_to_end(key)
+                    return True
+                if old.arrival > entry.arrival:
+                    return False
+            if old is not None and (
+                old.content_digest != entry.content_digest or entry.nbytes > self.max_bytes
+            ):
+                dropped.append((key, old))
+            if old is not None:
+                del self._entries[key]
+                self._nbytes -= old.nbytes
+            stored = entry.nbytes <= self.max_bytes
+            if stored:
+                while self._entries and (
+                    self._nbytes + entry.nbytes > self.max_bytes
+                    or len(self._entries) + 1 > self.max_entries
+                ):
+                    victim = self._entries.popitem(last=False)
+                    self._nbytes -= victim[1].nbytes
+                    self.evictions += 1
+                    dropped.append(victim)
+                self._entries[key] = entry
+                self._nbytes += entry.nbytes
+        # Outside the lock: the callback may take other locks. Callers key what they drop by
+        # content (see `Segmenter`), so the order of these calls against new saves is moot.
+        self._notify(dropped)
+        return stored
+
+    def discard(self, key: Hashable) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
             if old is not None:
                 self._nbytes -= old.nbytes
         if old is not None:
-            self._notify([image_id])
+            self._notify([(key, old)])
 
-    def _notify(self, image_ids: list[str]) -> None:
+    def _notify(self, dropped: list[tuple[Hashable, CachedEmbedding]]) -> None:
         if self._on_evict is not None:
-            for image_id in image_ids:
-                self._on_evict(image_id)
+            for key, entry in dropped:
+                self._on_evict(key, entry)
 
     @property
     def nbytes(self) -> int:
@@ -101,10 +131,10 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._entries
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
-    def image_ids(self) -> list[str]:
+    def lru_order(self) -> list[Hashable]:
         """Least recently used first."""
         with self._lock:
             return list(self._entries)
@@ -123,7 +153,8 @@ class CachedLogits:
 
 
 class LogitsCache:
-    """Logits keyed by `(image_id, prompt-set identity)`, oldest save evicted first.
+    """Logits keyed by `(image, prompt-set identity)`, oldest save evicted first; `image` is
+    any hashable naming one picture (the engine's: tenant, image_id and content digest).
 
     `find_prior` applies SPEC §4's rule among the entries of one image: a strict subset of
     the new prompt set with exactly one point fewer wins, the most recently saved first;
@@ -133,17 +164,17 @@ class LogitsCache:
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._order: OrderedDict[tuple[str, str], CachedLogits] = OrderedDict()
-        self._by_image: dict[str, OrderedDict[str, CachedLogits]] = {}
+        self._order: OrderedDict[tuple[Hashable, str], CachedLogits] = OrderedDict()
+        self._by_image: dict[Hashable, OrderedDict[str, CachedLogits]] = {}
         self._nbytes = 0
         self._lock = threading.Lock()
 
-    def put(self, image_id: str, prompt_set: PromptSet, logits: np.ndarray) -> None:
+    def put(self, image: Hashable, prompt_set: PromptSet, logits: np.ndarray) -> None:
         """Save (P, L, L) logits of `prompt_set`; saving the same set again refreshes it."""
         entry = CachedLogits(prompt_set=prompt_set, logits=logits)
         if entry.nbytes > self.max_bytes:
             return
-        key = (image_id, prompt_set.identity())
+        key = (image, prompt_set.identity())
         with self._lock:
             self._remove(key)
             while self._order and (
@@ -152,13 +183,13 @@ class LogitsCache:
             ):
                 self._remove(next(iter(self._order)))
             self._order[key] = entry
-            self._by_image.setdefault(image_id, OrderedDict())[key[1]] = entry
+            self._by_image.setdefault(image, OrderedDict())[key[1]] = entry
             self._nbytes += entry.nbytes
 
-    def find_prior(self, image_id: str, prompt_set: PromptSet) -> np.ndarray | None:
+    def find_prior(self, image: Hashable, prompt_set: PromptSet) -> np.ndarray | None:
         """(P, L, L) logits of the best earlier prompt set, or None (a miss)."""
         with self._lock:
-            candidates = list(self._by_image.get(image_id, {}).values())
+            candidates = list(self._by_image.get(image, {}).values())
         wanted = prompt_set.point_count - 1
         best: CachedLogits | None = None
         for entry in reversed(candidates):  # most recently saved first
@@ -170,12 +201,12 @@ class LogitsCache:
                 best = entry
         return None if best is None else best.logits
 
-    def drop_image(self, image_id: str) -> None:
+    def drop_image(self, image: Hashable) -> None:
         with self._lock:
-            for prompt_id in list(self._by_image.get(image_id, ())):
-                self._remove((image_id, prompt_id))
+            for prompt_id in list(self._by_image.get(image, ())):
+                self._remove((image, prompt_id))
 
-    def _remove(self, key: tuple[str, str]) -> None:
+    def _remove(self, key: tuple[Hashable, str]) -> None:
         entry = self._order.pop(key, None)
         if entry is None:
             return
@@ -192,6 +223,6 @@ class LogitsCache:
     def __len__(self) -> int:
         return len(self._order)
 
-    def count_for(self, image_id: str) -> int:
+    def count_for(self, image: Hashable) -> int:
         with self._lock:
-            return len(self._by_image.get(image_id, ()))
+            return len(self._by_image.get(image, ()))

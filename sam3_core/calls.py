@@ -7,8 +7,8 @@ with the first request about it, and again whenever the caller cannot know it is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 
@@ -16,17 +16,24 @@ from sam3_core.prompts import PromptSet
 
 # How a request found its image's embedding: cached already, or computed for it.
 CacheOutcome = Literal["hit", "miss"]
-MaskFormat = Literal["polygon", "rle"]
+MaskFormat = Literal["polygon", "rle", "binary"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class ImageRequest:
     """The image a request is about. `image_digest` is the SHA-256 of `image` where the
-    caller has computed it already; without `image_id` the digest is the id."""
+    caller has computed it already; without `image_id` the digest is the id. `tenant` names
+    who sent it (a digest of the API key, never the key; None without keys): tenants never
+    see each other's images, whatever the ids (SPEC §10)."""
 
     image: bytes | None = None
     image_id: str | None = None
     image_digest: str | None = None
+    tenant: str | None = None
+
+    def image_fields(self) -> dict[str, Any]:
+        """These fields, to build another request about the same image."""
+        return {f.name: getattr(self, f.name) for f in fields(ImageRequest)}
 
 
 @dataclass(frozen=True, kw_only=True)

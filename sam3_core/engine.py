@@ -12,11 +12,12 @@ them from worker threads, off its event loop.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,8 +32,8 @@ from sam3_core.calls import (
     Segmentation,
     SegmentRequest,
 )
-from sam3_core.errors import ImageNotCachedError, InvalidImageError
-from sam3_core.images import check_image_id, content_id, load_rgb
+from sam3_core.errors import ImageNotCachedError, InvalidImageError, MaskBudgetError
+from sam3_core.images import check_image_id, content_id, image_size, load_rgb
 from sam3_core.memory import default_cache_budget, release_freed_memory
 from sam3_core.model import InteractiveSam3
 from sam3_core.prompts import DecoderGroup, decoder_groups, validate_prompt_set
@@ -42,6 +43,9 @@ from sam3_core.weights import load_model
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# What the caches key an image by: (tenant, image_id); tenant "" without API keys.
+ImageKey = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class SegmentJob:
 
     request: SegmentRequest
     image_id: str
+    key: ImageKey
     cached: CachedEmbedding
     embedding_cache: CacheOutcome
     prior_logits: np.ndarray | None
@@ -90,10 +95,12 @@ class Segmenter:
         self.embeddings = EmbeddingCache(
             max_bytes=settings.embedding_cache_bytes or default_cache_budget(model.device),
             max_entries=settings.max_embedding_cache_size,
-            on_evict=self.logits.drop_image,
+            # Logits belong to one picture: (key, content digest), never to a key alone.
+            on_evict=lambda key, entry: self.logits.drop_image((key, entry.content_digest)),
         )
-        self._inflight: dict[tuple[str, str], Future[CachedEmbedding]] = {}
+        self._inflight: dict[tuple[ImageKey, str], _Pending] = {}
         self._inflight_lock = threading.Lock()
+        self._arrivals = itertools.count(1)
         self._counter_lock = threading.Lock()
         self._hits = self._misses = self._logits_hits = self._logits_misses = 0
         logger.info(
@@ -113,7 +120,7 @@ class Segmenter:
         """Embed the image under its `image_id` (default: the SHA-256 of its bytes) unless
         the same content is cached under that id already."""
         timings: dict[str, float] = {}
-        image_id, _, outcome = self._embedding(request, timings)
+        image_id, _, _, outcome = self._embedding(request, timings)
         return EmbedResult(image_id=image_id, embedding_cache=outcome, timings=timings)
 
     def segment(self, request: SegmentRequest) -> Segmentation:
@@ -130,13 +137,20 @@ class Segmenter:
             max_prompts=settings.max_prompts,
             max_points=settings.max_points_per_prompt,
         )
-        timings: dict[str, float] = {}
-        image_id, cached, outcome = self._embedding(request, timings)
         prompts = request.prompts
+        if request.image is not None:  # from its header: before the embed, if one is needed
+            self._check_mask_budget(
+                prompts.prediction_count,
+                image_size(request.image, max_pixels=settings.max_image_pixels),
+            )
+        timings: dict[str, float] = {}
+        image_id, key, cached, outcome = self._embedding(request, timings)
+        self._check_mask_budget(prompts.prediction_count, cached.embedding.orig_hw)
         prior = None
         logits_cache: CacheOutcome | None = None
         if request.load_logits_from_cache and not settings.disable_logits_cache:
-            prior = self.logits.find_prior(image_id, prompts) if prompts.prompts else None
+            picture = (key, cached.content_digest)
+            prior = self.logits.find_prior(picture, prompts) if prompts.prompts else None
             logits_cache = "miss" if prior is None else "hit"
             with self._counter_lock:
                 self._logits_hits += int(prior is not None)
@@ -144,6 +158,7 @@ class Segmenter:
         return SegmentJob(
             request=request,
             image_id=image_id,
+            key=key,
             cached=cached,
             embedding_cache=outcome,
             prior_logits=prior,
@@ -183,12 +198,15 @@ class Segmenter:
     def finish(self, job: SegmentJob, decoded: Decoded) -> Segmentation:
         """After the decoder: keep the logits where asked, and the result."""
         request = job.request
+        digest = job.cached.content_digest
         if (
             request.save_logits_to_cache
             and not self.settings.disable_logits_cache
             and request.prompts.prompts
+            # Not for a picture the key no longer holds (re-sent with new bytes meanwhile).
+            and self.embeddings.holds(job.key, digest)
         ):
-            self.logits.put(job.image_id, request.prompts, decoded.low_res_logits)
+            self.logits.put((job.key, digest), request.prompts, decoded.low_res_logits)
         return Segmentation(
             image_id=job.image_id,
             embedding_cache=job.embedding_cache,
@@ -211,72 +229,107 @@ class Segmenter:
             logits_cache_bytes=self.logits.nbytes,
         )
 
+    def _check_mask_budget(self, masks: int, size: tuple[int, int]) -> None:
+        pixels = masks * size[0] * size[1]
+        if pixels > self.settings.max_mask_pixels:
+            raise MaskBudgetError(
+                f"{masks} mask(s) of {size[1]}x{size[0]} pixels are {pixels} mask pixels, the "
+                f"limit is {self.settings.max_mask_pixels} (SAM3_MAX_MASK_PIXELS): send fewer "
+                "prompts per request"
+            )
+
     def _embedding(
         self, request: ImageRequest, timings: dict[str, float]
-    ) -> tuple[str, CachedEmbedding, CacheOutcome]:
-        """The request's image id and cached embedding, computed first where needed (then
-        `timings["embed"]` says how long that took)."""
+    ) -> tuple[str, ImageKey, CachedEmbedding, CacheOutcome]:
+        """The request's image id, cache key and embedding, computed first where needed
+        (then `timings["embed"]` says how long that took).
+
+        Which content an id holds: the content of the request that reached this engine last
+        among those that sent bytes under it (a click by id alone is answered from it, once
+        embeds that reached the engine before the click are done), whatever order their
+        embeds finish in. A request whose bytes fail to decode changes nothing."""
         image, image_id = request.image, request.image_id
         if image_id is not None:
             check_image_id(image_id, max_length=self.settings.max_image_id_length)
+        arrival = next(self._arrivals)
+        tenant = request.tenant or ""
         if image is None:
             if image_id is None:
                 raise InvalidImageError("send the image, or the image_id of an embedded image")
-            cached = self.embeddings.get(image_id)
+            key = (tenant, image_id)
+            self._await_embeds_before(key, arrival)
+            cached = self.embeddings.get(key)
             if cached is None:
                 self._count(hit=False)
                 raise ImageNotCachedError(
                     f"image_id {image_id!r} is not cached on this replica: send the image again"
                 )
             self._count(hit=True)
-            return image_id, cached, "hit"
+            return image_id, key, cached, "hit"
         digest = request.image_digest or content_id(image)
         image_id = image_id or digest
-        cached = self.embeddings.get(image_id)
-        if cached is not None and cached.content_digest == digest:
-            self._count(hit=True)
-            return image_id, cached, "hit"
+        key = (tenant, image_id)
         started = time.perf_counter()
-        cached, outcome = self._embed_once(image, image_id, digest)
+        cached, outcome = self._embed_once(image, key, digest, arrival)
         if outcome == "miss":
             timings["embed"] = time.perf_counter() - started
-        return image_id, cached, outcome
+        return image_id, key, cached, outcome
+
+    def _await_embeds_before(self, key: ImageKey, arrival: int) -> None:
+        """Wait for the embeds under `key` that reached the engine before `arrival`."""
+        with self._inflight_lock:
+            earlier = [
+                pending.future
+                for (pending_key, _), pending in self._inflight.items()
+                if pending_key == key and pending.arrival < arrival
+            ]
+        for future in earlier:
+            future.exception()  # done; a failed embed changed nothing
 
     def _embed_once(
-        self, image: bytes, image_id: str, digest: str
+        self, image: bytes, key: ImageKey, digest: str, arrival: int
     ) -> tuple[CachedEmbedding, CacheOutcome]:
-        """Embed, with concurrent requests for the same image waiting on one computation."""
-        key = (image_id, digest)
+        """The embedding of `image` under `key`: cached, computed by a concurrent request
+        for the same content, or computed here; kept if this is the latest content."""
         with self._inflight_lock:
-            pending = self._inflight.get(key)
-            owner = pending is None
+            # Under the lock, a finished embed is in the cache or still in `_inflight`.
+            cached = self.embeddings.get(key)
+            pending = self._inflight.get((key, digest))
+            owner = pending is None and (cached is None or cached.content_digest != digest)
             if owner:
-                pending = self._inflight[key] = Future()
-        assert pending is not None
+                pending = self._inflight[(key, digest)] = _Pending(arrival)
         if not owner:
+            if pending is not None:
+                cached = pending.future.result()
+            assert cached is not None
+            self.embeddings.keep_latest(key, CachedEmbedding(cached.embedding, digest, arrival))
             self._count(hit=True)
-            return pending.result(), "hit"
+            return cached, "hit"
+        assert pending is not None
         try:
             pixels = load_rgb(image, max_pixels=self.settings.max_image_pixels)
             embedding = self.model.encode(torch.from_numpy(pixels).permute(2, 0, 1))
-            cached = CachedEmbedding(embedding.to(self._store_dtype), digest)
-            if not self.embeddings.put(image_id, cached):
+            cached = CachedEmbedding(embedding.to(self._store_dtype), digest, arrival)
+            if (
+                not self.embeddings.keep_latest(key, cached)
+                and cached.nbytes > self.embeddings.max_bytes
+            ):
                 logger.warning(
                     "embedding of %s (%d bytes) is over the cache budget; not cached",
-                    image_id,
+                    key[1],
                     cached.nbytes,
                 )
             if self.settings.release_freed_memory and self.model.device.type == "cpu":
                 release_freed_memory()  # the embed's working memory, evicted embeddings
             self._count(hit=False)
-            pending.set_result(cached)
+            pending.future.set_result(cached)
             return cached, "miss"
         except BaseException as exc:
-            pending.set_exception(exc)
+            pending.future.set_exception(exc)
             raise
         finally:
             with self._inflight_lock:
-                del self._inflight[key]
+                del self._inflight[(key, digest)]
 
     def _count(self, *, hit: bool) -> None:
         with self._counter_lock:
@@ -284,3 +337,11 @@ class Segmenter:
                 self._hits += 1
             else:
                 self._misses += 1
+
+
+@dataclass
+class _Pending:
+    """An embed in progress: `arrival` of the request computing it, and its result."""
+
+    arrival: int
+    future: Future[CachedEmbedding] = field(default_factory=Future)

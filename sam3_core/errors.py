@@ -26,6 +26,12 @@ class ImageTooLargeError(Sam3Error):
     code = "image_too_large"
 
 
+class MaskBudgetError(Sam3Error):
+    """The request asks for more mask pixels (masks x height x width) than one may produce."""
+
+    code = "mask_budget_exceeded"
+
+
 class UrlInputError(InvalidImageError):
     """A URL image was refused (input off, host not allowed, private address) or failed."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 
 import numpy as np
@@ -58,28 +60,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Decode image bytes to pixels: EXIF orientation applied, any mode converted to RGB.
-
-    The pixel limit is checked from the header, before the pixels are decoded.
-
-    Returns:
-        (H, W, 3) uint8.
-    """
+@contextmanager
+def _decoding() -> Iterator[None]:
+    """Pillow's failures as the engine's errors; our pixel limit is the one that applies."""
     try:
         with warnings.catch_warnings():
-            # Our own limit below is the one that applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"the image is {width}x{height} = {width * height} pixels, "
-                    f"the limit is {max_pixels}"
-                )
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            pixels = np.array(_to_rgb(image))
+            yield
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"the image is too large to decode: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -88,6 +75,38 @@ def load_rgb(data: bytes, *, max_pixels: int) -> np.ndarray:
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InvalidImageError(f"the image cannot be decoded: {exc}") from exc
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """The image with its header read (not its pixels), within the pixel limit."""
+    image = Image.open(BytesIO(data), formats=ALLOWED_FORMATS)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}"
+        )
+    return image
+
+
+def image_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """(H, W) of the stored picture, from its header alone (EXIF rotation may swap them)."""
+    with _decoding():
+        width, height = _open(data, max_pixels).size
+    return height, width
+
+
+def load_rgb(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode image bytes to pixels: EXIF orientation applied, any mode converted to RGB.
+
+    The pixel limit is checked from the header, before the pixels are decoded.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    with _decoding():
+        image = ImageOps.exif_transpose(_open(data, max_pixels))
+        image.load()
+        pixels = np.array(_to_rgb(image))
     if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
         raise InvalidImageError(f"the image decodes to an unusable shape {pixels.shape}")
     return pixels

@@ -136,8 +136,16 @@ class InteractiveSam3(nn.Module):
         """
         batch = _check_decoder_inputs(point_coords, point_labels, boxes, mask_input, self.arch)
         # sam3's predictor keeps the image it decodes on the object; a shallow copy per call
-        # gives each call its own (shared weights, no lock, no cross-talk between threads).
+        # gives each call its own (shared weights, no lock, no cross-talk between threads),
+        # with transforms that leave upsampling to below (a module dict of its own, so that
+        # the stand-in never reaches the shared predictor).
         predictor = copy.copy(self.predictor)
+        transforms = self.predictor._transforms
+        object.__setattr__(
+            predictor,
+            "_modules",
+            {**self.predictor._modules, "_transforms": _UpsampleLater(transforms)},
+        )
         predictor._features = {
             "image_embed": embedding.image_embed.float(),
             "high_res_feats": [feat.float() for feat in embedding.high_res_feats],
@@ -147,16 +155,34 @@ class InteractiveSam3(nn.Module):
         mask_input_t, coords, labels, box = predictor._prep_prompts(
             point_coords, point_labels, boxes, mask_input, normalize_coords=True
         )
-        masks, scores, low_res = predictor._predict(
+        proposals, scores, low_res = predictor._predict(
             coords, labels, box, mask_input_t, multimask_output, return_logits=True
         )
         best = scores.argmax(dim=1)
         rows = torch.arange(batch, device=best.device)
+        # Only each prompt's best proposal is brought to full size: sam3's hole filling and
+        # upsampling act on each mask alone, so this is what sam3 returns, for a third of it.
+        masks = transforms.postprocess_masks(proposals[rows, best][:, None], embedding.orig_hw)
         return Decoded(
-            masks=(masks[rows, best] > predictor.mask_threshold).cpu().numpy(),
+            masks=(masks[:, 0] > predictor.mask_threshold).cpu().numpy(),
             scores=scores[rows, best].float().cpu().numpy(),
             low_res_logits=low_res[rows, best].float().cpu().numpy(),
         )
+
+
+class _UpsampleLater:
+    """sam3's `SAM2Transforms` for one decode, but `postprocess_masks` (hole filling and
+    upsampling to the original size) hands the low-res logits back untouched."""
+
+    def __init__(self, transforms: nn.Module) -> None:
+        self._transforms = transforms
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transforms, name)
+
+    @staticmethod
+    def postprocess_masks(masks: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
+        return masks
 
 
 def _check_decoder_inputs(

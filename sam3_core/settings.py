@@ -26,6 +26,12 @@ class RequestLimits(BaseSettings):
     max_prompts: int = Field(64, ge=1, description="Prompts in one request.")
     max_points_per_prompt: int = Field(64, ge=1, description="Points in one prompt.")
     max_image_id_length: int = Field(256, ge=16, description="Characters in an image_id.")
+    max_mask_pixels: int = Field(
+        256 * MiB,
+        gt=0,
+        description="Mask pixels one request may produce (masks x height x width); past it "
+        "the request is refused before any model call.",
+    )
 
 
 class EngineSettings(RequestLimits):

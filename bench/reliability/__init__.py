@@ -20,7 +20,12 @@ from functools import partial
 
 from bench.harness import SEGMENTER_SLOT
 from bench.reliability.failures import node_loss, replica_failure
-from bench.reliability.load import cancellation, cross_talk, overload
+from bench.reliability.load import (
+    cancellation_in_the_callers_queue,
+    cancellation_in_the_replicas_queue,
+    cross_talk,
+    overload,
+)
 from bench.reliability.soak import soak
 
 __all__ = [
@@ -28,7 +33,8 @@ __all__ = [
     "QUICK",
     "SCENARIOS",
     "SEGMENTER_SLOT",
-    "cancellation",
+    "cancellation_in_the_callers_queue",
+    "cancellation_in_the_replicas_queue",
     "cross_talk",
     "node_loss",
     "overload",
@@ -38,7 +44,8 @@ __all__ = [
 
 SCENARIOS = {
     "overload": overload,
-    "cancellation": cancellation,
+    "cancellation": cancellation_in_the_callers_queue,
+    "cancellation_in_the_replica": cancellation_in_the_replicas_queue,
     "cross_talk": cross_talk,
     "replica_failure": replica_failure,
     "node_loss": node_loss,
@@ -48,6 +55,7 @@ SCENARIOS = {
 QUICK = {
     "overload": {"clicks": 200},
     "cancellation": {"hangups": 8},
+    "cancellation_in_the_replica": {"hangups": 4},
     "cross_talk": {"clients": 32, "images": 8, "clicks": 3},
     "replica_failure": {"load_s": 9},
     "node_loss": {"load_s": 12},
@@ -57,6 +65,7 @@ QUICK = {
 FULL = {
     "overload": {"clicks": 400},
     "cancellation": {"hangups": 20},
+    "cancellation_in_the_replica": {"hangups": 4},
     "cross_talk": {"clients": 32, "images": 8, "clicks": 6},
     "replica_failure": {"load_s": 20},
     "node_loss": {"load_s": 30},

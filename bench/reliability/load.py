@@ -51,22 +51,20 @@ def overload(cluster: LocalCluster, clicks: int = 200) -> dict:
     }
 
 
-def cancellation(cluster: LocalCluster, hangups: int = 10) -> dict:
-    """Clients that hang up while their embeds are queued behind a slow one."""
-    deploy(
-        cluster,
-        1,
-        args={"segmenter_threads": 1},
-        segmenter={"max_ongoing_requests": 1, "max_queued_requests": 64},
-    )
+def cancellation(cluster: LocalCluster, hangups: int = 10, slow: int = 1, **deploy_args) -> dict:
+    """Clients that hang up while their embeds wait behind `slow` slow ones (64 MP, over a
+    second each), with the replica's options in `deploy_args` (default: serve_config.yaml's,
+    where waiting requests sit in the replica's own queue, not the caller's)."""
+    deploy(cluster, 1, **deploy_args)
     before = Prometheus.settled(lambda: cluster.metrics.total(MISSES))
-    # A 64 MP picture keeps the one replica busy for over a second (decode and resize).
-    slow = flat_image(8000, 8000)
+    slow_bodies = [{"image": image_body(flat_image(8000, 8000, grey=100 + i))} for i in range(slow)]
     bodies = [{"image": image_body(random_image(500 + i))} for i in range(hangups)]
-    slow_thread = threading.Thread(
-        target=cluster.post, args=("/sam3/embed_image", {"image": image_body(slow)})
-    )
-    slow_thread.start()
+    slow_threads = [
+        threading.Thread(target=cluster.post, args=("/sam3/embed_image", body))
+        for body in slow_bodies
+    ]
+    for thread in slow_threads:
+        thread.start()
     time.sleep(0.3)
 
     def hang_up(body: dict) -> bool:
@@ -78,9 +76,26 @@ def cancellation(cluster: LocalCluster, hangups: int = 10) -> dict:
 
     with ThreadPoolExecutor(hangups) as pool:
         hung_up = sum(pool.map(hang_up, bodies))
-    slow_thread.join()
+    for thread in slow_threads:
+        thread.join()
     computed = Prometheus.settled(lambda: cluster.metrics.total(MISSES)) - before
-    return {"hung_up": hung_up, "embeddings_computed": computed}
+    return {"hung_up": hung_up, "slow": slow, "embeddings_computed": computed}
+
+
+def cancellation_in_the_callers_queue(cluster: LocalCluster, hangups: int = 10) -> dict:
+    """Hang-ups queued in the ingress's router: one request in flight per replica."""
+    return cancellation(
+        cluster,
+        hangups,
+        args={"segmenter_threads": 1},
+        segmenter={"max_ongoing_requests": 1, "max_queued_requests": 64},
+    )
+
+
+def cancellation_in_the_replicas_queue(cluster: LocalCluster, hangups: int = 4) -> dict:
+    """Hang-ups queued in the replica itself, behind slow embeds on all of its engine
+    threads: serve_config.yaml's options (8 in flight, 4 engine threads)."""
+    return cancellation(cluster, hangups, slow=4)
 
 
 def cross_talk(cluster: LocalCluster, clients: int = 32, images: int = 8, clicks: int = 4) -> dict:

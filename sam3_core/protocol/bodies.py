@@ -71,8 +71,11 @@ class VisualSegmentRequest(_Body):
     multimask_output: bool = Field(
         True, description="Let the decoder propose 3 masks per prompt; the best is returned."
     )
-    format: Literal["json", "polygon", "rle"] = Field(
-        "json", description="json and polygon give polygons; rle gives COCO RLE."
+    format: Literal["json", "polygon", "rle", "binary"] = Field(
+        "json",
+        description="json and polygon give polygons; rle gives COCO RLE; binary gives "
+        "Roboflow's NumPy .npz (application/octet-stream): `masks` (P, H, W) bool and "
+        "`low_res_masks` (P, 288, 288) float32 logits.",
     )
     save_logits_to_cache: bool = Field(False, description="Keep this request's low-res logits.")
     load_logits_from_cache: bool = Field(

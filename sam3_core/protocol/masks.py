@@ -1,7 +1,9 @@
-"""Masks to the API's wire formats: polygons (OpenCV contours) and COCO RLE (pycocotools)."""
+"""Masks to the API's wire formats: polygons (OpenCV contours), COCO RLE (pycocotools) and
+Roboflow's binary NumPy archive."""
 
 from __future__ import annotations
 
+import io
 from typing import Literal
 
 import numpy as np
@@ -10,6 +12,7 @@ from pycocotools import mask as coco_mask
 from sam3_core.protocol.bodies import Prediction, RleMask
 
 Polygon = list[list[int]]
+BINARY = "application/octet-stream"
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[Polygon]:
@@ -48,6 +51,20 @@ def masks_to_rle(masks: np.ndarray) -> list[dict[str, object]]:
         {"size": [int(h) for h in rle["size"]], "counts": rle["counts"].decode("ascii")}
         for rle in encoded
     ]
+
+
+def masks_npz(masks: np.ndarray, low_res_logits: np.ndarray) -> bytes:
+    """`format: "binary"` as Roboflow's server answers it: `numpy.savez_compressed` of
+    `masks` and `low_res_masks` (its SAM3 visual_segment sends full-size float logits as
+    `masks`; these are thresholded, so `masks > 0` reads alike in a client).
+
+    Args:
+        masks: (P, H, W) bool.
+        low_res_logits: (P, L, L) float32.
+    """
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, masks=masks, low_res_masks=low_res_logits)
+    return buffer.getvalue()
 
 
 def encode_predictions(

@@ -30,10 +30,19 @@ def test_overload_is_503_with_retry_after_then_normal_service(service: LocalClus
 
 
 def test_hung_up_clients_cancel_their_queued_work(service: LocalCluster):
-    out = reliability.cancellation(service, **SIZES["cancellation"])
+    out = reliability.cancellation_in_the_callers_queue(service, **SIZES["cancellation"])
     assert out["hung_up"] == SIZES["cancellation"]["hangups"]
     # The slow embed, and at most one hung-up request already on its way to the replica.
     assert out["embeddings_computed"] <= 2, out
+
+
+def test_hung_up_clients_queued_in_the_replica_are_not_started(service: LocalCluster):
+    """serve_config.yaml's options: 8 in flight per replica, 4 engine threads, so waiting
+    requests sit in the replica's own queue."""
+    sizes = SIZES["cancellation_in_the_replica"]
+    out = reliability.cancellation_in_the_replicas_queue(service, **sizes)
+    assert out["hung_up"] == sizes["hangups"]
+    assert out["embeddings_computed"] == out["slow"], out  # the slow embeds alone
 
 
 def test_concurrent_clients_get_what_they_get_alone(service: LocalCluster):

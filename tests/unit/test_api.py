@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pycocotools import mask as coco_mask
 
+from bench.samples import flat_image, image_body
 from deployments.api import create_api
 from deployments.operations import Operation, Reply
-from deployments.owners import LocalOwners, ServiceUnavailableError
+from deployments.owners import LocalOwners, ServiceUnavailableError, owner_key
 from deployments.settings import IngressSettings
 from sam3_core import Segmenter, SegmentRequest
 from sam3_core.calls import ImageRequest
@@ -53,6 +56,7 @@ def api(engine) -> TestClient:
 
 PNG = encode_image(random_pixels(3, 90, 120))
 B64 = base64.b64encode(PNG).decode()
+OTHER_B64 = base64.b64encode(encode_image(random_pixels(4, 90, 120))).decode()
 CLICK = {"points": [{"x": 30, "y": 40, "positive": True}]}
 
 
@@ -178,7 +182,7 @@ class TestErrors:
                 "invalid_request",
             ),
             (
-                {"image": {"type": "base64", "value": B64}, "format": "binary"},
+                {"image": {"type": "base64", "value": B64}, "format": "png"},
                 422,
                 "invalid_request",
             ),
@@ -343,3 +347,65 @@ def test_masks_match_the_engine(api, engine):
     (expected,) = encode_predictions(direct.masks, direct.scores, "rle")
     assert prediction["masks"]["counts"] == expected.masks.counts
     assert np.isclose(prediction["confidence"], expected.confidence)
+
+
+class TestTenants:
+    """With API keys, each key sees only the images it sent (SPEC §10)."""
+
+    @pytest.fixture
+    def secured(self, engine) -> TestClient:
+        return make_client(engine, api_keys="k-one, k-two")[0]
+
+    def test_another_key_can_neither_click_nor_overwrite(self, secured):
+        one, two = {"Authorization": "Bearer k-one"}, {"Authorization": "Bearer k-two"}
+        mine = {"image": {"type": "base64", "value": B64}, "image_id": "shared-name"}
+        assert secured.post("/sam3/embed_image", json=mine, headers=one).status_code == 200
+        click = {"image_id": "shared-name", "prompts": CLICK, "format": "rle"}
+        other = secured.post("/sam3/visual_segment", json=click, headers=two)
+        assert other.status_code == 404 and other.json()["code"] == "image_not_cached"
+        theirs = {**mine, "image": {"type": "base64", "value": OTHER_B64}}
+        response = secured.post("/sam3/embed_image", json=theirs, headers=two)
+        assert response.headers["x-sam3-embedding-cache"] == "miss"  # a separate entry
+        own = secured.post("/sam3/visual_segment", json=click, headers=one)
+        direct = secured.post(
+            "/sam3/visual_segment",
+            json={"image": {"type": "base64", "value": B64}, "prompts": CLICK, "format": "rle"},
+            headers=one,
+        )
+        assert own.json()["predictions"] == direct.json()["predictions"]
+        # The key in the body names the same tenant as in the header.
+        body_key = secured.post("/sam3/visual_segment", json={**click, "api_key": "k-one"})
+        assert body_key.status_code == 200
+        for response in (own, other, body_key):
+            assert not any("k-one" in v or "k-two" in v for v in response.headers.values())
+
+    def test_routing_keeps_one_owner_per_tenant_and_id(self):
+        mine = ImageRequest(image_id="x", tenant="aaaa")
+        assert owner_key(mine) != owner_key(ImageRequest(image_id="x", tenant="bbbb"))
+        assert owner_key(ImageRequest(image_id="x")) == "x"
+
+
+def test_mask_budget_is_413_before_the_image_is_decoded(api):
+    """64 boxes on a 64 MP picture ask for 4 G mask pixels: refused from the header."""
+    huge = image_body(flat_image(8000, 8000))
+    boxes = [{"box": {"x": 100, "y": 100, "width": 50, "height": 50}}] * 64
+    response = api.post("/sam3/visual_segment", json={"image": huge, "prompts": boxes})
+    assert response.status_code == 413 and response.json()["code"] == "mask_budget_exceeded"
+    assert "SAM3_MAX_MASK_PIXELS" in response.json()["message"]
+
+
+def test_binary_format_is_roboflows_npz(api):
+    body = {
+        "image": {"type": "base64", "value": B64},
+        "prompts": [CLICK, CLICK],
+        "format": "binary",
+    }
+    response = api.post("/sam3/visual_segment", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    arrays = np.load(io.BytesIO(response.content))
+    assert arrays["masks"].shape == (2, 90, 120) and arrays["masks"].dtype == bool
+    assert arrays["low_res_masks"].shape == (2, 64, 64)
+    rle = api.post("/sam3/visual_segment", json={**body, "format": "rle"}).json()["predictions"]
+    decoded = coco_mask.decode({"size": [90, 120], "counts": rle[0]["masks"]["counts"]})
+    assert np.array_equal(arrays["masks"][0], decoded.astype(bool))

@@ -107,3 +107,11 @@ def test_serve_config_readme_and_k8s_agree_with_the_defaults_table():
             assert readme.get((name, option)) == value, f"README.md: {name}.{option}"
         for option in ("max_ongoing_requests", "max_queued_requests"):
             assert option in shown[name], f"serve_config.yaml shows {name}.{option}"
+
+
+def test_retry_after_of_the_ingress_follows_the_setting(monkeypatch):
+    monkeypatch.setenv("SAM3_RETRY_AFTER_SECONDS", "7")
+    config = deployments({"segmenter_gpus": 0})["Ingress"]._deployment_config
+    assert config.backpressure_config.retry_after_s == 7
+    config = deployments({"segmenter_gpus": 0, "engine": {"retry_after_seconds": 3}})
+    assert config["Ingress"]._deployment_config.backpressure_config.retry_after_s == 3

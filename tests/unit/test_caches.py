@@ -20,7 +20,7 @@ class TestEmbeddingCache:
             cache.put(name, embedding(120))
         assert cache.get("a") is not None  # a becomes the most recent
         cache.put("d", embedding(120))
-        assert cache.image_ids() == ["c", "a", "d"]
+        assert cache.lru_order() == ["c", "a", "d"]
         assert "b" not in cache and cache.evictions == 1
 
     def test_byte_budget_is_never_exceeded(self):
@@ -29,25 +29,29 @@ class TestEmbeddingCache:
         for i in range(200):
             cache.put(f"img{i}", embedding(12 * int(rng.integers(1, 60))))
             assert cache.nbytes <= 1200
-            assert cache.nbytes == sum(cache.get(k).nbytes for k in cache.image_ids())
+            assert cache.nbytes == sum(cache.get(k).nbytes for k in cache.lru_order())
         assert cache.evictions > 0
 
     def test_count_limit(self):
         cache = EmbeddingCache(max_bytes=10**9, max_entries=2)
         for name in "abcd":
             cache.put(name, embedding(12))
-        assert cache.image_ids() == ["c", "d"]
+        assert cache.lru_order() == ["c", "d"]
 
     def test_entry_over_budget_is_not_stored_and_replaces_nothing_stale(self):
         dropped = []
-        cache = EmbeddingCache(max_bytes=120, max_entries=5, on_evict=dropped.append)
+        cache = EmbeddingCache(
+            max_bytes=120, max_entries=5, on_evict=lambda key, _: dropped.append(key)
+        )
         cache.put("a", embedding(120, "old"))
         assert not cache.put("a", embedding(240, "new"))
         assert "a" not in cache and dropped == ["a"] and cache.nbytes == 0
 
     def test_eviction_and_new_content_notify(self):
         dropped = []
-        cache = EmbeddingCache(max_bytes=240, max_entries=5, on_evict=dropped.append)
+        cache = EmbeddingCache(
+            max_bytes=240, max_entries=5, on_evict=lambda key, _: dropped.append(key)
+        )
         cache.put("a", embedding(120, "x"))
         cache.put("a", embedding(120, "x"))  # same content again: nothing dropped
         assert dropped == []

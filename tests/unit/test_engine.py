@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,6 +15,7 @@ from sam3_core.errors import (
     InvalidImageError,
     InvalidImageIdError,
     InvalidPromptError,
+    MaskBudgetError,
 )
 from sam3_core.images import content_id
 from sam3_core.prompts import PromptSet
@@ -27,6 +29,11 @@ def clicks(*xy: tuple[float, float], positive: bool = True) -> PromptSet:
     return PromptSet.model_validate(
         {"points": [{"x": x, "y": y, "positive": positive} for x, y in xy]}
     )
+
+
+def logits_saved(engine: Segmenter, image_id: str, data: bytes) -> int:
+    """Logits entries of that picture (the id's key without API keys, and its content)."""
+    return engine.logits.count_for((("", image_id), content_id(data)))
 
 
 def images(n: int) -> list[bytes]:
@@ -106,7 +113,7 @@ class TestSegment:
         decoded = segmenter.decode(job)
         assert len(calls) == 1
         result = segmenter.finish(job, decoded)
-        assert len(calls) == 1 and segmenter.logits.count_for("s") == 1
+        assert len(calls) == 1 and logits_saved(segmenter, "s", data) == 1
         assert np.array_equal(result.decoded.masks, whole.decoded.masks)
         assert np.array_equal(result.decoded.scores, whole.decoded.scores)
 
@@ -136,7 +143,7 @@ class TestSegment:
             SegmentRequest(image=new, image_id="doc", prompts=clicks((5, 5)))
         )
         assert result.embedding_cache == "miss"
-        assert segmenter.logits.count_for("doc") == 0  # the old picture's logits are gone
+        assert logits_saved(segmenter, "doc", old) == 0  # the old picture's logits are gone
         fresh = make_segmenter().segment(SegmentRequest(image=new, prompts=clicks((5, 5))))
         assert np.array_equal(result.decoded.masks, fresh.decoded.masks)
         hit = segmenter.segment(SegmentRequest(image=new, image_id="doc", prompts=clicks((5, 5))))
@@ -156,13 +163,13 @@ class TestCaches:
             SegmentRequest(image_id=id_a, prompts=clicks((3, 3)), save_logits_to_cache=True)
         )
         engine.embed(EmbedRequest(image=c))
-        assert id_a in engine.embeddings and id_b not in engine.embeddings
+        assert ("", id_a) in engine.embeddings and ("", id_b) not in engine.embeddings
         assert engine.stats().embedding_cache_bytes <= engine.embeddings.max_bytes
-        assert engine.logits.count_for(id_a) == 1
+        assert logits_saved(engine, id_a, a) == 1
         engine.embed(
             EmbedRequest(image=b)
         )  # now a is the least recently used: it goes, with its logits
-        assert id_a not in engine.embeddings and engine.logits.count_for(id_a) == 0
+        assert ("", id_a) not in engine.embeddings and logits_saved(engine, id_a, a) == 0
         assert engine.stats().embedding_cache_evictions == 2
 
     def test_embeds_on_the_cpu_hand_freed_memory_back(self, make_segmenter, monkeypatch):
@@ -293,3 +300,205 @@ class TestConcurrency:
             got = list(pool.map(lambda job: run(engine, job), jobs * 3))
         for (masks, scores), (want_masks, want_scores) in zip(got, expected * 3, strict=True):
             assert np.array_equal(masks, want_masks) and np.array_equal(scores, want_scores)
+
+
+class GatedEncode:
+    """Makes the engine's embeds of chosen pictures wait for `release(digest)`."""
+
+    def __init__(self, engine: Segmenter, monkeypatch) -> None:
+        self.gates: dict[tuple[int, int], threading.Event] = {}
+        encode = engine.model.encode
+
+        def gated(image):
+            gate = self.gates.get(tuple(image.shape[-2:]))
+            if gate is not None:
+                assert gate.wait(30), "gate never opened"
+            return encode(image)
+
+        monkeypatch.setattr(engine.model, "encode", gated)
+
+    def hold(self, height: int, width: int) -> threading.Event:
+        self.gates[(height, width)] = threading.Event()
+        return self.gates[(height, width)]
+
+
+class TestContent:
+    """An id's content, its logits and the order of requests (issue: caches that never serve
+    the wrong picture)."""
+
+    def test_logits_of_an_earlier_picture_never_seed_the_new_one(self, segmenter):
+        old, new = images(2)
+        segmenter.embed(EmbedRequest(image=old, image_id="doc"))
+        first = SegmentRequest(image_id="doc", prompts=clicks((5, 5)), save_logits_to_cache=True)
+        job = segmenter.prepare(first)
+        decoded = segmenter.decode(job)
+        # The id gets new bytes while that click is being decoded ...
+        segmenter.embed(EmbedRequest(image=new, image_id="doc"))
+        segmenter.finish(job, decoded)  # ... and only then saves the old picture's logits.
+        refined = segmenter.segment(
+            SegmentRequest(
+                image_id="doc", prompts=clicks((5, 5), (30, 30)), load_logits_from_cache=True
+            )
+        )
+        assert refined.logits_cache == "miss"
+        assert logits_saved(segmenter, "doc", old) == 0
+
+    def test_the_logits_cache_keys_by_content(self, segmenter):
+        (data,) = images(1)
+        segmenter.segment(
+            SegmentRequest(
+                image=data, image_id="p", prompts=clicks((5, 5)), save_logits_to_cache=True
+            )
+        )
+        again = SegmentRequest(
+            image=data, image_id="p", prompts=clicks((5, 5), (9, 9)), load_logits_from_cache=True
+        )
+        assert segmenter.segment(again).logits_cache == "hit"
+
+    def test_the_request_that_arrived_last_wins_whichever_embed_ends_first(
+        self, make_segmenter, monkeypatch
+    ):
+        engine = make_segmenter()
+        gates = GatedEncode(engine, monkeypatch)
+        first = encode_image(random_pixels(1, 60, 80))
+        last = encode_image(random_pixels(2, 70, 90))
+        slow = gates.hold(60, 80)
+        with ThreadPoolExecutor(3) as pool:
+            a = pool.submit(engine.embed, EmbedRequest(image=first, image_id="same"))
+            time.sleep(0.2)
+            b = pool.submit(engine.embed, EmbedRequest(image=last, image_id="same"))
+            assert b.result(30).embedding_cache == "miss"  # the later request, finished first
+            slow.set()
+            assert a.result(30).embedding_cache == "miss"
+        assert engine.embeddings.get(("", "same")).content_digest == content_id(last)
+        by_id = engine.segment(SegmentRequest(image_id="same", prompts=clicks((5, 5))))
+        assert by_id.decoded.masks.shape[1:] == (70, 90)
+
+    def test_a_click_by_id_waits_for_content_sent_before_it(self, make_segmenter, monkeypatch):
+        engine = make_segmenter()
+        gates = GatedEncode(engine, monkeypatch)
+        old = encode_image(random_pixels(1, 60, 80))
+        new = encode_image(random_pixels(2, 70, 90))
+        engine.embed(EmbedRequest(image=old, image_id="same"))
+        gate = gates.hold(70, 90)
+        with ThreadPoolExecutor(2) as pool:
+            resend = pool.submit(engine.embed, EmbedRequest(image=new, image_id="same"))
+            time.sleep(0.2)
+            click = pool.submit(
+                engine.segment, SegmentRequest(image_id="same", prompts=clicks((5, 5)))
+            )
+            time.sleep(0.2)
+            gate.set()
+            assert resend.result(30).embedding_cache == "miss"
+            assert click.result(30).decoded.masks.shape[1:] == (70, 90)
+
+    def test_a_bad_resend_changes_nothing(self, segmenter):
+        (good,) = images(1)
+        segmenter.embed(EmbedRequest(image=good, image_id="keep"))
+        with pytest.raises(InvalidImageError):
+            segmenter.embed(EmbedRequest(image=b"garbage", image_id="keep"))
+        hit = segmenter.segment(SegmentRequest(image_id="keep", prompts=clicks((3, 3))))
+        assert hit.embedding_cache == "hit"
+
+    def test_an_embed_that_ends_between_two_looks_is_not_computed_twice(
+        self, make_segmenter, monkeypatch
+    ):
+        """The second request looked at the cache before the first embed ended and at the
+        in-flight table after: it must still find one or the other."""
+        engine = make_segmenter()
+        gates = GatedEncode(engine, monkeypatch)
+        data = encode_image(random_pixels(3, 60, 80))
+        release, done = gates.hold(60, 80), threading.Event()
+        get = engine.embeddings.get
+        second: list[threading.Thread] = []
+
+        def get_then_let_the_first_finish(key):
+            found = get(key)
+            if second and threading.current_thread() is second[0] and found is None:
+                release.set()
+                done.wait(1.0)  # it cannot finish while this look holds the in-flight lock
+            return found
+
+        monkeypatch.setattr(engine.embeddings, "get", get_then_let_the_first_finish)
+
+        def first() -> str:
+            try:
+                return engine.embed(EmbedRequest(image=data)).embedding_cache
+            finally:
+                done.set()
+
+        def then() -> str:
+            second.append(threading.current_thread())
+            return engine.embed(EmbedRequest(image=data)).embedding_cache
+
+        with ThreadPoolExecutor(1) as one, ThreadPoolExecutor(1) as two:
+            a = one.submit(first)
+            time.sleep(0.2)
+            b = two.submit(then)
+            assert (a.result(30), b.result(30)) == ("miss", "hit")
+        assert engine.stats().embedding_cache_misses == 1
+
+
+class TestMaskBudget:
+    def test_past_the_budget_is_refused_before_any_model_call(self, make_segmenter, monkeypatch):
+        engine = make_segmenter(max_mask_pixels=3 * 120 * 160)
+        calls = []
+        monkeypatch.setattr(engine.model, "encode", lambda *a: calls.append("encode"))
+        monkeypatch.setattr(engine.model, "decode", lambda *a, **k: calls.append("decode"))
+        (data,) = images(1)  # 120 x 160
+        four = PromptSet.model_validate(
+            [{"points": [{"x": 1, "y": i, "positive": True}]} for i in range(4)]
+        )
+        with pytest.raises(MaskBudgetError, match="SAM3_MAX_MASK_PIXELS"):
+            engine.segment(SegmentRequest(image=data, prompts=four))
+        assert calls == []
+
+    def test_by_id_too_and_within_it_serves(self, make_segmenter):
+        engine = make_segmenter(max_mask_pixels=3 * 120 * 160)
+        (data,) = images(1)
+        image_id = engine.embed(EmbedRequest(image=data)).image_id
+        three = PromptSet.model_validate(
+            [{"points": [{"x": 1, "y": i, "positive": True}]} for i in range(3)]
+        )
+        assert (
+            len(engine.segment(SegmentRequest(image_id=image_id, prompts=three)).decoded.masks) == 3
+        )
+        four = PromptSet.model_validate([*three.prompts, three.prompts[0]])
+        with pytest.raises(MaskBudgetError):
+            engine.segment(SegmentRequest(image_id=image_id, prompts=four))
+
+    def test_only_each_prompts_best_proposal_is_brought_to_full_size(self, segmenter, monkeypatch):
+        shapes = []
+        transforms = segmenter.model.predictor._transforms
+        postprocess = transforms.postprocess_masks
+
+        def recording(masks, orig_hw):
+            shapes.append(tuple(masks.shape))
+            return postprocess(masks, orig_hw)
+
+        monkeypatch.setattr(transforms, "postprocess_masks", recording)
+        (data,) = images(1)
+        prompts = PromptSet.model_validate(
+            [{"points": [{"x": 1, "y": i, "positive": True}]} for i in range(5)]
+        )
+        segmenter.segment(SegmentRequest(image=data, prompts=prompts))
+        assert shapes == [(5, 1, 64, 64)]
+
+
+class TestTenants:
+    def test_keys_are_tenants_of_their_own_images(self, segmenter):
+        mine, theirs = images(2)
+        segmenter.embed(EmbedRequest(image=mine, image_id="x", tenant="alice"))
+        with pytest.raises(ImageNotCachedError):
+            segmenter.segment(SegmentRequest(image_id="x", tenant="bob", prompts=clicks((3, 3))))
+        assert (
+            segmenter.embed(EmbedRequest(image=theirs, image_id="x", tenant="bob")).embedding_cache
+            == "miss"
+        )
+        alice = segmenter.segment(
+            SegmentRequest(image_id="x", tenant="alice", prompts=clicks((3, 3)))
+        )
+        alone = segmenter.segment(SegmentRequest(image=mine, prompts=clicks((3, 3))))
+        assert np.array_equal(alice.decoded.masks, alone.decoded.masks)
+        with pytest.raises(ImageNotCachedError):  # and without a key, neither is visible
+            segmenter.segment(SegmentRequest(image_id="x", prompts=clicks((3, 3))))

@@ -35,15 +35,14 @@ def test_routes_and_names_are_unique():
 def test_segment_reply_formats(segmenter):
     data = encode_image(random_pixels(100))
     rle = run(segmenter, SEGMENT, SegmentRequest(image=data, mask_format="rle", prompts=CLICK), "r")
-    members = rle.members.decode()
-    assert members.startswith('"predictions":[') and rle.replica == "r"
+    assert rle.body.startswith(b'{"predictions":[') and rle.replica == "r"
     decoded = segmenter.segment(SegmentRequest(image=data, prompts=CLICK)).decoded
-    (prediction,) = json.loads("{" + members + "}")["predictions"]
+    (prediction,) = json.loads(rle.body)["predictions"]
     assert prediction["format"] == "rle" and prediction["masks"]["size"] == [120, 160]
     mask = coco_mask.decode({"size": [120, 160], "counts": prediction["masks"]["counts"]})
     assert np.array_equal(mask.astype(bool), decoded.masks[0])
     polygon = run(segmenter, SEGMENT, SegmentRequest(image=data, prompts=CLICK), "r")
-    (as_polygon,) = json.loads("{" + polygon.members.decode() + "}")["predictions"]
+    (as_polygon,) = json.loads(polygon.body)["predictions"]
     assert as_polygon["format"] == "polygon"
     assert as_polygon["confidence"] == pytest.approx(float(decoded.scores[0]))
     assert polygon.embedding_cache == "hit" and rle.embedding_cache == "miss"
