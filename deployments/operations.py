@@ -32,9 +32,8 @@ from sam3_core.protocol.bodies import (
     ImageInput,
     VisualSegmentRequest,
     VisualSegmentResponse,
-    predictions_json,
 )
-from sam3_core.protocol.masks import BINARY, encode_predictions, masks_npz
+from sam3_core.protocol.masks import BINARY, masks_npz, predictions_json
 from sam3_core.settings import RequestLimits
 
 REPLICA_HEADER = "x-sam3-replica"
@@ -149,8 +148,8 @@ def _segment_reply(request: SegmentRequest, result: Segmentation) -> Encoded:
     headers = {} if result.logits_cache is None else {LOGITS_HEADER: result.logits_cache}
     if request.mask_format == "binary":
         return Encoded(masks_npz(decoded.masks, decoded.low_res_logits), BINARY, headers)
-    predictions = encode_predictions(decoded.masks, decoded.scores, request.mask_format)
-    return Encoded(b'{"predictions":' + predictions_json(predictions) + b"}", JSON, headers)
+    predictions = predictions_json(decoded.masks, decoded.scores, request.mask_format)
+    return Encoded(b'{"predictions":' + predictions + b"}", JSON, headers)
 
 
 def _check_prompts(body: VisualSegmentRequest, limits: RequestLimits) -> None:

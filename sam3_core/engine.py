@@ -170,30 +170,27 @@ class Segmenter:
     def decode(self, job: SegmentJob) -> Decoded:
         """The model's part: every decoder group of the job, merged back in prompt order."""
         started = time.perf_counter()
-        count = job.request.prompts.prediction_count
-        height, width = job.cached.embedding.orig_hw
-        side = self.model.arch.low_res_size
-        masks = np.zeros((count, height, width), dtype=bool)
-        scores = np.zeros(count, dtype=np.float32)
-        low_res = np.zeros((count, side, side), dtype=np.float32)
         prior = job.prior_logits
-        for group in job.groups:
-            slots = list(group.slots)
-            decoded = self.model.decode(
+        decoded = [
+            self.model.decode(
                 job.cached.embedding,
                 point_coords=group.point_coords,
                 point_labels=group.point_labels,
                 boxes=group.boxes,
-                mask_input=None if prior is None else prior[slots][:, None],
+                mask_input=None if prior is None else prior[list(group.slots)][:, None],
                 multimask_output=job.request.multimask_output,
             )
-            masks[slots], scores[slots], low_res[slots] = (
-                decoded.masks,
-                decoded.scores,
-                decoded.low_res_logits,
-            )
+            for group in job.groups
+        ]
         job.timings["decode"] = time.perf_counter() - started
-        return Decoded(masks, scores, low_res)
+        if len(decoded) == 1:  # one group holds every prompt, in order
+            return decoded[0]
+        order = np.argsort([slot for group in job.groups for slot in group.slots])
+        return Decoded(
+            masks=np.concatenate([d.masks for d in decoded])[order],
+            scores=np.concatenate([d.scores for d in decoded])[order],
+            low_res_logits=np.concatenate([d.low_res_logits for d in decoded])[order],
+        )
 
     def finish(self, job: SegmentJob, decoded: Decoded) -> Segmentation:
         """After the decoder: keep the logits where asked, and the result."""

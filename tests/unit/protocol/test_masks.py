@@ -1,9 +1,13 @@
+import json
+
 import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
+from pydantic import TypeAdapter
 
-from sam3_core.protocol.masks import mask_to_polygons, masks_to_rle
+from sam3_core.protocol.bodies import Prediction
+from sam3_core.protocol.masks import mask_to_polygons, masks_to_rle, predictions_json
 
 
 def fill(polygons: list, shape: tuple[int, int]) -> np.ndarray:
@@ -85,3 +89,19 @@ class TestRle:
 
     def test_no_masks(self):
         assert masks_to_rle(np.zeros((0, 4, 4), bool)) == []
+
+
+def test_predictions_json_is_the_response_schema_with_the_masks_own_polygons():
+    masks = np.zeros((2, 20, 30), dtype=bool)
+    masks[0, 2:8, 3:9] = True
+    masks[0, 12:15, 20:25] = True
+    scores = np.array([0.25, 0.5], dtype=np.float32)
+    predictions = json.loads(predictions_json(masks, scores, "polygon"))
+    parsed = TypeAdapter(list[Prediction]).validate_python(predictions)
+    assert [p.format for p in parsed] == ["polygon", "polygon"]
+    assert predictions[0]["masks"] == mask_to_polygons(masks[0])
+    assert predictions[1]["masks"] == [[]]
+    assert [p["confidence"] for p in predictions] == [0.25, 0.5]
+    rle = json.loads(predictions_json(masks, scores, "rle"))
+    assert [p["masks"] for p in rle] == masks_to_rle(masks)
+    TypeAdapter(list[Prediction]).validate_python(rle)
