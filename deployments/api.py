@@ -21,9 +21,17 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from deployments.middleware import ApiKeyAuth, RequestBodyLimit, error_response, tenant_of
-from deployments.operations import JSON, OPERATIONS, ImageBody, Operation, Reply
+from deployments.middleware import (
+    ApiKeyAuth,
+    RequestBodyLimit,
+    RequestClock,
+    arrived_at,
+    error_response,
+    tenant_of,
+)
+from deployments.operations import JSON, OPERATIONS, STAGES, ImageBody, Operation, Reply
 from deployments.owners import Owners, ServiceUnavailableError
+from deployments.request_body import JsonRoute
 from deployments.settings import IngressSettings
 from sam3_core.calls import ImageRequest
 from sam3_core.errors import (
@@ -65,17 +73,27 @@ def status_of(error: Sam3Error) -> int:
     return 500
 
 
-def reply_response(reply: Reply, started: float) -> Response:
-    """The replica's pre-encoded body; a JSON object gets the service's `time` last."""
+def reply_response(reply: Reply, timings: dict[str, float], arrived: float) -> Response:
+    """The replica's pre-encoded body (a JSON object gets the service's `time` last) and
+    the request's stages in `Server-Timing`; adds "total" to `timings`."""
     body = reply.body
+    timings["total"] = time.perf_counter() - arrived
     if reply.media_type == JSON:
-        seconds = json.dumps(time.perf_counter() - started).encode()
-        body = body[:-1] + b',"time":' + seconds + b"}"
-    return Response(content=body, media_type=reply.media_type, headers=reply.response_headers())
+        body = body[:-1] + b',"time":' + json.dumps(timings["total"]).encode() + b"}"
+    headers = reply.response_headers()
+    headers["Server-Timing"] = ", ".join(
+        f"{stage};dur={timings[stage] * 1000:.3f}" for stage in STAGES if stage in timings
+    )
+    return Response(content=body, media_type=reply.media_type, headers=headers)
 
 
-def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
-    """The ASGI app: a route per operation, error mapping, body limit and API keys."""
+def create_api(
+    owners: Owners,
+    settings: IngressSettings,
+    observe: Callable[[str, dict[str, float]], None] | None = None,
+) -> FastAPI:
+    """The ASGI app: a route per operation, error mapping, body limit and API keys.
+    `observe(operation, timings)` gets each answered request's stages (metrics)."""
     app = FastAPI(
         title="sam3-serve",
         summary="Interactive SAM3 segmentation: embed an image once, then click.",
@@ -107,11 +125,17 @@ def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
 
     def route(operation: Operation) -> Callable[..., Awaitable[Response]]:
         async def endpoint(body: ImageBody, http: Request) -> Response:
-            started = time.perf_counter()
+            arrived = arrived_at(http.scope)
             operation.check(body, settings)
-            image = await read_image(body, tenant_of(http.scope))
-            reply = await owners.call(operation, operation.request(body, image))
-            return reply_response(reply, started)
+            request = operation.request(body, await read_image(body, tenant_of(http.scope)))
+            parsed = time.perf_counter()
+            reply = await owners.call(operation, request)
+            timings = {**reply.timings, "parse": parsed - arrived}
+            timings["owner"] = time.perf_counter() - parsed
+            response = reply_response(reply, timings, arrived)
+            if observe is not None:
+                observe(operation.name, timings)
+            return response
 
         # FastAPI reads the body's model, hence its validation and OpenAPI schema, from here.
         endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -124,13 +148,14 @@ def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
         return endpoint
 
     for operation in OPERATIONS:
-        app.add_api_route(
+        app.router.add_api_route(
             operation.path,
             route(operation),
             methods=["POST"],
             response_model=operation.response,
             responses=_ERRORS,
             summary=operation.summary,
+            route_class_override=JsonRoute,
         )
 
     @app.get("/healthz", summary="Liveness of the ingress.")
@@ -169,4 +194,5 @@ def create_api(owners: Owners, settings: IngressSettings) -> FastAPI:
     keys = [key.get_secret_value() for key in settings.api_keys]
     app.add_middleware(ApiKeyAuth, keys=keys, open_paths=OPEN_PATHS)
     app.add_middleware(RequestBodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestClock)
     return app

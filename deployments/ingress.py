@@ -10,6 +10,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.api import create_api
+from deployments.metrics import StageMetrics
 from deployments.owners import RayOwners
 from deployments.settings import IngressSettings
 
@@ -21,6 +22,7 @@ class Ingress:
     def __init__(self, segmenter: DeploymentHandle, settings: dict[str, Any]) -> None:
         self.settings = IngressSettings(**settings)
         self.owners = RayOwners(segmenter)
+        self.metrics = StageMetrics()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.owners, self.settings)
+        return create_api(self.owners, self.settings, observe=self.metrics.observe)

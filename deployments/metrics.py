@@ -6,12 +6,34 @@ Ray tags each with `deployment`, `replica` and `application` and prefixes the na
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import psutil
 from ray.serve import metrics
 
-from sam3_core.engine import EngineStats
+if TYPE_CHECKING:  # the ingress imports this module and must not import the engine (torch)
+    from sam3_core.engine import EngineStats
 
 LATENCY_BUCKETS_S = [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60]
+STAGE_BUCKETS_S = [0.0002, 0.0005, 0.001, *LATENCY_BUCKETS_S]
+
+
+class StageMetrics:
+    """`sam3_request_stage_seconds{operation, stage}`: the stages of each request
+    (`deployments.operations.STAGES`), observed where they happen (ingress or replica)."""
+
+    def __init__(self) -> None:
+        self.stages = metrics.Histogram(
+            "sam3_request_stage_seconds",
+            description="Time of each stage of a request (parse, owner, queue, embed, decode, "
+            "encode, replica, total), as in its Server-Timing header.",
+            boundaries=STAGE_BUCKETS_S,
+            tag_keys=("operation", "stage"),
+        )
+
+    def observe(self, operation: str, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.stages.observe(seconds, tags={"operation": operation, "stage": stage})
 
 
 class SegmenterMetrics:
@@ -67,6 +89,7 @@ class SegmenterMetrics:
             description="Resident memory the replica alone holds: RSS less shared pages "
             "(Ray's object store, which requests' image bytes pass through, and libraries).",
         )
+        self.stages = StageMetrics()
         self._process = psutil.Process()
         self._last: EngineStats | None = None
 
@@ -93,8 +116,9 @@ class SegmenterMetrics:
         self.private_memory.set(memory.rss - getattr(memory, "shared", 0))
         self._last = stats
 
-    def record_timings(self, timings: dict[str, float]) -> None:
-        """Observe the stages of one request (`Reply.timings`)."""
+    def record_timings(self, operation: str, timings: dict[str, float]) -> None:
+        """Observe the stages of one request in this replica (`Reply.timings`)."""
+        self.stages.observe(operation, timings)
         if "embed" in timings:
             self.embed_latency.observe(timings["embed"])
         if "decode" in timings:

@@ -1,5 +1,5 @@
 """ASGI middleware that refuses a request before it reaches a route: a body over the size
-limit (413) or a missing or wrong API key (401).
+limit (413) or a missing or wrong API key (401); and the clock of each request.
 
 Starlette and FastAPI have neither a request-body limit nor API-key auth that also accepts
 the key inside a JSON body (Roboflow's clients send it there), hence these two classes.
@@ -9,18 +9,37 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+import time
 from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.request_body import keep_body, kept_body, parsed_json
+
 TENANT = "sam3_tenant"
+ARRIVED = "sam3_arrived"
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"message": message, "code": code}, status_code=status, headers=headers)
+
+
+class RequestClock:
+    """Stamps when a request reached the app (`arrived_at`): its stages and total time
+    (`Server-Timing`, the body's `time`) count from there."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope.setdefault("state", {})[ARRIVED] = time.perf_counter()
+        await self.app(scope, receive, send)
+
+
+def arrived_at(scope: Scope) -> float:
+    return scope.get("state", {}).get(ARRIVED) or time.perf_counter()
 
 
 class RequestBodyLimit:
@@ -46,7 +65,9 @@ class RequestBodyLimit:
         if read is None:
             await self._refuse(scope, receive, send)
             return
-        await self.app(scope, _replay(read[0], receive), send)
+        messages, body = read
+        keep_body(scope, body)
+        await self.app(scope, _replay(messages, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
@@ -96,8 +117,11 @@ class ApiKeyAuth:
                 await self._refuse(scope, receive, send)
             return
         # No key in the header or query: look in the JSON body, then replay it to the app.
-        messages, body = await _read_body(receive) or ([], b"")
-        key = _body_key(body)
+        body = kept_body(scope)
+        messages: list[Message] = []
+        if body is None:
+            messages, body = await _read_body(receive) or ([], b"")
+        key = _body_key(scope, body)
         if key is None or not self._valid(key):
             await self._refuse(scope, receive, send)
             return
@@ -160,11 +184,11 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def _body_key(body: bytes) -> str | None:
+def _body_key(scope: Scope, body: bytes) -> str | None:
     if b"api_key" not in body:
         return None
     try:
-        parsed = json.loads(body)
+        parsed = parsed_json(scope, body)  # kept: the route does not parse it again
     except ValueError:
         return None
     key = parsed.get("api_key") if isinstance(parsed, dict) else None

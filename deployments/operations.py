@@ -36,6 +36,11 @@ from sam3_core.protocol.bodies import (
 from sam3_core.protocol.masks import BINARY, masks_npz, predictions_json
 from sam3_core.settings import RequestLimits
 
+# The stages of a request, in the order `Server-Timing` lists them: in the ingress "parse"
+# (body, image, id) and "owner" (waiting for and in the owner replica); in the replica
+# "queue" (waiting for an engine thread), "embed" (when the image was embedded for it),
+# "decode", "encode" (the reply's masks) and "replica" (all of it there); "total".
+STAGES = ("parse", "owner", "queue", "embed", "decode", "encode", "replica", "total")
 REPLICA_HEADER = "x-sam3-replica"
 CACHE_HEADER = "x-sam3-embedding-cache"
 LOGITS_HEADER = "x-sam3-logits-cache"
@@ -102,12 +107,25 @@ class Operation(Generic[BodyT, RequestT, ResultT]):
     check: Callable[[BodyT, RequestLimits], None] = lambda body, limits: None
 
 
-def run(engine: Any, operation: Operation, request: ImageRequest, replica: str) -> Reply:
+def run(
+    engine: Any,
+    operation: Operation,
+    request: ImageRequest,
+    replica: str,
+    arrived: float | None = None,
+) -> Reply:
     """Run `operation` on an engine (`sam3_core.Segmenter`) and encode its reply: what an
-    owner replica does, in a worker thread."""
-    result: ImageResult = getattr(engine, operation.name)(request)
+    owner replica does, in a worker thread, for a request that reached it at `arrived`
+    (`time.perf_counter()`; its wait for the thread is the "queue" stage)."""
     started = time.perf_counter()
+    result: ImageResult = getattr(engine, operation.name)(request)
+    encoding = time.perf_counter()
     encoded = operation.reply(request, result)
+    done = time.perf_counter()
+    timings = {**result.timings, "encode": done - encoding}
+    if arrived is not None:
+        timings["queue"] = started - arrived
+        timings["replica"] = done - arrived
     return Reply(
         image_id=result.image_id,
         embedding_cache=result.embedding_cache,
@@ -115,7 +133,7 @@ def run(engine: Any, operation: Operation, request: ImageRequest, replica: str) 
         replica=replica,
         media_type=encoded.media_type,
         headers=encoded.headers,
-        timings={**result.timings, "encode": time.perf_counter() - started},
+        timings=timings,
     )
 
 

@@ -4,6 +4,7 @@ in this process (tests, or the API without Ray)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 import anyio
@@ -13,7 +14,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.operations import Operation, Reply, run
 from sam3_core.calls import ImageRequest
-from sam3_core.errors import Sam3Error
+from sam3_core.errors import ImageBytesNeededError, Sam3Error
 
 # Failures after which the same request, sent again, can succeed: the owner replica was
 # overloaded, or died and is being replaced (its images then move to a new owner).
@@ -50,8 +51,15 @@ class RayOwners:
         self.handle = handle
 
     async def call(self, operation: Operation, request: ImageRequest) -> Reply:
-        owner = self.handle.options(session_id=owner_key(request))
-        return await _unavailable_as_503(getattr(owner, operation.name).remote(request))
+        method = getattr(self.handle.options(session_id=owner_key(request)), operation.name)
+        if request.image is not None and request.image_digest is not None:
+            # Digest first: a client that resends an image its owner holds (the
+            # inference-sdk does with every click) costs no transfer of the bytes.
+            try:
+                return await _unavailable_as_503(method.remote(replace(request, image=None)))
+            except ImageBytesNeededError:
+                pass
+        return await _unavailable_as_503(method.remote(request))
 
 
 class LocalOwners:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,13 +47,14 @@ class SegmenterReplica:
         )
 
     async def _serve(self, operation: Operation, request: ImageRequest) -> Reply:
+        arrived = time.perf_counter()
         try:
             reply = await asyncio.get_running_loop().run_in_executor(
-                self._pool, run, self.engine, operation, request, self.replica
+                self._pool, run, self.engine, operation, request, self.replica, arrived
             )
         finally:
             self.metrics.record_stats(self.engine.stats())
-        self.metrics.record_timings(reply.timings)
+        self.metrics.record_timings(operation.name, reply.timings)
         return reply
 
     def check_health(self) -> None:

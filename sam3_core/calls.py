@@ -22,7 +22,9 @@ MaskFormat = Literal["polygon", "rle", "binary"]
 @dataclass(frozen=True, kw_only=True)
 class ImageRequest:
     """The image a request is about. `image_digest` is the SHA-256 of `image` where the
-    caller has computed it already; without `image_id` the digest is the id. `tenant` names
+    caller has computed it already; without `image_id` the digest is the id. A digest
+    without `image` asks for that content under the id, if held (else
+    `ImageBytesNeededError`: the caller sends the bytes then). `tenant` names
     who sent it (a digest of the API key, never the key; None without keys): tenants never
     see each other's images, whatever the ids (SPEC §10)."""
 

@@ -32,7 +32,12 @@ from sam3_core.calls import (
     Segmentation,
     SegmentRequest,
 )
-from sam3_core.errors import ImageNotCachedError, InvalidImageError, MaskBudgetError
+from sam3_core.errors import (
+    ImageBytesNeededError,
+    ImageNotCachedError,
+    InvalidImageError,
+    MaskBudgetError,
+)
 from sam3_core.images import check_image_id, content_id, image_size, load_rgb
 from sam3_core.memory import default_cache_budget, release_freed_memory
 from sam3_core.model import InteractiveSam3
@@ -256,6 +261,11 @@ class Segmenter:
             key = (tenant, image_id)
             self._await_embeds_before(key, arrival)
             cached = self.embeddings.get(key)
+            digest = request.image_digest
+            if digest is not None:  # the caller has the bytes, and sends them if needed
+                if cached is None or cached.content_digest != digest:
+                    raise ImageBytesNeededError(f"send the bytes of {image_id!r}")
+                self.embeddings.keep_latest(key, CachedEmbedding(cached.embedding, digest, arrival))
             if cached is None:
                 self._count(hit=False)
                 raise ImageNotCachedError(

@@ -56,6 +56,14 @@ class ImageNotCachedError(Sam3Error):
     code = "image_not_cached"
 
 
+class ImageBytesNeededError(Sam3Error):
+    """A request named its image by content digest only, and this engine does not hold
+    that content under its id: the caller, which has the bytes, sends them (never a client's
+    answer; see `deployments.owners.RayOwners`)."""
+
+    code = "image_bytes_needed"
+
+
 class WeightsError(Sam3Error):
     """No usable weights are configured, or the checkpoint does not fit the model."""
 

@@ -20,20 +20,31 @@ _WHITESPACE = re.compile(r"\s+")
 
 def decode_base64(value: str, *, max_bytes: int) -> bytes:
     """Base64 text, with or without a `data:image/...;base64,` prefix, to the image's bytes."""
-    text = _WHITESPACE.sub("", _DATA_URL.sub("", value.strip(), count=1))
-    if not text:
-        raise InvalidImageError("image.value is empty")
+    text = _DATA_URL.sub("", value.strip(), count=1)
     if len(text) // 4 * 3 > max_bytes + 2:
         raise ImageTooLargeError(
             f"the image is about {len(text) // 4 * 3} bytes, the limit is {max_bytes}"
         )
     try:
-        data = base64.b64decode(text, validate=True)
+        data = _b64decode(text)
     except (binascii.Error, ValueError) as exc:
         raise InvalidImageError(f"image.value is not valid base64: {exc}") from exc
+    if not data:
+        raise InvalidImageError("image.value is empty")
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"the image is {len(data)} bytes, the limit is {max_bytes}")
     return data
+
+
+def _b64decode(text: str) -> bytes:
+    """Strict base64; line breaks and spaces (MIME-wrapped base64) are dropped only when the
+    text has any: removing them costs ~50 ms per MB, decoding ~3."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        if not _WHITESPACE.search(text):
+            raise
+    return base64.b64decode(_WHITESPACE.sub("", text), validate=True)
 
 
 def read_image_input(image: ImageInput, *, max_bytes: int, url_policy: UrlPolicy | None) -> bytes:

@@ -3,6 +3,7 @@ owned by one segmenter replica, which embeds it once."""
 
 from __future__ import annotations
 
+import base64
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,7 +11,7 @@ from inference_sdk import InferenceHTTPClient
 from pycocotools import mask as coco_mask
 
 from bench.harness import LocalCluster
-from tests.conftest import random_pixels
+from tests.conftest import encode_image, random_pixels
 from tests.integration.serving import click_prompt, deploy, image_body, settled_total
 
 pytestmark = pytest.mark.ray
@@ -25,6 +26,10 @@ HITS = "ray_sam3_embedding_cache_hits_total"
 def three_replicas(service: LocalCluster) -> LocalCluster:
     deploy(service, replicas=3)
     return service
+
+
+def encoded_image(seed: int, height: int, width: int) -> str:
+    return base64.b64encode(encode_image(random_pixels(seed, height, width))).decode()
 
 
 def annotate(service: LocalCluster, seed: int) -> list[tuple[int, str, str]]:
@@ -133,3 +138,21 @@ def test_scale_down_moves_only_the_removed_replicas_images(three_replicas):
         again = by_id(seed)
         assert again.headers["x-sam3-replica"] == new_owner
         assert again.headers["x-sam3-embedding-cache"] == "hit"
+
+
+def test_resent_images_and_server_timing_through_ray(three_replicas):
+    """A click that resends its image goes digest first: held content is a hit without the
+    bytes, new content under the same id falls back to sending them and re-embeds."""
+    service = three_replicas
+    first = {"image": image_body(300), "image_id": "resent", "prompts": click_prompt((5, 5))}
+    assert service.post("/sam3/visual_segment", first).headers["x-sam3-embedding-cache"] == "miss"
+    same = service.post("/sam3/visual_segment", first)
+    assert same.headers["x-sam3-embedding-cache"] == "hit"
+    changed = {**first, "image": {"type": "base64", "value": encoded_image(301, 50, 70)}}
+    response = service.post("/sam3/visual_segment", {**changed, "format": "rle"})
+    assert response.headers["x-sam3-embedding-cache"] == "miss"
+    assert response.json()["predictions"][0]["masks"]["size"] == [50, 70]
+    stages = dict(item.strip().split(";dur=") for item in same.headers["server-timing"].split(","))
+    assert {"parse", "owner", "queue", "decode", "encode", "replica", "total"} <= set(stages)
+    assert float(stages["owner"]) >= float(stages["replica"])
+    assert same.headers["x-sam3-replica"] == response.headers["x-sam3-replica"]

@@ -409,3 +409,20 @@ def test_binary_format_is_roboflows_npz(api):
     rle = api.post("/sam3/visual_segment", json={**body, "format": "rle"}).json()["predictions"]
     decoded = coco_mask.decode({"size": [90, 120], "counts": rle[0]["masks"]["counts"]})
     assert np.array_equal(arrays["masks"][0], decoded.astype(bool))
+
+
+def test_server_timing_gives_the_stages_of_each_request(api):
+    body = {"image": {"type": "base64", "value": B64}, "prompts": CLICK}
+    for path in ("/sam3/embed_image", "/sam3/visual_segment"):
+        response = api.post(path, json=body)
+        stages = {
+            name: float(duration.removeprefix("dur="))
+            for name, duration in (
+                item.strip().split(";") for item in response.headers["server-timing"].split(",")
+            )
+        }
+        assert {"parse", "owner", "encode", "total"} <= set(stages), stages
+        assert all(value >= 0 for value in stages.values())
+        assert stages["total"] >= stages["parse"] + stages["owner"] - 0.01
+        assert abs(stages["total"] / 1000 - response.json()["time"]) < 0.005
+    assert "embed" in stages or "decode" in stages

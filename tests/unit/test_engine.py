@@ -10,6 +10,7 @@ import pytest
 from sam3_core import EmbedRequest, Segmenter, SegmentRequest
 from sam3_core import engine as engine_module
 from sam3_core.errors import (
+    ImageBytesNeededError,
     ImageNotCachedError,
     ImageTooLargeError,
     InvalidImageError,
@@ -502,3 +503,21 @@ class TestTenants:
         assert np.array_equal(alice.decoded.masks, alone.decoded.masks)
         with pytest.raises(ImageNotCachedError):  # and without a key, neither is visible
             segmenter.segment(SegmentRequest(image_id="x", prompts=clicks((3, 3))))
+
+
+class TestDigestFirst:
+    """A request may name its image by content digest alone; the bytes follow if needed."""
+
+    def test_held_content_is_a_hit_other_content_asks_for_the_bytes(self, segmenter):
+        old, new = images(2)
+        segmenter.embed(EmbedRequest(image=old, image_id="d"))
+        held = SegmentRequest(image_id="d", image_digest=content_id(old), prompts=clicks((3, 3)))
+        assert segmenter.segment(held).embedding_cache == "hit"
+        with pytest.raises(ImageBytesNeededError):
+            segmenter.segment(
+                SegmentRequest(image_id="d", image_digest=content_id(new), prompts=clicks((3, 3)))
+            )
+        with pytest.raises(ImageBytesNeededError):
+            segmenter.embed(EmbedRequest(image_id="never", image_digest=content_id(new)))
+        resent = SegmentRequest(image=new, image_id="d", prompts=clicks((3, 3)))
+        assert segmenter.segment(resent).embedding_cache == "miss"
