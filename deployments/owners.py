@@ -52,7 +52,10 @@ class RayOwners:
     async def call(self, operation: Operation, request: ImageRequest) -> Reply:
         assert request.image_id is not None, "the ingress resolves the image_id first"
         owner = self.handle.options(session_id=request.image_id)
-        return await _unavailable_as_503(getattr(owner, operation.name).remote(request))
+        outcome = await _unavailable_as_503(getattr(owner, operation.name).remote(request))
+        if isinstance(outcome, Sam3Error):
+            raise outcome  # the replica's refusal, sent as a value (deployments.segmenter)
+        return outcome
 
 
 class LocalOwners:
@@ -67,7 +70,7 @@ class LocalOwners:
         return await anyio.to_thread.run_sync(run, self.engine, operation, request, self.replica)
 
 
-async def _unavailable_as_503(response: DeploymentResponse) -> Reply:
+async def _unavailable_as_503(response: DeploymentResponse) -> Reply | Sam3Error:
     """The reply, with Ray's retryable failures translated into `ServiceUnavailableError`."""
     try:
         return await response

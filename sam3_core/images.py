@@ -22,6 +22,9 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
 
+# Pillow's own refusal: "Image size (N pixels) exceeds limit of M pixels, ...".
+_PILLOW_REFUSAL = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
+
 
 def content_id(data: bytes) -> str:
     """The `image_id` of an image sent without one: SHA-256 of its bytes, hex."""
@@ -58,6 +61,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _over_pillows_limit(refusal: str, max_pixels: int) -> str:
+    """The message for an image Pillow refused while opening it, over twice its own
+    `Image.MAX_IMAGE_PIXELS` (~179 MP), before our own check could run: it names the limit
+    a client and an operator know, `SAM3_MAX_IMAGE_PIXELS`."""
+    found = _PILLOW_REFUSAL.search(refusal)
+    if found is None:
+        return f"the image is over the pixel limit, {max_pixels} (SAM3_MAX_IMAGE_PIXELS)"
+    pixels, pillow_limit = int(found.group(1)), int(found.group(2))
+    if pixels > max_pixels:
+        return f"the image is {pixels} pixels, the limit is {max_pixels} (SAM3_MAX_IMAGE_PIXELS)"
+    return (
+        f"the image is {pixels} pixels, over Pillow's decompression-bomb guard of "
+        f"{pillow_limit} pixels, which caps SAM3_MAX_IMAGE_PIXELS ({max_pixels})"
+    )
+
+
 def load_rgb(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Decode image bytes to pixels: EXIF orientation applied, any mode converted to RGB.
 
@@ -75,13 +94,13 @@ def load_rgb(data: bytes, *, max_pixels: int) -> np.ndarray:
             if width * height > max_pixels:
                 raise ImageTooLargeError(
                     f"the image is {width}x{height} = {width * height} pixels, "
-                    f"the limit is {max_pixels}"
+                    f"the limit is {max_pixels} (SAM3_MAX_IMAGE_PIXELS)"
                 )
             image = ImageOps.exif_transpose(image)
             image.load()
             pixels = np.array(_to_rgb(image))
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"the image is too large to decode: {exc}") from exc
+        raise ImageTooLargeError(_over_pillows_limit(str(exc), max_pixels)) from exc
     except UnidentifiedImageError as exc:
         raise InvalidImageError(
             f"the image is not in a supported format ({', '.join(ALLOWED_FORMATS)})"
