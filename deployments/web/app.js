@@ -59,6 +59,7 @@ const state = {
   drag: null,
   cursor: null, // keyboard cursor, image pixels
   lastLabel: "object",
+  findingConcept: false,
 };
 
 const objects = () => state.history[state.at];
@@ -195,6 +196,7 @@ function ensureEmbedded() {
     }, 100);
     view.dimmed = true;
     showProgress("Sending the image…", 0);
+    setStatus(`embed_image: sending ${image.name} to be embedded…`);
     render();
     state.embedding = api
       .embed(image.dataUrl, null, (fraction) => {
@@ -306,14 +308,14 @@ function redo() {
 
 async function findConcept(text) {
   text = text.trim();
-  if (!text) return;
+  if (!text || state.findingConcept) return;
   if (!state.image) {
     setStatus("Open an image first.", true);
     return;
   }
   const image = state.image;
-  const button = $("concept-submit");
-  button.disabled = true;
+  state.findingConcept = true;
+  render();
   try {
     await ensureEmbedded();
     const predictions = await api.concept(image, text);
@@ -344,7 +346,8 @@ async function findConcept(text) {
       showError(error);
     }
   } finally {
-    button.disabled = false;
+    state.findingConcept = false;
+    render();
   }
 }
 
@@ -386,7 +389,8 @@ function render() {
   renderList();
   $("undo").disabled = state.at === 0;
   $("redo").disabled = state.at === state.history.length - 1;
-  $("new-object").disabled = !state.image;
+  for (const id of ["new-object", "export-coco", "export-png"]) $(id).disabled = !state.image;
+  $("concept-submit").disabled = !state.image || state.findingConcept;
 }
 
 const rows = new Map(); // object id -> its <li>
