@@ -30,14 +30,15 @@ RUN if [ -n "${TORCH_INDEX_URL}" ]; then \
 
 # The package only (.dockerignore keeps the rest out). pip keeps the torch above, which fits
 # pyproject's ranges, and the image's Ray, which is the pinned one; the import proves the
-# installed package loads without its source tree.
+# installed package loads without its source tree, and carries the annotation page.
 RUN mkdir /home/ray/sam3-serve
 COPY --chown=1000:100 pyproject.toml README.md /home/ray/sam3-serve/
 COPY --chown=1000:100 sam3_core /home/ray/sam3-serve/sam3_core
 COPY --chown=1000:100 deployments /home/ray/sam3-serve/deployments
 RUN pip install --no-cache-dir /home/ray/sam3-serve \
     && rm -rf /home/ray/sam3-serve \
-    && python -c "import deployments.app, sam3_core.engine, ray; assert ray.__version__ == '2.60.0', ray.__version__"
+    && python -c "import deployments.app, sam3_core.engine, ray; assert ray.__version__ == '2.60.0', ray.__version__" \
+    && python -c "from deployments.page import WEB; assert (WEB / 'index.html').is_file(), WEB"
 
 # KubeRay supplies the command (`ray start ...`); the autoscaler sidecar uses this image too.
 WORKDIR /home/ray

@@ -1,38 +1,44 @@
-"""Serving overhead: HTTP latency of sam3-serve next to a no-op two-hop Ray Serve app.
+"""Serving overhead, stage by stage: sam3-serve's HTTP latency next to a no-op two-hop Ray
+Serve app, in one run.
 
-    python -m bench.serve              # ~2 min on 2 cores
-    python -m bench.serve --requests 1000
+    python -m bench.serve                 # ~4 min on 2 cores
+    python -m bench.serve --requests 100  # quicker
 
 One local Ray instance runs both apps side by side: ours (serve_config.yaml's application,
-tiny random-weights model, one segmenter replica) and a no-op app of the same shape (FastAPI
-ingress -> handle with session_id -> a replica that returns at once). Per request type it
-prints p50/p99; "ours - no-op" is what we add on top of Ray Serve's two hops, model included,
-and "ours - no-op - engine" what is left once the engine's own time (measured in-process on
-the same image and prompt, one torch thread as in the replica) is taken out.
+tiny random-weights model, one segmenter replica with one CPU) and a no-op app of the same
+shape (FastAPI ingress -> handle with session_id -> a replica that returns at once). The two
+are called in turn, so drifts of this noisy machine hit both alike. Reported:
+
+- a click by `image_id` on a 640x480 picture: p50/p99 of ours and of the no-op app, and of
+  each stage of ours from its own `Server-Timing` header (parse, owner, queue, decode,
+  encode, replica, total). "Glue" is p50(click) - p50(no-op) - p50(decode + encode): what we
+  add beyond Ray Serve's two hops and the click's own model work and mask encoding.
+- the `inference-sdk`'s click, which resends the whole image every time, on a 12 MP JPEG of
+  ~3.7 MB, next to the same click by id: the cost per MB of image resent.
+- a click by id on 0.3, 3 and 12 MP pictures (RLE): what grows with the picture.
+- embeds: ours and the no-op app given the same body.
+
+Writes bench/results/serve.json.
 """
 
 import argparse
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import requests
-import torch
 from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from bench.harness import deploy_and_wait, start_local_cluster
-from bench.samples import image_body, random_image
+from bench.samples import image_body, random_image, smooth_image
 from deployments.config import APP_NAME, load_config
-from deployments.operations import SEGMENT, run
-from sam3_core import EmbedRequest, EngineSettings, PromptSet, Segmenter, SegmentRequest
 
-ROOT = Path(__file__).parents[1]
-RESULTS = ROOT / "bench" / "results"
-TINY = {"random_weights": "tiny", "device": "cpu"}
+RESULTS = Path(__file__).parent / "results"
+TINY = {"random_weights": "tiny", "device": "cpu", "max_hole_area": 0}
+SIZES = {"0.3 MP": (480, 640), "3 MP": (1500, 2000), "12 MP": (3000, 4000)}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
@@ -57,29 +63,56 @@ class NoopIngress:
         return await owner.click.remote(body)
 
 
-def photo(seed: int) -> bytes:
-    """The 640x480 JPEG of random pixels this benchmark sends."""
-    return random_image(seed, 480, 640, "JPEG", quality=90)
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.array(seconds) * 1000
+def percentiles(ms: list[float]) -> dict[str, float]:
+    values = np.array(ms)
     return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "n": len(ms),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "n": len(values),
     }
 
 
-def timed_posts(session: requests.Session, url: str, bodies: list[dict]) -> list[float]:
-    seconds = []
-    for body in bodies:
+def stages_of(response: requests.Response) -> dict[str, float]:
+    """The request's stages in ms, from its Server-Timing header."""
+    items = (item.strip().split(";dur=") for item in response.headers["server-timing"].split(","))
+    return {name: float(ms) for name, ms in items}
+
+
+class Timed:
+    """POSTs timed at the client, with their Server-Timing stages."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.client_ms: list[float] = []
+        self.stages: list[dict[str, float]] = []
+
+    def post(self, path: str, body: bytes) -> requests.Response:
         started = time.perf_counter()
-        response = session.post(url, json=body, timeout=60)
-        seconds.append(time.perf_counter() - started)
-        assert response.status_code == 200, response.text
-    return seconds
+        response = self.session.post(
+            self.base + path, data=body, headers={"content-type": "application/json"}, timeout=120
+        )
+        self.client_ms.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, response.text[:300]
+        if "server-timing" in response.headers:
+            self.stages.append(stages_of(response))
+        return response
+
+    def report(self) -> dict:
+        out = {"client": percentiles(self.client_ms)}
+        if self.stages:
+            names = [name for name in self.stages[0] if all(name in s for s in self.stages)]
+            out["stages"] = {name: percentiles([s[name] for s in self.stages]) for name in names}
+            if {"decode", "encode"} <= set(names):
+                model_work = [s["decode"] + s["encode"] for s in self.stages]
+                out["decode_plus_encode"] = percentiles(model_work)
+        return out
+
+
+def alternate(n: int, *calls: tuple[Timed, str, bytes]) -> None:
+    for _ in range(n):
+        for timed, path, body in calls:
+            timed.post(path, body)
 
 
 def deploy_ours(base_url: str) -> None:
@@ -87,28 +120,87 @@ def deploy_ours(base_url: str) -> None:
         args={"engine": TINY, "segmenter_cpus": 1, "ingress_cpus": 0.5},
         deployments={"Segmenter": {"num_replicas": 1}, "Ingress": {"num_replicas": 1}},
     )
-    probe = image_body(photo(99))
-    deploy_and_wait(config, {APP_NAME: 1}, base_url, probe)
+    deploy_and_wait(config, {APP_NAME: 1}, base_url, image_body(random_image(99)))
 
 
-def engine_alone(image: bytes, prompt: dict, repeat: int) -> dict[str, dict[str, float]]:
-    # Ray gives an actor with num_cpus=1 OMP_NUM_THREADS=1: torch runs one thread there too.
-    torch.set_num_threads(1)
-    engine = Segmenter.from_settings(EngineSettings(**TINY))
-    image_id = engine.embed(EmbedRequest(image=image)).image_id
-    request = SegmentRequest(image_id=image_id, prompts=PromptSet.model_validate(prompt))
-    clicks = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run(engine, SEGMENT, request, "alone")  # decode and encode, as a replica does
-        clicks.append(time.perf_counter() - started)
-    embeds = []
-    for seed in range(min(repeat, 100)):
-        data = photo(10_000 + seed)
-        started = time.perf_counter()
-        engine.embed(EmbedRequest(image=data))
-        embeds.append(time.perf_counter() - started)
-    return {"click": percentiles(clicks), "embed": percentiles(embeds)}
+def dumps(body: dict) -> bytes:
+    return json.dumps(body).encode()
+
+
+def click_by_id_vs_noop(base: str, n: int) -> dict:
+    ours, noop = Timed(base), Timed(base)
+    data = random_image(0, 480, 640, "JPEG", quality=90)
+    image_id = ours.post("/sam3/embed_image", dumps({"image": image_body(data)})).json()
+    prompt = {"points": [{"x": 320, "y": 240, "positive": True}]}
+    click = dumps({"image_id": image_id["image_id"], "prompts": prompt})
+    alternate(20, (ours, "/sam3/visual_segment", click), (noop, "/noop/click", click))
+    ours, noop = Timed(base), Timed(base)
+    alternate(n, (ours, "/sam3/visual_segment", click), (noop, "/noop/click", click))
+    out = {"ours": ours.report(), "noop": noop.report()}
+    out["glue_p50_ms"] = (
+        out["ours"]["client"]["p50_ms"]
+        - out["noop"]["client"]["p50_ms"]
+        - out["ours"]["decode_plus_encode"]["p50_ms"]
+    )
+    return out
+
+
+def sdk_click_vs_by_id(base: str, n: int) -> dict:
+    """The inference-sdk's `sam3_visual_segment` body (image inline, api_key in the body, no
+    image_id) next to the same click by id, on a 12 MP JPEG."""
+    height, width = SIZES["12 MP"]
+    data = random_image(1, height, width, "JPEG", quality=33)
+    setup = Timed(base)
+    image_id = setup.post("/sam3/embed_image", dumps({"image": image_body(data)})).json()
+    prompt = [{"points": [{"x": 2000, "y": 1500, "positive": True}]}]
+    common = {"prompts": prompt, "format": "rle", "multimask_output": True}
+    sdk_body = dumps({"image": image_body(data), "api_key": "unused", **common})
+    by_id_body = dumps({"image_id": image_id["image_id"], **common})
+    sdk, by_id = Timed(base), Timed(base)
+    alternate(
+        3, (sdk, "/sam3/visual_segment", sdk_body), (by_id, "/sam3/visual_segment", by_id_body)
+    )
+    sdk, by_id = Timed(base), Timed(base)
+    alternate(
+        n, (sdk, "/sam3/visual_segment", sdk_body), (by_id, "/sam3/visual_segment", by_id_body)
+    )
+    megabytes = len(data) / 1e6
+    out = {
+        "image_bytes": len(data),
+        "body_bytes": len(sdk_body),
+        "sdk_resends_image": sdk.report(),
+        "by_id": by_id.report(),
+    }
+    extra = out["sdk_resends_image"]["client"]["p50_ms"] - out["by_id"]["client"]["p50_ms"]
+    out["extra_p50_ms"] = extra
+    out["ms_per_mb"] = extra / megabytes
+    return out
+
+
+def clicks_by_size(base: str, n: int) -> dict:
+    out = {}
+    for label, (height, width) in SIZES.items():
+        timed = Timed(base)
+        image_id = timed.post(
+            "/sam3/embed_image", dumps({"image": image_body(smooth_image(2, height, width))})
+        ).json()["image_id"]
+        point = {"x": width / 3, "y": height / 2, "positive": True}
+        click = dumps({"image_id": image_id, "prompts": {"points": [point]}, "format": "rle"})
+        alternate(3, (timed, "/sam3/visual_segment", click))
+        timed = Timed(base)
+        alternate(n, (timed, "/sam3/visual_segment", click))
+        out[label] = timed.report()
+    out["ratio_12_to_0.3_MP"] = out["12 MP"]["client"]["p50_ms"] / out["0.3 MP"]["client"]["p50_ms"]
+    return out
+
+
+def embeds_vs_noop(base: str, n: int) -> dict:
+    ours, noop = Timed(base), Timed(base)
+    for i in range(n):
+        body = dumps({"image": image_body(random_image(1000 + i, 480, 640, "JPEG", quality=90))})
+        ours.post("/sam3/embed_image", body)
+        noop.post("/noop/click", body)
+    return {"ours": ours.report(), "noop_same_body": noop.report()}
 
 
 def main() -> None:
@@ -118,77 +210,48 @@ def main() -> None:
     n = args.requests
 
     cluster = start_local_cluster(workers=0, head_cpus=2)
-    base = cluster.url
-    deploy_ours(base)
-    serve.run(NoopIngress.bind(NoopReplica.bind()), name="noop", route_prefix="/noop")
-    session = requests.Session()
-
-    # Embeds first: 150 new images would push the clicked image out of the count-limited LRU.
-    embed_bodies = [{"image": image_body(photo(1000 + i))} for i in range(min(n, 150))]
-    ours_embed = timed_posts(session, f"{base}/sam3/embed_image", embed_bodies)
-    noop_embed = timed_posts(session, f"{base}/noop/click", embed_bodies)
-
-    image = photo(0)
-    embedded = session.post(f"{base}/sam3/embed_image", json={"image": image_body(image)})
-    image_id = embedded.json()["image_id"]
-    prompt = {"points": [{"x": 320, "y": 240, "positive": True}]}
-    click = {"image_id": image_id, "prompts": prompt}
-    for _ in range(20):  # warm up both paths
-        session.post(f"{base}/sam3/visual_segment", json=click)
-        session.post(f"{base}/noop/click", json=click)
-
-    # Interleave the two apps so drifts of this noisy machine hit both alike.
-    ours_click, noop_click = [], []
-    for _ in range(n):
-        ours_click += timed_posts(session, f"{base}/sam3/visual_segment", [click])
-        noop_click += timed_posts(session, f"{base}/noop/click", [click])
-
-    def concurrent(url: str, body: dict, clients: int = 8, each: int = 50) -> float:
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            for _ in range(clients):
-                pool.submit(timed_posts, requests.Session(), url, [body] * each)
-        return clients * each / (time.perf_counter() - started)
-
-    throughput = {
-        "ours_click_rps": concurrent(f"{base}/sam3/visual_segment", click),
-        "noop_rps": concurrent(f"{base}/noop/click", click),
-    }
-    cluster.shutdown()
-    alone = engine_alone(image, prompt, repeat=min(n, 300))
-
-    report = {
-        "weights": "random (tiny model, 224 px input)",
-        "image": "640x480 JPEG",
-        "click": {"ours": percentiles(ours_click), "noop": percentiles(noop_click)},
-        "embed": {"ours": percentiles(ours_embed), "noop_same_body": percentiles(noop_embed)},
-        "engine_in_process": alone,
-        "throughput_8_clients": throughput,
-    }
+    try:
+        base = cluster.url
+        deploy_ours(base)
+        serve.run(NoopIngress.bind(NoopReplica.bind()), name="noop", route_prefix="/noop")
+        report = {
+            "weights": "random (tiny model, 224 px input)",
+            "click_by_id": click_by_id_vs_noop(base, n),
+            "sdk_click": sdk_click_vs_by_id(base, max(10, n // 10)),
+            "click_by_size_rle": clicks_by_size(base, max(10, n // 10)),
+            "embed": embeds_vs_noop(base, min(n, 100)),
+        }
+    finally:
+        cluster.shutdown()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(report, indent=2))
     print_report(report)
 
 
 def print_report(report: dict) -> None:
-    print(f"RANDOM weights, {report['weights']}; {report['image']}")
+    print(f"RANDOM weights, {report['weights']}")
+    click = report["click_by_id"]
     print(
-        f"{'request':<8} {'ours p50':>9} {'p99':>8} | {'no-op p50':>9} {'p99':>8} | "
-        f"{'added p50':>9} | {'engine p50':>10} | {'left p50':>8}  (ms)"
+        f"click by id (640x480): ours p50 {click['ours']['client']['p50_ms']:.2f} ms "
+        f"(p99 {click['ours']['client']['p99_ms']:.2f}), no-op two hops p50 "
+        f"{click['noop']['client']['p50_ms']:.2f} ms (p99 {click['noop']['client']['p99_ms']:.2f})"
     )
-    for kind, noop_key in (("click", "noop"), ("embed", "noop_same_body")):
-        ours, noop = report[kind]["ours"], report[kind][noop_key]
-        engine = report["engine_in_process"][kind]
-        added = ours["p50_ms"] - noop["p50_ms"]
-        print(
-            f"{kind:<8} {ours['p50_ms']:9.2f} {ours['p99_ms']:8.2f} | {noop['p50_ms']:9.2f} "
-            f"{noop['p99_ms']:8.2f} | {added:9.2f} | {engine['p50_ms']:10.2f} | "
-            f"{added - engine['p50_ms']:8.2f}"
-        )
-    t = report["throughput_8_clients"]
+    for stage, p in click["ours"]["stages"].items():
+        print(f"  {stage:<8} p50 {p['p50_ms']:7.2f} ms  p99 {p['p99_ms']:7.2f} ms")
+    print(f"  glue: click - no-op - (decode + encode) = {click['glue_p50_ms']:.2f} ms at p50")
+    sdk = report["sdk_click"]
     print(
-        f"8 concurrent clients: ours {t['ours_click_rps']:.0f} clicks/s, no-op "
-        f"{t['noop_rps']:.0f} requests/s ({t['ours_click_rps'] / t['noop_rps']:.2f}x)"
+        f"inference-sdk click resending a {sdk['image_bytes'] / 1e6:.1f} MB 12 MP JPEG: p50 "
+        f"{sdk['sdk_resends_image']['client']['p50_ms']:.1f} ms against "
+        f"{sdk['by_id']['client']['p50_ms']:.1f} ms by id: {sdk['ms_per_mb']:.1f} ms per MB"
+    )
+    sizes = report["click_by_size_rle"]
+    cells = ", ".join(f"{label} {sizes[label]['client']['p50_ms']:.1f} ms" for label in SIZES)
+    print(f"click by id, RLE: {cells}; 12/0.3 MP {sizes['ratio_12_to_0.3_MP']:.1f}x")
+    embed = report["embed"]
+    print(
+        f"embed 640x480: ours p50 {embed['ours']['client']['p50_ms']:.1f} ms, no-op same body "
+        f"{embed['noop_same_body']['client']['p50_ms']:.1f} ms"
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -31,6 +32,7 @@ from deployments.middleware import (
 )
 from deployments.operations import JSON, OPERATIONS, STAGES, ImageBody, Operation, Reply
 from deployments.owners import Owners, ServiceUnavailableError
+from deployments.page import DOCS_ASSETS_PREFIX, OPEN_PATHS, OPEN_PREFIXES, add_page
 from deployments.request_body import JsonRoute
 from deployments.settings import IngressSettings
 from sam3_core.calls import ImageRequest
@@ -60,7 +62,6 @@ STATUS = {
     ServiceUnavailableError: 503,
     WeightsError: 503,
 }
-OPEN_PATHS = ("/healthz",)
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
 _POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -92,12 +93,14 @@ def create_api(
     settings: IngressSettings,
     observe: Callable[[str, dict[str, float]], None] | None = None,
 ) -> FastAPI:
-    """The ASGI app: a route per operation, error mapping, body limit and API keys.
+    """The ASGI app: a route per operation, error mapping, body limit and API keys, the
+    annotation page at `/` and the docs at `/docs` (their assets served from the package).
     `observe(operation, timings)` gets each answered request's stages (metrics)."""
-    app = FastAPI(
+    app = FastAPIOffline(
         title="sam3-serve",
         summary="Interactive SAM3 segmentation: embed an image once, then click.",
         version="0.1.0",
+        static_url=DOCS_ASSETS_PREFIX,
     )
     url_policy = settings.url_policy()
 
@@ -162,6 +165,8 @@ def create_api(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    add_page(app)
+
     @app.exception_handler(Sam3Error)
     async def engine_error(_: Request, error: Sam3Error) -> JSONResponse:
         status = status_of(error)
@@ -192,7 +197,7 @@ def create_api(
         return error_response(500, "internal_error", "internal error; see the service's logs")
 
     keys = [key.get_secret_value() for key in settings.api_keys]
-    app.add_middleware(ApiKeyAuth, keys=keys, open_paths=OPEN_PATHS)
+    app.add_middleware(ApiKeyAuth, keys=keys, open_paths=OPEN_PATHS, open_prefixes=OPEN_PREFIXES)
     app.add_middleware(RequestBodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestClock)
     return app

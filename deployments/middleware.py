@@ -87,14 +87,25 @@ def tenant_of(scope: Scope) -> str | None:
 
 
 class ApiKeyAuth:
-    """Every path but `open_paths` needs one of `keys`: `Authorization: Bearer <key>`, an
-    `api_key` query parameter, or an `api_key` field of a JSON body. Keys are compared in
-    constant time and never logged; the request's tenant (`tenant_of`) is its key's digest."""
+    """Every path but `open_paths` and those under `open_prefixes` needs one of `keys`:
+    `Authorization: Bearer <key>`, an `api_key` query parameter, or an `api_key` field of a
+    JSON body. Keys are compared in constant time and never logged; the request's tenant
+    (`tenant_of`) is its key's digest."""
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str], open_paths: Iterable[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Iterable[str],
+        open_paths: Iterable[str],
+        open_prefixes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self._keys = [key.encode() for key in keys]
         self._open_paths = frozenset(open_paths)
+        self._open_prefixes = tuple(open_prefixes)
+
+    def _open(self, path: str) -> bool:
+        return path in self._open_paths or path.startswith(self._open_prefixes)
 
     def _valid(self, key: str | bytes | None) -> bool:
         if not key:
@@ -105,7 +116,7 @@ class ApiKeyAuth:
         return any(matches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._keys or scope["path"] in self._open_paths:
+        if scope["type"] != "http" or not self._keys or self._open(scope["path"]):
             await self.app(scope, receive, send)
             return
         presented = self._header_or_query_key(scope)

@@ -44,6 +44,8 @@ STAGES = ("parse", "owner", "queue", "embed", "decode", "encode", "replica", "to
 REPLICA_HEADER = "x-sam3-replica"
 CACHE_HEADER = "x-sam3-embedding-cache"
 LOGITS_HEADER = "x-sam3-logits-cache"
+# The id the image is cached under: a client that sent the image inline clicks by id next.
+IMAGE_ID_HEADER = "x-sam3-image-id"
 
 
 class ImageBody(Protocol):
@@ -82,7 +84,12 @@ class Reply:
     timings: dict[str, float] = field(default_factory=dict)
 
     def response_headers(self) -> dict[str, str]:
-        return {REPLICA_HEADER: self.replica, CACHE_HEADER: self.embedding_cache, **self.headers}
+        return {
+            REPLICA_HEADER: self.replica,
+            CACHE_HEADER: self.embedding_cache,
+            IMAGE_ID_HEADER: self.image_id,
+            **self.headers,
+        }
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,10 @@ class RayOwners:
         if request.image is not None and request.image_digest is not None:
             # Digest first: a client that resends an image its owner holds (the
             # inference-sdk does with every click) costs no transfer of the bytes.
-            try:
-                return await _unavailable_as_503(method.remote(replace(request, image=None)))
-            except ImageBytesNeededError:
-                pass
-        return await _unavailable_as_503(method.remote(request))
+            outcome = await _unavailable_as_503(method.remote(replace(request, image=None)))
+            if not isinstance(outcome, ImageBytesNeededError):
+                return _reply_or_raise(outcome)
+        return _reply_or_raise(await _unavailable_as_503(method.remote(request)))
 
 
 class LocalOwners:
@@ -80,7 +79,13 @@ def owner_key(request: ImageRequest) -> str:
     return request.image_id if request.tenant is None else f"{request.tenant}:{request.image_id}"
 
 
-async def _unavailable_as_503(response: DeploymentResponse) -> Reply:
+def _reply_or_raise(outcome: Reply | Sam3Error) -> Reply:
+    if isinstance(outcome, Sam3Error):
+        raise outcome  # the replica's refusal, sent as a value (deployments.segmenter)
+    return outcome
+
+
+async def _unavailable_as_503(response: DeploymentResponse) -> Reply | Sam3Error:
     """The reply, with Ray's retryable failures translated into `ServiceUnavailableError`."""
     try:
         return await response

@@ -3,7 +3,10 @@ owner of the images routed to it by consistent hashing on `image_id`.
 
 Its methods are derived from `deployments.operations.OPERATIONS`, one per operation. The
 engine's calls block (model and image decoding), so they run on a small thread pool, never
-on the replica's event loop.
+on the replica's event loop. A request the engine refuses (`Sam3Error`: an unknown
+`image_id`, a broken image, ...) is answered with the error as a value, which the ingress
+raises again (`owners.RayOwners`): Ray Serve logs every exception a replica method raises at
+ERROR with its traceback and counts it as a failed request, which a client's mistake is not.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from deployments.metrics import SegmenterMetrics
 from deployments.operations import OPERATIONS, Operation, Reply, run
 from sam3_core.calls import ImageRequest
 from sam3_core.engine import Segmenter
+from sam3_core.errors import ImageBytesNeededError, Sam3Error
 from sam3_core.settings import EngineSettings
 
 logger = logging.getLogger("ray.serve")
@@ -46,12 +50,17 @@ class SegmenterReplica:
             threads,
         )
 
-    async def _serve(self, operation: Operation, request: ImageRequest) -> Reply:
+    async def _serve(self, operation: Operation, request: ImageRequest) -> Reply | Sam3Error:
         arrived = time.perf_counter()
         try:
             reply = await asyncio.get_running_loop().run_in_executor(
                 self._pool, run, self.engine, operation, request, self.replica, arrived
             )
+        except Sam3Error as error:
+            # A digest-first request without its bytes is routine; the rest are clients'.
+            level = logging.DEBUG if isinstance(error, ImageBytesNeededError) else logging.INFO
+            logger.log(level, "%s refused (%s): %s", operation.name, error.code, error.message)
+            return error
         finally:
             self.metrics.record_stats(self.engine.stats())
         self.metrics.record_timings(operation.name, reply.timings)
@@ -63,8 +72,10 @@ class SegmenterReplica:
             torch.cuda.synchronize(self.engine.model.device)  # raises on a faulted GPU
 
 
-def _method(operation: Operation) -> Callable[[SegmenterReplica, ImageRequest], Awaitable[Reply]]:
-    async def method(self: SegmenterReplica, request: ImageRequest) -> Reply:
+def _method(
+    operation: Operation,
+) -> Callable[[SegmenterReplica, ImageRequest], Awaitable[Reply | Sam3Error]]:
+    async def method(self: SegmenterReplica, request: ImageRequest) -> Reply | Sam3Error:
         return await self._serve(operation, request)
 
     method.__name__ = operation.name

@@ -24,6 +24,9 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:/@+=-]+$")
 
+# Pillow's own refusal: "Image size (N pixels) exceeds limit of M pixels, ...".
+_PILLOW_REFUSAL = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
+
 
 def content_id(data: bytes) -> str:
     """The `image_id` of an image sent without one: SHA-256 of its bytes, hex."""
@@ -60,15 +63,31 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _over_pillows_limit(refusal: str, max_pixels: int) -> str:
+    """The message for an image Pillow refused while opening it, over twice its own
+    `Image.MAX_IMAGE_PIXELS` (~179 MP), before our own check could run: it names the limit
+    a client and an operator know, `SAM3_MAX_IMAGE_PIXELS`."""
+    found = _PILLOW_REFUSAL.search(refusal)
+    if found is None:
+        return f"the image is over the pixel limit, {max_pixels} (SAM3_MAX_IMAGE_PIXELS)"
+    pixels, pillow_limit = int(found.group(1)), int(found.group(2))
+    if pixels > max_pixels:
+        return f"the image is {pixels} pixels, the limit is {max_pixels} (SAM3_MAX_IMAGE_PIXELS)"
+    return (
+        f"the image is {pixels} pixels, over Pillow's decompression-bomb guard of "
+        f"{pillow_limit} pixels, which caps SAM3_MAX_IMAGE_PIXELS ({max_pixels})"
+    )
+
+
 @contextmanager
-def _decoding() -> Iterator[None]:
-    """Pillow's failures as the engine's errors; our pixel limit is the one that applies."""
+def _decoding(max_pixels: int) -> Iterator[None]:
+    """Pillow's failures as the engine's errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             yield
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"the image is too large to decode: {exc}") from exc
+        raise ImageTooLargeError(_over_pillows_limit(str(exc), max_pixels)) from exc
     except UnidentifiedImageError as exc:
         raise InvalidImageError(
             f"the image is not in a supported format ({', '.join(ALLOWED_FORMATS)})"
@@ -83,14 +102,15 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"the image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}"
+            f"the image is {width}x{height} = {width * height} pixels, "
+            f"the limit is {max_pixels} (SAM3_MAX_IMAGE_PIXELS)"
         )
     return image
 
 
 def image_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
     """(H, W) of the stored picture, from its header alone (EXIF rotation may swap them)."""
-    with _decoding():
+    with _decoding(max_pixels):
         width, height = _open(data, max_pixels).size
     return height, width
 
@@ -103,7 +123,7 @@ def load_rgb(data: bytes, *, max_pixels: int) -> np.ndarray:
     Returns:
         (H, W, 3) uint8.
     """
-    with _decoding():
+    with _decoding(max_pixels):
         image = ImageOps.exif_transpose(_open(data, max_pixels))
         image.load()
         pixels = np.array(_to_rgb(image))

@@ -5,6 +5,9 @@ Random weights: masks are meaningless but deterministic, which is what the tests
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 
 from bench.samples import encode_image, random_pixels
@@ -13,12 +16,23 @@ from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
 # Test modules import these from here.
-__all__ = ["encode_image", "random_pixels", "tiny_settings"]
+__all__ = ["encode_image", "png_header", "random_pixels", "tiny_settings"]
 
 
 def tiny_settings(**overrides: object) -> EngineSettings:
     """Tiny random model; hole filling off (noisy random masks make it slow on CPU)."""
     return EngineSettings(random_weights="tiny", max_hole_area=0, device="cpu", **overrides)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that is only its header: a reader learns the size, and there are no pixels."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="session")

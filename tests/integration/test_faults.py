@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from bench import reliability
-from bench.harness import LocalCluster
+from bench.harness import LocalCluster, wait_for
 from bench.samples import image_body, random_image
 from tests.integration.serving import deploy
 
@@ -96,3 +96,24 @@ def test_logs_never_hold_image_bytes(service: LocalCluster):
             text = path.read_text(errors="ignore")
             for marker in markers:
                 assert marker not in text, f"{path} holds image bytes"
+
+
+def test_client_errors_are_not_logged_as_failures(service: LocalCluster):
+    """An unknown image_id (404) and a truncated image (400) are the client's doing: the
+    segmenter logs one INFO line each, not Ray Serve's "Request failed" with a traceback."""
+    deploy(service, 1)
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    offsets = {path: path.stat().st_size for path in logs.glob("*.log")}
+    data = random_image(4343)
+    unknown = service.post("/sam3/visual_segment", {"image_id": "never-embedded-4343"})
+    truncated = {"type": "base64", "value": base64.b64encode(data[: len(data) // 2]).decode()}
+    broken = service.post("/sam3/embed_image", {"image": truncated, "image_id": "half-4343"})
+    assert (unknown.status_code, broken.status_code) == (404, 400)
+
+    def written() -> str:
+        return "".join(path.read_text()[offsets.get(path, 0) :] for path in logs.glob("*.log"))
+
+    wait_for(lambda: "refused (invalid_image)" in written(), 60, "the replica's log lines")
+    text = written()
+    assert "refused (image_not_cached)" in text
+    assert "Request failed" not in text and "Traceback" not in text, text

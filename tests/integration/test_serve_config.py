@@ -1,9 +1,11 @@
 """README's run command, as written: `serve run serve_config.yaml` with the tiny random model
-(Ray started in-process by the CLI, in its own cluster), then an embed and two clicks."""
+(Ray started in-process by the CLI, in its own cluster, with Ray's default token
+authentication), then an embed, two clicks, the page, and README's readiness check."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,9 +22,19 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).parents[2]
 
 
+def readiness_command() -> str:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- readiness-command -->\n```bash\n(.+?)\n```", readme, re.S)
+    assert block, "README.md names no readiness check"
+    return block.group(1)
+
+
 def test_serve_run_serve_config_serves_on_port_8000(tmp_path):
     serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent)) or "serve"
-    env = {**os.environ, "SAM3_RANDOM_WEIGHTS": "tiny", "SAM3_MAX_HOLE_AREA": "0"}
+    # As on a fresh machine: no RAY_AUTH_MODE (the test harness turns auth off for its own
+    # clusters), so Ray starts this one with token authentication, its default since 2.60.
+    fresh = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env = {**fresh, "SAM3_RANDOM_WEIGHTS": "tiny", "SAM3_MAX_HOLE_AREA": "0"}
     # A fresh machine has no Ray running; here the test session's cluster runs, which a bare
     # `ray.init()` would join. "local" makes the CLI start its own, as on a fresh machine.
     env["RAY_ADDRESS"] = "local"
@@ -61,6 +73,16 @@ def test_serve_run_serve_config_serves_on_port_8000(tmp_path):
             assert len(response.json()["predictions"]) == 1
         assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
         assert "RANDOM weights" in (tmp_path / "serve.log").read_text()
+        page = requests.get(f"{url}/", timeout=10)
+        assert page.status_code == 200 and 'data-testid="canvas"' in page.text
+
+        # The readiness check README names, run as written in another terminal would.
+        command = readiness_command().replace(".venv/bin/serve", serve_cli)
+        status = subprocess.run(
+            ["bash", "-c", command], env=fresh, capture_output=True, text=True, timeout=120
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert re.search(r"sam3:\n\s+status: RUNNING", status.stdout), status.stdout
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:

@@ -4,7 +4,11 @@ owned by one segmenter replica, which embeds it once."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
+import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from inference_sdk import InferenceHTTPClient
@@ -92,6 +96,23 @@ def test_inference_sdk_client(three_replicas):
         assert 0 <= prediction["confidence"] <= 1
     single = client.sam3_visual_segment(image, prompts=prompts[:1])
     assert len(single["predictions"]) == 1
+
+
+def test_the_readme_client_example_runs_and_prints(three_replicas, tmp_path, monkeypatch):
+    """README's inference-sdk example, against this service instead of port 8000, with the
+    client version README installs (the one the tests install)."""
+    root = Path(__file__).parents[2]
+    readme = (root / "README.md").read_text()
+    (install,) = re.findall(r"pip install (inference-sdk==[\d.]+)", readme)
+    assert f'"{install}"' in (root / "pyproject.toml").read_text()
+    (code,) = re.findall(r"with Roboflow's client.*?```python\n(.+?)```", readme, re.S)
+    code = code.replace("http://127.0.0.1:8000", three_replicas.url)
+    (tmp_path / "photo.jpg").write_bytes(encode_image(random_pixels(8, 480, 640), "JPEG"))
+    monkeypatch.chdir(tmp_path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "README.md", "exec"), {})
+    assert re.fullmatch(r"\[480, 640\] confidence \d\.\d\d\n", printed.getvalue())
 
 
 def test_scale_down_moves_only_the_removed_replicas_images(three_replicas):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ from sam3_core import Segmenter, SegmentRequest
 from sam3_core.calls import ImageRequest
 from sam3_core.images import content_id
 from sam3_core.protocol.masks import masks_to_rle
-from tests.conftest import encode_image, random_pixels
+from tests.conftest import encode_image, png_header, random_pixels
 
 
 class InProcessOwners(LocalOwners):
@@ -68,6 +71,7 @@ class TestEmbedImage:
         assert first.json()["time"] >= 0
         assert first.headers["x-sam3-embedding-cache"] == "miss"
         assert first.headers["x-sam3-replica"] == "local"
+        assert first.headers["x-sam3-image-id"] == content_id(PNG)
         again = api.post(
             "/sam3/embed_image",
             json={"image": {"type": "base64", "value": "data:image/png;base64," + B64}},
@@ -111,6 +115,19 @@ class TestVisualSegment:
         assert predictions[0]["masks"]["size"] == [90, 120]
         empty = api.post("/sam3/visual_segment", json={"image": {"type": "base64", "value": B64}})
         assert len(empty.json()["predictions"]) == 1
+
+    def test_the_id_of_an_inline_image_comes_back_in_a_header(self, api):
+        """A client that sent the image inline clicks by id next, without hashing it."""
+        body = {"image": {"type": "base64", "value": B64}, "prompts": CLICK}
+        first = api.post("/sam3/visual_segment", json=body)
+        assert first.status_code == 200 and set(first.json()) == {"predictions", "time"}
+        image_id = first.headers["x-sam3-image-id"]
+        assert image_id == content_id(PNG)
+        by_id = api.post("/sam3/visual_segment", json={"image_id": image_id, "prompts": CLICK})
+        assert by_id.headers["x-sam3-embedding-cache"] == "hit"
+        assert by_id.headers["x-sam3-image-id"] == image_id
+        named = api.post("/sam3/visual_segment", json={**body, "image_id": "mine"})
+        assert named.headers["x-sam3-image-id"] == "mine"
 
     def test_id_only_after_embed(self, api):
         image_id = api.post(
@@ -222,6 +239,12 @@ class TestErrors:
         response = small.post("/sam3/embed_image", json={"image": {"type": "base64", "value": B64}})
         assert response.status_code == 413
 
+    def test_an_image_over_pillows_own_limit_is_413_quoting_ours(self, api):
+        value = base64.b64encode(png_header(20000, 10000)).decode()
+        response = api.post("/sam3/embed_image", json={"image": {"type": "base64", "value": value}})
+        assert response.status_code == 413 and response.json()["code"] == "image_too_large"
+        assert "the limit is 67108864 (SAM3_MAX_IMAGE_PIXELS)" in response.json()["message"]
+
     def test_body_limit_from_content_length_and_while_streaming(self, engine):
         api, _ = make_client(engine, max_request_bytes=2000)
         response = api.post("/sam3/embed_image", json={"image": {"type": "base64", "value": B64}})
@@ -328,6 +351,83 @@ class TestApiKeys:
             headers={"Authorization": "Bearer secret-key-123"},
         )
         assert "secret-key-123" not in caplog.text and "wrong-key-456" not in caplog.text
+
+
+WEB = Path(__file__).parents[2] / "deployments" / "web"
+TEST_IDS = (
+    "image-input",
+    "canvas",
+    "concept-input",
+    "concept-submit",
+    "object-list",
+    "export-coco",
+    "status",
+)
+
+
+def linked(html: str) -> list[str]:
+    """The URLs an HTML page loads: src and href attributes, CSS url()s."""
+    attributes = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
+    return attributes + re.findall(r"""url\(["']?([^"')]+)""", html)
+
+
+class TestPageAndDocs:
+    def test_the_page_is_served_with_its_test_hooks(self, api):
+        page = api.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        for test_id in TEST_IDS:
+            assert f'data-testid="{test_id}"' in page.text, test_id
+        assets = [url for url in linked(page.text) if url != "docs"]
+        assert {"page/app.js", "page/style.css"} <= set(assets)
+        for url in assets:
+            response = api.get("/" + url)
+            assert response.status_code == 200, url
+        assert api.get("/page/app.js").headers["content-type"].startswith("text/javascript")
+
+    def test_the_page_loads_nothing_from_other_hosts(self):
+        """No CDN: it must work in a cluster without internet."""
+        for path in WEB.iterdir():
+            text = path.read_text()
+            for url in linked(text):
+                assert not urlsplit(url).netloc and not url.startswith("//"), (path.name, url)
+            imports = re.findall(r'^import .* from "([^"]+)";', text, re.M)
+            assert all(module.startswith("./") for module in imports), (path.name, imports)
+
+    def test_the_page_ships_inside_the_package(self):
+        """setuptools' package data carries the page (pip, wheel, Docker image)."""
+        pyproject = (WEB.parents[1] / "pyproject.toml").read_text()
+        (globs,) = re.findall(
+            r"\[tool\.setuptools\.package-data\]\n(?:#.*\n)*deployments = \[(.+)\]", pyproject
+        )
+        patterns = re.findall(r'"([^"]+)"', globs)
+        shipped = {path for pattern in patterns for path in WEB.parent.glob(pattern)}
+        assert shipped == set(WEB.iterdir()) and WEB / "index.html" in shipped
+
+    @pytest.mark.parametrize("path", ["/docs", "/redoc"])
+    def test_docs_load_their_assets_from_the_service(self, api, path):
+        html = api.get(path)
+        assert html.status_code == 200
+        urls = linked(html.text)
+        assert urls, html.text
+        for url in urls:
+            assert not urlsplit(url).netloc, f"{path} loads {url} from another host"
+            assert api.get(url).status_code == 200, url
+        assert "fonts.googleapis" not in html.text
+
+    def test_with_keys_the_page_and_doc_assets_need_none_and_the_api_does(self, engine):
+        secured = make_client(engine, api_keys="k-one")[0]
+        for path in (
+            "/",
+            "/page/app.js",
+            "/page/style.css",
+            "/static-offline-docs/swagger-ui-bundle.js",
+        ):
+            assert secured.get(path).status_code == 200, path
+        for path in ("/sam3/embed_image", "/sam3/visual_segment"):
+            assert secured.post(path, json={}).status_code == 401, path
+        # The open prefix serves files only: a path that climbs out of it is not the API.
+        climbed = secured.get("/page/%2e%2e/openapi.json")
+        assert climbed.status_code == 404 and "paths" not in climbed.text
 
 
 def test_openapi_documents_the_routes(api):

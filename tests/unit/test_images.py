@@ -6,7 +6,7 @@ from PIL import Image
 
 from sam3_core.errors import ImageTooLargeError, InvalidImageError, InvalidImageIdError
 from sam3_core.images import check_image_id, content_id, load_rgb
-from tests.conftest import encode_image, random_pixels
+from tests.conftest import encode_image, png_header, random_pixels
 
 
 class TestLoadRgb:
@@ -54,6 +54,23 @@ class TestLoadRgb:
         assert len(buffer.getvalue()) < 2_000_000
         with pytest.raises(ImageTooLargeError):
             load_rgb(buffer.getvalue(), max_pixels=64 * 2**20)
+
+    @pytest.mark.parametrize(
+        ("max_pixels", "says"),
+        [
+            (64 * 2**20, "the image is 200000000 pixels, the limit is 67108864"),
+            # An operator's limit above Pillow's own guard: the message names both.
+            (300_000_000, "over Pillow's decompression-bomb guard of 178956970 pixels"),
+        ],
+    )
+    def test_over_pillows_own_limit_quotes_ours(self, max_pixels, says):
+        # Pillow refuses this while opening it, before our check: the client still hears of
+        # SAM3_MAX_IMAGE_PIXELS, not only of Pillow's limit.
+        with pytest.raises(ImageTooLargeError) as refused:
+            load_rgb(png_header(20000, 10000), max_pixels=max_pixels)
+        assert says in refused.value.message
+        assert "SAM3_MAX_IMAGE_PIXELS" in refused.value.message
+        assert "DOS attack" not in refused.value.message
 
     def test_truncated_image(self):
         data = encode_image(random_pixels(5, 64, 64), "JPEG")
