@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -43,8 +43,17 @@ SIZES = {"0.3 MP": (480, 640), "3 MP": (1500, 2000), "12 MP": (3000, 4000)}
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class NoopReplica:
-    async def click(self, body: dict) -> dict:
-        return {"predictions": [], "replica": "noop"}
+    """Answers at once, with a body the size of ours (random weights' noisy masks make
+    large polygon answers, and moving them costs both apps alike)."""
+
+    def __init__(self) -> None:
+        self.answer = b""
+
+    async def answer_with(self, answer: bytes) -> None:
+        self.answer = answer
+
+    async def click(self, body: dict) -> bytes:
+        return self.answer
 
 
 noop_api = FastAPI()
@@ -57,10 +66,15 @@ class NoopIngress:
         self.downstream = downstream
 
     @noop_api.post("/click")
-    async def click(self, request: Request) -> dict:
+    async def click(self, request: Request) -> Response:
         body = await request.json()
         owner = self.downstream.options(session_id=body.get("image_id", ""))
-        return await owner.click.remote(body)
+        return Response(await owner.click.remote(body), media_type="application/json")
+
+    @noop_api.post("/answer_with")
+    async def answer_with(self, request: Request) -> dict:
+        await self.downstream.answer_with.remote(await request.body())
+        return {}
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -133,10 +147,12 @@ def click_by_id_vs_noop(base: str, n: int) -> dict:
     image_id = ours.post("/sam3/embed_image", dumps({"image": image_body(data)})).json()
     prompt = {"points": [{"x": 320, "y": 240, "positive": True}]}
     click = dumps({"image_id": image_id["image_id"], "prompts": prompt})
+    answer = ours.post("/sam3/visual_segment", click).content
+    noop.post("/noop/answer_with", answer)
     alternate(20, (ours, "/sam3/visual_segment", click), (noop, "/noop/click", click))
     ours, noop = Timed(base), Timed(base)
     alternate(n, (ours, "/sam3/visual_segment", click), (noop, "/noop/click", click))
-    out = {"ours": ours.report(), "noop": noop.report()}
+    out = {"ours": ours.report(), "noop": noop.report(), "answer_bytes": len(answer)}
     out["glue_p50_ms"] = (
         out["ours"]["client"]["p50_ms"]
         - out["noop"]["client"]["p50_ms"]
@@ -196,6 +212,7 @@ def clicks_by_size(base: str, n: int) -> dict:
 
 def embeds_vs_noop(base: str, n: int) -> dict:
     ours, noop = Timed(base), Timed(base)
+    noop.post("/noop/answer_with", b'{"image_id": "0123456789abcdef"}')
     for i in range(n):
         body = dumps({"image": image_body(random_image(1000 + i, 480, 640, "JPEG", quality=90))})
         ours.post("/sam3/embed_image", body)
