@@ -148,7 +148,7 @@ def click_by_id_vs_noop(base: str, n: int) -> dict:
     prompt = {"points": [{"x": 320, "y": 240, "positive": True}]}
     click = dumps({"image_id": image_id["image_id"], "prompts": prompt})
     answer = ours.post("/sam3/visual_segment", click).content
-    noop.post("/noop/answer_with", answer)
+    Timed(base).post("/noop/answer_with", answer)
     alternate(20, (ours, "/sam3/visual_segment", click), (noop, "/noop/click", click))
     ours, noop = Timed(base), Timed(base)
     alternate(n, (ours, "/sam3/visual_segment", click), (noop, "/noop/click", click))
@@ -211,8 +211,8 @@ def clicks_by_size(base: str, n: int) -> dict:
 
 
 def embeds_vs_noop(base: str, n: int) -> dict:
+    Timed(base).post("/noop/answer_with", b'{"image_id": "0123456789abcdef"}')
     ours, noop = Timed(base), Timed(base)
-    noop.post("/noop/answer_with", b'{"image_id": "0123456789abcdef"}')
     for i in range(n):
         body = dumps({"image": image_body(random_image(1000 + i, 480, 640, "JPEG", quality=90))})
         ours.post("/sam3/embed_image", body)
