@@ -140,12 +140,13 @@ class LocalCluster:
         self.cluster.shutdown()
 
 
-def start_local_cluster(workers: int = 2, head_cpus: float = 4) -> LocalCluster:
+def start_local_cluster(workers: int = 2, head_cpus: float = 4, head_gpus: int = 0) -> LocalCluster:
     head_port = free_port()
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": head_cpus,
+            "num_gpus": head_gpus,
             "include_dashboard": False,
             "metrics_export_port": head_port,
             "object_store_memory": 128 * 2**20,

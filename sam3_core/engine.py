@@ -95,7 +95,20 @@ class Segmenter:
     def __init__(self, model: InteractiveSam3, settings: EngineSettings) -> None:
         self.model = model
         self.settings = settings
-        self._store_dtype = _DTYPES[settings.embedding_dtype]
+        on_gpu = model.device.type == "cuda"
+        store = settings.embedding_dtype
+        self._store_dtype = (
+            _DTYPES["bfloat16" if on_gpu else "float32"] if store == "auto" else _DTYPES[store]
+        )
+        precision = settings.precision
+        if precision == "auto":
+            precision = "bfloat16" if on_gpu else "float32"
+        # sam3 runs on CUDA under a process-wide bf16 autocast (the tracker's `bf16_context`,
+        # which sam3_compat undoes); the engine enters the same autocast around its own calls.
+        self._bfloat16 = precision == "bfloat16"
+        if on_gpu:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.logits = LogitsCache(settings.max_logits_cache_size, settings.logits_cache_bytes)
         self.embeddings = EmbeddingCache(
             max_bytes=settings.embedding_cache_bytes or default_cache_budget(model.device),
@@ -109,17 +122,37 @@ class Segmenter:
         self._counter_lock = threading.Lock()
         self._hits = self._misses = self._logits_hits = self._logits_misses = 0
         logger.info(
-            "embedding cache: %.0f MiB, %d images at most (%s)",
+            "embedding cache: %.0f MiB, %d images at most (stored as %s)",
             self.embeddings.max_bytes / 2**20,
             self.embeddings.max_entries,
-            settings.embedding_dtype,
+            self._store_dtype,
         )
+        if settings.warmup or (settings.warmup is None and on_gpu):
+            self.warm_up()
 
     @classmethod
     def from_settings(cls, settings: EngineSettings | None = None) -> Segmenter:
         """Load the model the settings (by default: the environment) ask for."""
         settings = settings or EngineSettings()
         return cls(load_model(settings), settings)
+
+    def _autocast(self) -> torch.autocast:
+        """A new context per use: `torch.autocast` keeps its state on the object."""
+        return torch.autocast(self.model.device.type, torch.bfloat16, enabled=self._bfloat16)
+
+    def warm_up(self) -> None:
+        """One embed and one decode of a blank picture, outside the caches: the kernels a
+        first request would wait for are chosen now."""
+        started = time.perf_counter()
+        side = self.model.arch.image_size
+        with self._autocast():
+            embedding = self.model.encode(torch.zeros((3, side, side), dtype=torch.uint8))
+            self.model.decode(
+                embedding,
+                point_coords=np.array([[[side / 2, side / 2]]], dtype=np.float32),
+                point_labels=np.ones((1, 1), dtype=np.int32),
+            )
+        logger.info("warmed up in %.2f s", time.perf_counter() - started)
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         """Embed the image under its `image_id` (default: the SHA-256 of its bytes) unless
@@ -176,17 +209,18 @@ class Segmenter:
         """The model's part: every decoder group of the job, merged back in prompt order."""
         started = time.perf_counter()
         prior = job.prior_logits
-        decoded = [
-            self.model.decode(
-                job.cached.embedding,
-                point_coords=group.point_coords,
-                point_labels=group.point_labels,
-                boxes=group.boxes,
-                mask_input=None if prior is None else prior[list(group.slots)][:, None],
-                multimask_output=job.request.multimask_output,
-            )
-            for group in job.groups
-        ]
+        with self._autocast():
+            decoded = [
+                self.model.decode(
+                    job.cached.embedding,
+                    point_coords=group.point_coords,
+                    point_labels=group.point_labels,
+                    boxes=group.boxes,
+                    mask_input=None if prior is None else prior[list(group.slots)][:, None],
+                    multimask_output=job.request.multimask_output,
+                )
+                for group in job.groups
+            ]
         job.timings["decode"] = time.perf_counter() - started
         if len(decoded) == 1:  # one group holds every prompt, in order
             return decoded[0]
@@ -315,7 +349,8 @@ class Segmenter:
         assert pending is not None
         try:
             pixels = load_rgb(image, max_pixels=self.settings.max_image_pixels)
-            embedding = self.model.encode(torch.from_numpy(pixels).permute(2, 0, 1))
+            with self._autocast():
+                embedding = self.model.encode(torch.from_numpy(pixels).permute(2, 0, 1))
             cached = CachedEmbedding(embedding.to(self._store_dtype), digest, arrival)
             if (
                 not self.embeddings.keep_latest(key, cached)

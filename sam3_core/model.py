@@ -146,9 +146,14 @@ class InteractiveSam3(nn.Module):
             "_modules",
             {**self.predictor._modules, "_transforms": _UpsampleLater(transforms)},
         )
+        # Under an autocast (the GPU's bf16, as sam3 runs there) the features go in as they
+        # were stored; without one, in float32 as sam3's own float32 path has them.
+        as_stored = torch.is_autocast_enabled(self.device.type)
         predictor._features = {
-            "image_embed": embedding.image_embed.float(),
-            "high_res_feats": [feat.float() for feat in embedding.high_res_feats],
+            "image_embed": embedding.image_embed if as_stored else embedding.image_embed.float(),
+            "high_res_feats": [
+                feat if as_stored else feat.float() for feat in embedding.high_res_feats
+            ],
         }
         predictor._orig_hw = [embedding.orig_hw]
         predictor._is_image_set = True
@@ -163,11 +168,25 @@ class InteractiveSam3(nn.Module):
         # Only each prompt's best proposal is brought to full size: sam3's hole filling and
         # upsampling act on each mask alone, so this is what sam3 returns, for a third of it.
         masks = transforms.postprocess_masks(proposals[rows, best][:, None], embedding.orig_hw)
-        return Decoded(
-            masks=(masks[:, 0] > predictor.mask_threshold).cpu().numpy(),
-            scores=scores[rows, best].float().cpu().numpy(),
-            low_res_logits=low_res[rows, best].float().cpu().numpy(),
+        # Thresholded where they were computed, then to the host in one go.
+        masks, scores, low_res = _to_host(
+            masks[:, 0] > predictor.mask_threshold,
+            scores[rows, best].float(),
+            low_res[rows, best].float(),
         )
+        return Decoded(masks=masks, scores=scores, low_res_logits=low_res)
+
+
+def _to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """The tensors as NumPy arrays. From a GPU: copied into pinned host memory without
+    blocking, then one synchronisation for all of them."""
+    if tensors[0].device.type != "cuda":
+        return [t.numpy() for t in tensors]
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+    for target, source in zip(host, tensors, strict=True):
+        target.copy_(source, non_blocking=True)
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return [t.numpy() for t in host]
 
 
 class _UpsampleLater:

@@ -65,8 +65,20 @@ class EngineSettings(RequestLimits):
         description="Byte budget of the embedding cache; unset: chosen from device memory.",
     )
     max_embedding_cache_size: int = Field(100, ge=1, description="Count limit (Roboflow's).")
-    embedding_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Precision the cached image embeddings are stored in."
+    embedding_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Precision the cached image embeddings are stored in; auto: bfloat16 on "
+        "a GPU (~10 MiB per image at 1008 px), float32 on the CPU.",
+    )
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Autocast of embeds and decodes; auto: bfloat16 on a GPU, as sam3 and "
+        "Roboflow run SAM3 there (TF32 matmuls allowed too), float32 on the CPU.",
+    )
+    warmup: bool | None = Field(
+        None,
+        description="Embed and decode a blank picture when the engine starts, so the first "
+        "client does not pay kernel selection; unset: on a GPU only.",
     )
     max_logits_cache_size: int = Field(1000, ge=1, description="Count limit (Roboflow's).")
     logits_cache_bytes: int = Field(512 * MiB, gt=0, description="Byte budget of the logits cache.")

@@ -15,6 +15,7 @@ import torch
 from sam3_core import Segmenter, SegmentRequest
 from sam3_core.architecture import TINY, count_parameters
 from sam3_core.errors import InvalidPromptError
+from sam3_core.images import content_id
 from sam3_core.model import InteractiveSam3
 from sam3_core.prompts import PromptSet
 from sam3_core.sam3_compat import building_on, leave_tracker_autocast
@@ -255,3 +256,47 @@ class TestDecoderInputs:
         embedding = tiny_model.encode(torch.zeros(3, 20, 20, dtype=torch.uint8))
         with pytest.raises(InvalidPromptError, match=message):
             tiny_model.decode(embedding, **inputs)
+
+
+class TestAutocast:
+    """The GPU's path (bf16 autocast, embeddings kept in bf16), run on the CPU under CPU bf16
+    autocast next to sam3 under the same autocast: none of it is dead code here."""
+
+    @pytest.fixture(scope="class")
+    def bf16_engine(self, reference) -> Segmenter:
+        model = InteractiveSam3(TINY, max_hole_area=0)
+        load_checkpoint(model, reference.checkpoint())
+        settings = tiny_settings(
+            precision="bfloat16", embedding_dtype="bfloat16", embedding_cache_bytes=2**26
+        )
+        return Segmenter(model.eval(), settings)
+
+    @pytest.mark.parametrize(
+        "prompt",
+        [
+            {"points": [POS]},
+            {"points": [POS, NEG]},
+            {"box": BOX},
+            {"box": BOX, "points": [POS2]},
+        ],
+    )
+    def test_masks_and_scores_within_tolerance_of_sam3(self, bf16_engine, reference, image, prompt):
+        ours = engine_masks(bf16_engine, image, prompt)
+        points = prompt.get("points")
+        coords, labels = pts(*points) if points else (None, None)
+        box = np.array([BOX_XYXY]) if "box" in prompt else None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            masks, scores, _ = reference.best(
+                image, point_coords=coords, point_labels=labels, box=box
+            )
+        union = (ours.masks | masks).sum()
+        iou = (ours.masks & masks).sum() / union if union else 1.0
+        assert iou >= 0.98, iou
+        assert np.abs(ours.scores - scores).max() <= 0.01
+
+    def test_embeddings_are_kept_in_bf16_and_the_warm_up_runs(self, bf16_engine):
+        bf16_engine.warm_up()
+        data = encode_image(random_pixels(12, 80, 90))
+        bf16_engine.segment(SegmentRequest(image=data))
+        (key,) = [k for k in bf16_engine.embeddings.lru_order() if k[1] == content_id(data)]
+        assert bf16_engine.embeddings.get(key).embedding.image_embed.dtype == torch.bfloat16
