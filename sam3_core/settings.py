@@ -46,6 +46,12 @@ class EngineSettings(RequestLimits):
     )
     random_seed: int = Field(0, description="Seed of the random weights (same on every replica).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    concepts: bool = Field(
+        True,
+        description="Serve concept segmentation (/sam3/concept_segment): builds sam3's text "
+        "encoder and detector, and keeps each image's trunk output beside its interactive "
+        "embedding. false: interactive-only (smaller model, smaller cache entries).",
+    )
     max_hole_area: float = Field(
         256.0,
         ge=0,
