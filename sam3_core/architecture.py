@@ -403,7 +403,9 @@ def initialise_text_positions(encoder: VETextEncoder) -> None:
     nn.init.normal_(encoder.encoder.positional_embedding, std=0.01)
 
 
-def _attention(arch: Architecture, *, batch_first: bool | None = None, dropout: float = 0.1):
+def _attention(
+    arch: Architecture, *, batch_first: bool | None = None, dropout: float = 0.1
+) -> MultiheadAttention:
     kwargs = {} if batch_first is None else {"batch_first": batch_first}
     return MultiheadAttention(
         num_heads=arch.detector_heads, dropout=dropout, embed_dim=arch.feature_width, **kwargs

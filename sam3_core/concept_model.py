@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pycocotools import mask as coco_mask
 from torch import nn
 
 from sam3_core.architecture import (
@@ -20,15 +21,15 @@ from sam3_core.architecture import (
     build_detector_neck,
     neck_features,
 )
+from sam3_core.calls import ConceptInstances
+from sam3_core.concept_prompts import ExemplarArrays
 from sam3_core.sam3_compat import quiet_sam3, without_pinned_memory
 
 with quiet_sam3():
     from sam3.model import box_ops
     from sam3.model.data_misc import FindStage
     from sam3.model.geometry_encoders import Prompt as GeometricPrompt
-
-# sam3's query text for a prompt made of box exemplars only (`Sam3Processor.add_geometric_prompt`).
-VISUAL_QUERY_TEXT = "visual"
+    from sam3.perflib.nms import generic_nms_cpu
 
 
 @dataclass(frozen=True)
@@ -71,16 +72,11 @@ class ConceptQueries:
 
     Attributes:
         texts: P embeddings, one per query (the prompt's text, or "visual").
-        boxes: (P, N, 4) float32 exemplar boxes, normalised cx, cy, w, h in [0, 1]; a
-            query with fewer boxes than N is padded.
-        box_labels: (P, N) bool, True for a positive exemplar.
-        box_padding: (P, N) bool, True where a box is padding.
+        exemplars: the queries' box exemplars, (P, N, ...) arrays.
     """
 
     texts: list[TextEmbedding]
-    boxes: np.ndarray
-    box_labels: np.ndarray
-    box_padding: np.ndarray
+    exemplars: ExemplarArrays
 
 
 @dataclass(frozen=True)
@@ -148,10 +144,11 @@ class ConceptSam3(nn.Module):
             "language_features": torch.stack([t.features for t in queries.texts], dim=1),
             "language_mask": torch.stack([t.padding for t in queries.texts]),
         }
+        exemplars = queries.exemplars
         geometric_prompt = GeometricPrompt(
-            box_embeddings=torch.from_numpy(queries.boxes).to(device).transpose(0, 1),
-            box_mask=torch.from_numpy(queries.box_padding).to(device),
-            box_labels=torch.from_numpy(queries.box_labels).to(device).transpose(0, 1),
+            box_embeddings=torch.from_numpy(exemplars.boxes).to(device).transpose(0, 1),
+            box_mask=torch.from_numpy(exemplars.padding).to(device),
+            box_labels=torch.from_numpy(exemplars.labels).to(device).transpose(0, 1),
         )
         with without_pinned_memory():
             out = self.detector.forward_grounding(
@@ -190,3 +187,56 @@ def masks_to_pixels(
         ).sigmoid()
         out[start : start + chunk] = (part[:, 0] > 0.5).cpu().numpy()
     return out
+
+
+def instances(
+    grounding: Grounding,
+    orig_hw: tuple[int, int],
+    thresholds: list[float],
+    max_instances: int,
+) -> list[ConceptInstances]:
+    """Each prompt's instances scoring at least its threshold, as `Sam3Processor` keeps them
+    (boxes scaled to the original size, masks interpolated to it and thresholded at 0.5);
+    at most `max_instances` per prompt, the highest-scoring ones, still in query order."""
+    found = []
+    for row, threshold in enumerate(thresholds):
+        scores = grounding.scores[row]
+        keep = torch.nonzero(scores >= threshold).squeeze(1)
+        if len(keep) > max_instances:
+            keep = keep[scores[keep].topk(max_instances).indices.sort().values]
+        found.append(
+            ConceptInstances(
+                masks=masks_to_pixels(grounding.mask_logits[row, keep], orig_hw),
+                scores=scores[keep].float().cpu().numpy(),
+                boxes=boxes_to_pixels(grounding.boxes[row, keep], orig_hw),
+            )
+        )
+    return found
+
+
+def cross_prompt_nms(found: list[ConceptInstances], iou_threshold: float) -> list[ConceptInstances]:
+    """Mask NMS across every prompt's instances: of two masks overlapping by more than
+    `iou_threshold` (IoU), the lower-scoring one goes. Masks are compared as COCO RLE
+    (pycocotools), never as a dense (N, N, H, W) product."""
+    counts = [len(group) for group in found]
+    total = sum(counts)
+    if total < 2:
+        return found
+    masks = np.concatenate([group.masks for group in found])
+    rles = coco_mask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    ious = coco_mask.iou(rles, rles, [0] * total)
+    scores = np.concatenate([group.scores for group in found])
+    kept = generic_nms_cpu(torch.from_numpy(ious), torch.from_numpy(scores), iou_threshold)
+    keep = np.zeros(total, dtype=bool)
+    keep[kept.numpy()] = True
+    starts = np.cumsum([0, *counts])
+    return [
+        _select(group, keep[start:end])
+        for group, start, end in zip(found, starts[:-1], starts[1:], strict=True)
+    ]
+
+
+def _select(group: ConceptInstances, keep: np.ndarray) -> ConceptInstances:
+    return ConceptInstances(
+        masks=group.masks[keep], scores=group.scores[keep], boxes=group.boxes[keep]
+    )

@@ -26,6 +26,15 @@ class RequestLimits(BaseSettings):
     max_prompts: int = Field(64, ge=1, description="Prompts in one request.")
     max_points_per_prompt: int = Field(64, ge=1, description="Points in one prompt.")
     max_image_id_length: int = Field(256, ge=16, description="Characters in an image_id.")
+    max_concept_prompts: int = Field(
+        16, ge=1, description="Prompts in one concept_segment request (one query each)."
+    )
+    max_concept_boxes: int = Field(
+        64, ge=1, description="Exemplar boxes in one concept_segment request, all prompts."
+    )
+    max_text_length: int = Field(
+        256, ge=1, description="Characters of a concept prompt's text (sam3 reads 32 tokens)."
+    )
 
 
 class EngineSettings(RequestLimits):
@@ -67,6 +76,15 @@ class EngineSettings(RequestLimits):
     max_embedding_cache_size: int = Field(100, ge=1, description="Count limit (Roboflow's).")
     embedding_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Precision the cached image embeddings are stored in."
+    )
+    text_cache_bytes: int = Field(
+        64 * MiB,
+        gt=0,
+        description="Byte budget of the text-embedding cache (concepts; ~32 KiB per text at "
+        "full size).",
+    )
+    max_concept_instances: int = Field(
+        100, ge=1, description="Instances one concept prompt returns at most (highest scores)."
     )
     max_logits_cache_size: int = Field(1000, ge=1, description="Count limit (Roboflow's).")
     logits_cache_bytes: int = Field(512 * MiB, gt=0, description="Byte budget of the logits cache.")

@@ -91,7 +91,10 @@ class ReferenceSam3Image(torch.nn.Module):
 
     def processor(self, threshold: float = 0.5) -> Sam3Processor:
         return Sam3Processor(
-            self.model, resolution=self.arch.image_size, device="cpu", confidence_threshold=threshold
+            self.model,
+            resolution=self.arch.image_size,
+            device="cpu",
+            confidence_threshold=threshold,
         )
 
     def concept(
@@ -116,6 +119,11 @@ class ReferenceSam3Image(torch.nn.Module):
         if text is not None:
             state = processor.set_text_prompt(text, state)
         for (x0, y0, x1, y1), label in boxes:
-            box = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+            box = [
+                (x0 + x1) / 2 / width,
+                (y0 + y1) / 2 / height,
+                (x1 - x0) / width,
+                (y1 - y0) / height,
+            ]
             state = processor.add_geometric_prompt(box, label, state)
         return {key: state[key] for key in ("masks", "boxes", "scores")}
