@@ -27,6 +27,7 @@ from deployments.owners import Owners, ServiceUnavailableError
 from deployments.settings import IngressSettings
 from sam3_core.calls import ImageRequest
 from sam3_core.errors import (
+    ConceptsDisabledError,
     ImageNotCachedError,
     ImageTooLargeError,
     InvalidImageError,
@@ -42,6 +43,7 @@ from sam3_core.protocol.image_input import read_image_input
 logger = logging.getLogger(__name__)
 
 STATUS = {
+    ConceptsDisabledError: 400,
     InvalidImageError: 400,  # UrlInputError too
     InvalidImageIdError: 400,
     InvalidPromptError: 400,

@@ -43,6 +43,21 @@ class SegmenterMetrics:
         self.logits_misses = metrics.Counter(
             "sam3_logits_cache_misses", description="Loads that found no earlier prompt's logits."
         )
+        self.text_hits = metrics.Counter(
+            "sam3_text_cache_hits", description="Concept texts found in the text cache."
+        )
+        self.text_misses = metrics.Counter(
+            "sam3_text_cache_misses", description="Concept texts the text encoder had to encode."
+        )
+        self.text_bytes = metrics.Gauge(
+            "sam3_text_cache_bytes", description="Bytes held by the text-embedding cache."
+        )
+        self.concept_latency = metrics.Histogram(
+            "sam3_concept_latency_seconds",
+            description="Time of one concept query in the model (detector neck and detector, "
+            "all prompts of the request).",
+            boundaries=LATENCY_BUCKETS_S,
+        )
         self.embed_latency = metrics.Histogram(
             "sam3_embed_latency_seconds",
             description="Time to embed one image (decode + model).",
@@ -73,6 +88,8 @@ class SegmenterMetrics:
             (self.embedding_evictions, "embedding_cache_evictions"),
             (self.logits_hits, "logits_cache_hits"),
             (self.logits_misses, "logits_cache_misses"),
+            (self.text_hits, "text_cache_hits"),
+            (self.text_misses, "text_cache_misses"),
         ):
             delta = getattr(stats, field) - (getattr(last, field) if last else 0)
             if delta > 0:
@@ -80,6 +97,7 @@ class SegmenterMetrics:
         self.embedding_bytes.set(stats.embedding_cache_bytes)
         self.embedding_budget.set(stats.embedding_cache_budget_bytes)
         self.embedding_entries.set(stats.embedding_cache_entries)
+        self.text_bytes.set(stats.text_cache_bytes)
         memory = self._process.memory_info()
         self.rss.set(memory.rss)
         self.private_memory.set(memory.rss - getattr(memory, "shared", 0))
@@ -89,5 +107,7 @@ class SegmenterMetrics:
         """Observe the stages of one request (`Reply.timings`)."""
         if "embed" in timings:
             self.embed_latency.observe(timings["embed"])
+        if "ground" in timings:
+            self.concept_latency.observe(timings["ground"])
         if "decode" in timings:
             self.decode_latency.observe(timings["decode"] + timings.get("encode", 0.0))

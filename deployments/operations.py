@@ -18,6 +18,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from pydantic import BaseModel
 
 from sam3_core.calls import (
+    ConceptRequest,
+    ConceptSegmentation,
     EmbedRequest,
     EmbedResult,
     ImageRequest,
@@ -25,14 +27,20 @@ from sam3_core.calls import (
     Segmentation,
     SegmentRequest,
 )
+from sam3_core.concept_prompts import validate_concept_prompts
 from sam3_core.prompts import validate_prompt_set
 from sam3_core.protocol.bodies import (
+    ConceptSegmentRequest,
+    ConceptSegmentResponse,
     EmbedImageRequest,
     EmbedImageResponse,
     ImageInput,
+    PromptEcho,
+    PromptResult,
     VisualSegmentRequest,
     VisualSegmentResponse,
     predictions_json,
+    prompt_results_json,
 )
 from sam3_core.protocol.masks import encode_predictions
 from sam3_core.settings import RequestLimits
@@ -40,6 +48,7 @@ from sam3_core.settings import RequestLimits
 REPLICA_HEADER = "x-sam3-replica"
 CACHE_HEADER = "x-sam3-embedding-cache"
 LOGITS_HEADER = "x-sam3-logits-cache"
+TEXT_HEADER = "x-sam3-text-cache"
 
 
 class ImageBody(Protocol):
@@ -144,6 +153,50 @@ def _check_prompts(body: VisualSegmentRequest, limits: RequestLimits) -> None:
     )
 
 
+def _concept_request(body: ConceptSegmentRequest, image: ImageRequest) -> ConceptRequest:
+    return ConceptRequest(
+        image=image.image,
+        image_id=image.image_id,
+        image_digest=image.image_digest,
+        prompts=tuple(body.prompts or ()),
+        output_prob_thresh=body.output_prob_thresh,
+        nms_iou_threshold=body.nms_iou_threshold,
+        mask_format="rle" if body.format == "rle" else "polygon",
+    )
+
+
+def _concept_reply(
+    request: ConceptRequest, result: ConceptSegmentation
+) -> tuple[bytes, dict[str, str]]:
+    results = [
+        PromptResult(
+            prompt_index=i,
+            echo=PromptEcho(
+                prompt_index=i,
+                type=prompt.kind,
+                text=prompt.text,
+                num_boxes=len(prompt.boxes or ()),
+            ),
+            predictions=encode_predictions(found.masks, found.scores, request.mask_format),
+        )
+        for i, (prompt, found) in enumerate(
+            zip(request.prompts, result.prompt_results, strict=True)
+        )
+    ]
+    return b'"prompt_results":' + prompt_results_json(results), {TEXT_HEADER: result.text_cache}
+
+
+def _check_concepts(body: ConceptSegmentRequest, limits: RequestLimits) -> None:
+    validate_concept_prompts(
+        body.prompts or [],
+        output_prob_thresh=body.output_prob_thresh,
+        nms_iou_threshold=body.nms_iou_threshold,
+        max_prompts=limits.max_concept_prompts,
+        max_boxes=limits.max_concept_boxes,
+        max_text_length=limits.max_text_length,
+    )
+
+
 EMBED = Operation(
     name="embed",
     path="/sam3/embed_image",
@@ -165,4 +218,15 @@ SEGMENT = Operation(
     reply=_segment_reply,
     check=_check_prompts,
 )
-OPERATIONS: tuple[Operation, ...] = (EMBED, SEGMENT)
+CONCEPT_SEGMENT = Operation(
+    name="concept_segment",
+    path="/sam3/concept_segment",
+    summary="Every instance of each concept (text, box exemplars, or both): one result per "
+    "prompt, all prompts in one pass on the image's cached embedding.",
+    body=ConceptSegmentRequest,
+    response=ConceptSegmentResponse,
+    request=_concept_request,
+    reply=_concept_reply,
+    check=_check_concepts,
+)
+OPERATIONS: tuple[Operation, ...] = (EMBED, SEGMENT, CONCEPT_SEGMENT)

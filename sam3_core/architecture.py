@@ -392,15 +392,19 @@ def build_text_encoder(arch: Architecture, bpe_path: str) -> VETextEncoder:
         heads=arch.text_heads,
         layers=arch.text_layers,
     )
-    initialise_text_positions(encoder)
+    initialise_text_encoder(encoder)
     return encoder
 
 
-def initialise_text_positions(encoder: VETextEncoder) -> None:
-    """sam3 allocates the text transformer's `positional_embedding` with `torch.empty` and
-    leaves it to the checkpoint: random-weight builds would read whatever memory held (NaN,
-    often). Draw it as CLIP initialises it (normal, std 0.01); a checkpoint overwrites it."""
-    nn.init.normal_(encoder.encoder.positional_embedding, std=0.01)
+def initialise_text_encoder(encoder: VETextEncoder) -> None:
+    """sam3 allocates the text transformer's `positional_embedding` and `text_projection`
+    with `torch.empty` and leaves them to the checkpoint: random-weight builds would read
+    whatever memory held (NaN, often, and never the same twice). Draw them as CLIP
+    initialises them; a checkpoint overwrites both."""
+    text = encoder.encoder
+    nn.init.normal_(text.positional_embedding, std=0.01)
+    if isinstance(text.text_projection, nn.Parameter):
+        nn.init.normal_(text.text_projection, std=text.width**-0.5)
 
 
 def _attention(
