@@ -37,6 +37,7 @@ from deployments.request_body import JsonRoute
 from deployments.settings import IngressSettings
 from sam3_core.calls import ImageRequest
 from sam3_core.errors import (
+    ConceptsDisabledError,
     ImageNotCachedError,
     ImageTooLargeError,
     InvalidImageError,
@@ -53,6 +54,7 @@ from sam3_core.protocol.image_input import read_image_input
 logger = logging.getLogger(__name__)
 
 STATUS = {
+    ConceptsDisabledError: 400,
     InvalidImageError: 400,  # UrlInputError too
     InvalidImageIdError: 400,
     InvalidPromptError: 400,

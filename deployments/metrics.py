@@ -74,6 +74,21 @@ class SegmenterMetrics:
         self.logits_bytes = metrics.Gauge(
             "sam3_logits_cache_bytes", description="Bytes held by the logits cache."
         )
+        self.text_hits = metrics.Counter(
+            "sam3_text_cache_hits", description="Concept texts found in the text cache."
+        )
+        self.text_misses = metrics.Counter(
+            "sam3_text_cache_misses", description="Concept texts the text encoder had to encode."
+        )
+        self.text_bytes = metrics.Gauge(
+            "sam3_text_cache_bytes", description="Bytes held by the text-embedding cache."
+        )
+        self.concept_latency = metrics.Histogram(
+            "sam3_concept_latency_seconds",
+            description="Time of one concept query in the model (detector neck and detector, "
+            "all prompts of the request).",
+            boundaries=LATENCY_BUCKETS_S,
+        )
         self.embed_latency = metrics.Histogram(
             "sam3_embed_latency_seconds",
             description="Time to embed one image (decode + model).",
@@ -106,6 +121,8 @@ class SegmenterMetrics:
             (self.embedding_evictions, "embedding_cache_evictions"),
             (self.logits_hits, "logits_cache_hits"),
             (self.logits_misses, "logits_cache_misses"),
+            (self.text_hits, "text_cache_hits"),
+            (self.text_misses, "text_cache_misses"),
         ):
             delta = getattr(stats, field) - (getattr(last, field) if last else 0)
             if delta > 0:
@@ -121,6 +138,7 @@ class SegmenterMetrics:
             self.rss.set(memory.rss)
             self.private_memory.set(memory.rss - getattr(memory, "shared", 0))
             self._memory_read = now
+        self.text_bytes.set(stats.text_cache_bytes)
         self._last = stats
 
     def record_timings(self, operation: str, timings: dict[str, float]) -> None:
@@ -128,5 +146,7 @@ class SegmenterMetrics:
         self.stages.observe(operation, timings)
         if "embed" in timings:
             self.embed_latency.observe(timings["embed"])
+        if "ground" in timings:
+            self.concept_latency.observe(timings["ground"])
         if "decode" in timings:
             self.decode_latency.observe(timings["decode"] + timings.get("encode", 0.0))

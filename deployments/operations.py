@@ -15,9 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import orjson
 from pydantic import BaseModel
 
 from sam3_core.calls import (
+    ConceptRequest,
+    ConceptSegmentation,
     EmbedRequest,
     EmbedResult,
     ImageRequest,
@@ -25,8 +28,11 @@ from sam3_core.calls import (
     Segmentation,
     SegmentRequest,
 )
+from sam3_core.concept_prompts import validate_concept_prompts
 from sam3_core.prompts import validate_prompt_set
 from sam3_core.protocol.bodies import (
+    ConceptSegmentRequest,
+    ConceptSegmentResponse,
     EmbedImageRequest,
     EmbedImageResponse,
     ImageInput,
@@ -39,13 +45,28 @@ from sam3_core.settings import RequestLimits
 # The stages of a request, in the order `Server-Timing` lists them: in the ingress "parse"
 # (body, image, id) and "owner" (waiting for and in the owner replica); in the replica
 # "queue" (waiting for an engine thread), "embed" (when the image was embedded for it),
-# "decode", "encode" (the reply's masks) and "replica" (all of it there); "total".
-STAGES = ("parse", "owner", "queue", "embed", "decode", "encode", "replica", "total")
+# a click's "decode", a concept query's "text" (its text encoder), "ground" (detector) and
+# "masks" (to full size), "encode" (the reply's masks) and "replica" (all of it there);
+# "total".
+STAGES = (
+    "parse",
+    "owner",
+    "queue",
+    "embed",
+    "decode",
+    "text",
+    "ground",
+    "masks",
+    "encode",
+    "replica",
+    "total",
+)
 REPLICA_HEADER = "x-sam3-replica"
 CACHE_HEADER = "x-sam3-embedding-cache"
 LOGITS_HEADER = "x-sam3-logits-cache"
 # The id the image is cached under: a client that sent the image inline clicks by id next.
 IMAGE_ID_HEADER = "x-sam3-image-id"
+TEXT_HEADER = "x-sam3-text-cache"
 
 
 class ImageBody(Protocol):
@@ -183,6 +204,50 @@ def _check_prompts(body: VisualSegmentRequest, limits: RequestLimits) -> None:
     )
 
 
+def _concept_request(body: ConceptSegmentRequest, image: ImageRequest) -> ConceptRequest:
+    return ConceptRequest(
+        **image.image_fields(),
+        prompts=tuple(body.prompts or ()),
+        output_prob_thresh=body.output_prob_thresh,
+        nms_iou_threshold=body.nms_iou_threshold,
+        mask_format="rle" if body.format == "rle" else "polygon",
+    )
+
+
+def _concept_reply(request: ConceptRequest, result: ConceptSegmentation) -> Encoded:
+    results = b",".join(
+        b'{"prompt_index":%d,"echo":%s,"predictions":%s}'
+        % (
+            i,
+            orjson.dumps(
+                {
+                    "prompt_index": i,
+                    "type": prompt.kind,
+                    "text": prompt.text,
+                    "num_boxes": len(prompt.boxes or ()),
+                }
+            ),
+            predictions_json(found.masks, found.scores, request.mask_format),
+        )
+        for i, (prompt, found) in enumerate(
+            zip(request.prompts, result.prompt_results, strict=True)
+        )
+    )
+    body = b'{"prompt_results":[' + results + b"]}"
+    return Encoded(body, JSON, {TEXT_HEADER: result.text_cache})
+
+
+def _check_concepts(body: ConceptSegmentRequest, limits: RequestLimits) -> None:
+    validate_concept_prompts(
+        body.prompts or [],
+        output_prob_thresh=body.output_prob_thresh,
+        nms_iou_threshold=body.nms_iou_threshold,
+        max_prompts=limits.max_concept_prompts,
+        max_boxes=limits.max_concept_boxes,
+        max_text_length=limits.max_text_length,
+    )
+
+
 EMBED = Operation(
     name="embed",
     path="/sam3/embed_image",
@@ -202,4 +267,15 @@ SEGMENT = Operation(
     reply=_segment_reply,
     check=_check_prompts,
 )
-OPERATIONS: tuple[Operation, ...] = (EMBED, SEGMENT)
+CONCEPT_SEGMENT = Operation(
+    name="concept_segment",
+    path="/sam3/concept_segment",
+    summary="Every instance of each concept (text, box exemplars, or both): one result per "
+    "prompt, all prompts in one pass on the image's cached embedding.",
+    body=ConceptSegmentRequest,
+    response=ConceptSegmentResponse,
+    request=_concept_request,
+    reply=_concept_reply,
+    check=_check_concepts,
+)
+OPERATIONS: tuple[Operation, ...] = (EMBED, SEGMENT, CONCEPT_SEGMENT)

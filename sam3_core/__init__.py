@@ -1,5 +1,5 @@
 """Interactive SAM3 segmentation without Ray or HTTP: embed an image once, then decode
-prompts against its kept embedding.
+prompts (clicks, boxes) and concept queries (texts, box exemplars) against its kept embedding.
 
     from sam3_core import EmbedRequest, EngineSettings, PromptSet, Segmenter, SegmentRequest
 
@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any
 # (`sam3_core.protocol`, `sam3_core.calls`), and importing the package must not load torch.
 _EXPORTS = {
     "Box": "sam3_core.prompts",
+    "ConceptPrompt": "sam3_core.concept_prompts",
+    "ConceptRequest": "sam3_core.calls",
+    "ConceptSegmentation": "sam3_core.calls",
+    "ConceptsDisabledError": "sam3_core.errors",
     "Decoded": "sam3_core.calls",
     "EmbedRequest": "sam3_core.calls",
     "EmbedResult": "sam3_core.calls",
@@ -40,6 +44,10 @@ _EXPORTS = {
 }
 __all__ = [
     "Box",
+    "ConceptPrompt",
+    "ConceptRequest",
+    "ConceptSegmentation",
+    "ConceptsDisabledError",
     "Decoded",
     "EmbedRequest",
     "EmbedResult",
@@ -62,9 +70,19 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from sam3_core.calls import Decoded, EmbedRequest, EmbedResult, Segmentation, SegmentRequest
+    from sam3_core.calls import (
+        ConceptRequest,
+        ConceptSegmentation,
+        Decoded,
+        EmbedRequest,
+        EmbedResult,
+        Segmentation,
+        SegmentRequest,
+    )
+    from sam3_core.concept_prompts import ConceptPrompt
     from sam3_core.engine import Segmenter
     from sam3_core.errors import (
+        ConceptsDisabledError,
         ImageNotCachedError,
         ImageTooLargeError,
         InvalidImageError,

@@ -1,5 +1,6 @@
-"""The two per-replica caches: image embeddings (LRU, bounded by bytes and count) and
-low-res logits of earlier prompt sets (bounded by count and bytes, indexed per image).
+"""The per-replica caches: image embeddings (LRU, bounded by bytes and count), low-res
+logits of earlier prompt sets (bounded by count and bytes, indexed per image), and the text
+encoder's output per concept text (LRU, bounded by bytes).
 
 Both are thread-safe. `collections.OrderedDict` gives the LRU order; no caching library
 bounds entries by their byte size and also keeps a per-image index, hence this module.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sam3_core.concept_model import TextEmbedding
 from sam3_core.model import ImageEmbedding
 from sam3_core.prompts import PromptSet, is_strict_subset
 
@@ -226,3 +228,49 @@ class LogitsCache:
     def count_for(self, image: Hashable) -> int:
         with self._lock:
             return len(self._by_image.get(image, ()))
+
+
+class TextEmbeddingCache:
+    """LRU of the text encoder's output by exact text (and whatever else the key holds: the
+    engine's is (tenant, text)), bounded by bytes: a project's class names are asked for
+    again and again, and a hit skips the text encoder."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, TextEmbedding] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, text: Hashable) -> TextEmbedding | None:
+        with self._lock:
+            entry = self._entries.get(text)
+            if entry is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._entries.move_to_end(text)
+            return entry
+
+    def put(self, text: Hashable, entry: TextEmbedding) -> None:
+        if entry.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(text, None)
+            if old is not None:
+                self._nbytes -= old.nbytes
+            while self._entries and self._nbytes + entry.nbytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._nbytes -= evicted.nbytes
+            self._entries[text] = entry
+            self._nbytes += entry.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, text: object) -> bool:
+        return text in self._entries

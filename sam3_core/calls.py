@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sam3_core.concept_prompts import ConceptPrompt
 from sam3_core.prompts import PromptSet
 
 # How a request found its image's embedding: cached already, or computed for it.
@@ -52,6 +53,17 @@ class SegmentRequest(ImageRequest):
     mask_format: MaskFormat = "polygon"
     save_logits_to_cache: bool = False
     load_logits_from_cache: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConceptRequest(ImageRequest):
+    """Every instance of each concept: one result per prompt of `prompts`, in order. All
+    prompts run as separate queries of one pass of sam3's detector."""
+
+    prompts: tuple[ConceptPrompt, ...] = ()
+    output_prob_thresh: float = 0.5
+    nms_iou_threshold: float | None = None
+    mask_format: MaskFormat = "polygon"
 
 
 @dataclass(frozen=True)
@@ -101,3 +113,34 @@ class Segmentation(ImageResult):
 
     decoded: Decoded
     logits_cache: CacheOutcome | None = None
+
+
+@dataclass(frozen=True)
+class ConceptInstances:
+    """The instances one concept prompt found, in sam3's query order.
+
+    Attributes:
+        masks: (N, H, W) bool at the original image size.
+        scores: (N,) float32: sigmoid(class logit) x sigmoid(presence logit), as sam3.
+        boxes: (N, 4) float32 XYXY in original-image pixels.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConceptSegmentation(ImageResult):
+    """The instances of a `ConceptRequest`, one entry per prompt.
+
+    Attributes:
+        text_cache: "hit" when every text embedding came from the cache (the text encoder did
+            not run), else "miss".
+    """
+
+    prompt_results: list[ConceptInstances]
+    text_cache: CacheOutcome = "miss"

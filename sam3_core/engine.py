@@ -4,6 +4,8 @@
     image_id = segmenter.embed(EmbedRequest(image=png_bytes)).image_id
     result = segmenter.segment(SegmentRequest(image_id=image_id, prompts=PromptSet(...)))
 
+    result = segmenter.concept_segment(ConceptRequest(image_id=image_id, prompts=(...)))
+
 A segmentation runs in three stages, `prepare` → `decode` → `finish`: only `decode` runs the
 model, so that a batcher can collect the decode stage of several requests. Every public
 method is synchronous, thread-safe and may block for a model call: the serving layer calls
@@ -22,9 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sam3_core.caches import CachedEmbedding, EmbeddingCache, LogitsCache
+from sam3_core.caches import CachedEmbedding, EmbeddingCache, LogitsCache, TextEmbeddingCache
 from sam3_core.calls import (
     CacheOutcome,
+    ConceptRequest,
+    ConceptSegmentation,
     Decoded,
     EmbedRequest,
     EmbedResult,
@@ -32,7 +36,10 @@ from sam3_core.calls import (
     Segmentation,
     SegmentRequest,
 )
+from sam3_core.concept_model import ConceptQueries, TextEmbedding, cross_prompt_nms, instances
+from sam3_core.concept_prompts import exemplar_arrays, validate_concept_prompts
 from sam3_core.errors import (
+    ConceptsDisabledError,
     ImageBytesNeededError,
     ImageNotCachedError,
     InvalidImageError,
@@ -67,6 +74,10 @@ class EngineStats:
     logits_cache_misses: int
     logits_cache_entries: int
     logits_cache_bytes: int
+    text_cache_hits: int = 0
+    text_cache_misses: int = 0
+    text_cache_entries: int = 0
+    text_cache_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,7 @@ class Segmenter:
             # Logits belong to one picture: (key, content digest), never to a key alone.
             on_evict=lambda key, entry: self.logits.drop_image((key, entry.content_digest)),
         )
+        self.texts = TextEmbeddingCache(settings.text_cache_bytes)
         self._inflight: dict[tuple[ImageKey, str], _Pending] = {}
         self._inflight_lock = threading.Lock()
         self._arrivals = itertools.count(1)
@@ -251,6 +263,79 @@ class Segmenter:
             logits_cache=job.logits_cache,
         )
 
+    def concept_segment(self, request: ConceptRequest) -> ConceptSegmentation:
+        """Every instance of each concept prompt (text, box exemplars, or both) on the image,
+        all prompts in one pass of sam3's detector, from the image's cached trunk output: an
+        image embedded once serves clicks and concept queries alike."""
+        concepts = self.model.concepts
+        if concepts is None:
+            raise ConceptsDisabledError(
+                "this deployment serves interactive segmentation only (SAM3_CONCEPTS=false); "
+                "concept_segment needs SAM3_CONCEPTS=true"
+            )
+        settings = self.settings
+        prompts = list(request.prompts)
+        validate_concept_prompts(
+            prompts,
+            output_prob_thresh=request.output_prob_thresh,
+            nms_iou_threshold=request.nms_iou_threshold,
+            max_prompts=settings.max_concept_prompts,
+            max_boxes=settings.max_concept_boxes,
+            max_text_length=settings.max_text_length,
+        )
+        timings: dict[str, float] = {}
+        image_id, _, cached, outcome = self._embedding(request, timings)
+        embedding = cached.embedding
+        assert embedding.trunk is not None, "a model with concepts keeps the trunk output"
+        started = time.perf_counter()
+        with self._autocast():
+            texts, text_cache = self._text_embeddings(
+                [p.query_text for p in prompts], request.tenant or ""
+            )
+            timings["text"] = time.perf_counter() - started
+            started = time.perf_counter()
+            queries = ConceptQueries(
+                texts=texts, exemplars=exemplar_arrays(prompts, embedding.orig_hw)
+            )
+            grounding = concepts.ground(concepts.detector_features(embedding.trunk), queries)
+        timings["ground"] = time.perf_counter() - started
+        started = time.perf_counter()
+        thresholds = [
+            request.output_prob_thresh if p.output_prob_thresh is None else p.output_prob_thresh
+            for p in prompts
+        ]
+        found = instances(
+            grounding,
+            embedding.orig_hw,
+            thresholds,
+            settings.max_concept_instances,
+            settings.max_mask_pixels,
+        )
+        if request.nms_iou_threshold is not None:
+            found = cross_prompt_nms(found, request.nms_iou_threshold)
+        timings["masks"] = time.perf_counter() - started
+        return ConceptSegmentation(
+            image_id=image_id,
+            embedding_cache=outcome,
+            timings=timings,
+            prompt_results=found,
+            text_cache=text_cache,
+        )
+
+    def _text_embeddings(
+        self, texts: list[str], tenant: str
+    ) -> tuple[list[TextEmbedding], CacheOutcome]:
+        """One embedding per text: from the cache, the misses encoded in one batch. Cached
+        per tenant: a key's hit must not tell it which texts another key asked for."""
+        assert self.model.concepts is not None
+        found = {text: self.texts.get((tenant, text)) for text in dict.fromkeys(texts)}
+        missing = [text for text, entry in found.items() if entry is None]
+        if missing:
+            for text, entry in zip(missing, self.model.concepts.encode_texts(missing), strict=True):
+                self.texts.put((tenant, text), entry)
+                found[text] = entry
+        return [found[text] for text in texts], "miss" if missing else "hit"  # type: ignore[misc]
+
     def stats(self) -> EngineStats:
         return EngineStats(
             embedding_cache_hits=self._hits,
@@ -263,6 +348,10 @@ class Segmenter:
             logits_cache_misses=self._logits_misses,
             logits_cache_entries=len(self.logits),
             logits_cache_bytes=self.logits.nbytes,
+            text_cache_hits=self.texts.hits,
+            text_cache_misses=self.texts.misses,
+            text_cache_entries=len(self.texts),
+            text_cache_bytes=self.texts.nbytes,
         )
 
     def _check_mask_budget(self, masks: int, size: tuple[int, int]) -> None:

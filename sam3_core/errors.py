@@ -64,6 +64,12 @@ class ImageBytesNeededError(Sam3Error):
     code = "image_bytes_needed"
 
 
+class ConceptsDisabledError(Sam3Error):
+    """Concept segmentation was asked of a deployment that serves interactive clicks only."""
+
+    code = "concepts_disabled"
+
+
 class WeightsError(Sam3Error):
     """No usable weights are configured, or the checkpoint does not fit the model."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +14,10 @@ from sam3_core.architecture import (
     Architecture,
     build_interactive_predictor,
     build_vision_neck,
+    neck_features,
 )
 from sam3_core.calls import Decoded
+from sam3_core.concept_model import ConceptSam3
 from sam3_core.errors import InvalidPromptError
 from sam3_core.sam3_compat import quiet_sam3
 
@@ -34,36 +37,53 @@ class ImageEmbedding:
             mask decoder's `conv_s0` / `conv_s1`. At 1008 px, C=256: 20.25 MiB in float32,
             against ~340 MiB for the state `Sam3Processor.set_image` returns.
         orig_hw: (H, W) of the original image.
+        trunk: (1, D, S/14, S/14), the ViT trunk's output, kept only where the model serves
+            concepts (their detector neck is recomputed from it): 20.25 MiB more in float32
+            at full size (D=1024). None for an interactive-only model.
     """
 
     image_embed: torch.Tensor
     high_res_feats: tuple[torch.Tensor, torch.Tensor]
     orig_hw: tuple[int, int]
+    trunk: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.image_embed, *self.high_res_feats))
+        tensors = (self.image_embed, *self.high_res_feats)
+        if self.trunk is not None:
+            tensors = (*tensors, self.trunk)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def to(self, dtype: torch.dtype) -> ImageEmbedding:
         return ImageEmbedding(
             image_embed=self.image_embed.to(dtype),
             high_res_feats=(self.high_res_feats[0].to(dtype), self.high_res_feats[1].to(dtype)),
             orig_hw=self.orig_hw,
+            trunk=None if self.trunk is None else self.trunk.to(dtype),
         )
 
 
 class InteractiveSam3(nn.Module):
     """The parts of SAM3 interactive segmentation runs: ViT trunk, SAM2-style neck, and the
-    tracker's prompt encoder and mask decoder (through sam3's `SAM3InteractiveImagePredictor`).
+    tracker's prompt encoder and mask decoder (through sam3's `SAM3InteractiveImagePredictor`);
+    with `concepts_bpe_path`, also concept segmentation (`concepts`, a `ConceptSam3`), whose
+    queries read the trunk output `encode` then keeps.
 
     `encode` and `decode` hold no state between calls and are safe to call from many threads.
     """
 
-    def __init__(self, arch: Architecture, *, max_hole_area: float = 256.0) -> None:
+    def __init__(
+        self,
+        arch: Architecture,
+        *,
+        max_hole_area: float = 256.0,
+        concepts_bpe_path: str | None = None,
+    ) -> None:
         super().__init__()
         self.arch = arch
         self.image_encoder = build_vision_neck(arch, with_detector_neck=False)
         self.predictor = build_interactive_predictor(arch, max_hole_area=max_hole_area)
+        self.concepts = None if concepts_bpe_path is None else ConceptSam3(arch, concepts_bpe_path)
         # The same preprocessing as `Sam3Processor.set_image`: stretch to S x S, scale to [-1, 1].
         self._transform = Sam3Processor(
             model=None, resolution=arch.image_size, device="cpu"
@@ -80,6 +100,8 @@ class InteractiveSam3(nn.Module):
         for module in self.modules():
             if isinstance(module, PositionEmbeddingSine):
                 module.cache = {size: fn(pos) for size, pos in module.cache.items()}
+            if "_device" in vars(module):  # sam3's detector parts cache their device
+                module._device = None
         return self
 
     @torch.inference_mode()
@@ -89,10 +111,20 @@ class InteractiveSam3(nn.Module):
         Args:
             image: (3, H, W) uint8 RGB, on any device.
         """
-        tracker = self.predictor.model
         height, width = image.shape[-2:]
         pixels = self._transform(v2.functional.to_image(image).to(self.device)).unsqueeze(0)
-        backbone_fpn, vision_pos_enc, _, _ = self.image_encoder(pixels)
+        trunk = self.image_encoder.trunk(pixels)[-1]
+        embedding = self.embedding_from_trunk(trunk, (int(height), int(width)))
+        if self.concepts is None:
+            return embedding
+        return dataclasses.replace(embedding, trunk=trunk)
+
+    @torch.inference_mode()
+    def embedding_from_trunk(self, trunk: torch.Tensor, orig_hw: tuple[int, int]) -> ImageEmbedding:
+        """The interactive decoder's inputs from the trunk output (1, D, S/14, S/14): the
+        SAM2-style neck, `conv_s0`/`conv_s1` and `no_mem_embed`."""
+        tracker = self.predictor.model
+        backbone_fpn, vision_pos_enc = neck_features(self.image_encoder, trunk)
         # From here on this repeats `Sam3Processor.set_image` and `Sam3Image.predict_inst`
         # step for step, so that the cached tensors are exactly what sam3 would decode from.
         backbone_fpn[0] = tracker.sam_mask_decoder.conv_s0(backbone_fpn[0])
@@ -107,9 +139,7 @@ class InteractiveSam3(nn.Module):
             for feat, size in zip(vision_feats[::-1], sizes[::-1], strict=True)
         ][::-1]
         return ImageEmbedding(
-            image_embed=feats[2],
-            high_res_feats=(feats[0], feats[1]),
-            orig_hw=(int(height), int(width)),
+            image_embed=feats[2], high_res_feats=(feats[0], feats[1]), orig_hw=orig_hw
         )
 
     @torch.inference_mode()

@@ -9,15 +9,22 @@
   utilities. Where triton cannot be imported, a stand-in module raises if it is ever called.
 - Building the tracker enters a process-wide CUDA bf16 autocast (`bf16_context`) that would
   silently change precision for everything else on a GPU; `leave_tracker_autocast` undoes it.
+- The geometry encoder pins a tensor (`pin_memory()`) on every box prompt, which raises on a
+  machine without CUDA; `without_pinned_memory` makes that call a no-op there.
+- The wheel lacks the CLIP BPE vocabulary its text encoder's tokenizer opens
+  (`assets/bpe_simple_vocab_16e6.txt.gz`); `open_clip_torch`, a dependency of ours, ships
+  the same file (`clip_vocabulary`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 import types
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,3 +100,40 @@ def leave_tracker_autocast(tracker: torch.nn.Module) -> None:
     if context is not None:
         with quiet_sam3():
             context.__exit__(None, None, None)
+
+
+class _NoPinMemory(TorchFunctionMode):
+    """`Tensor.pin_memory()` returns the tensor itself (see module docstring)."""
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func is torch.Tensor.pin_memory:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def without_pinned_memory() -> contextlib.AbstractContextManager[Any]:
+    """Run sam3's detector where pinning memory is impossible (no CUDA); a no-op elsewhere."""
+    if torch.cuda.is_available():
+        return contextlib.nullcontext()
+    return _NoPinMemory()
+
+
+CLIP_VOCABULARY = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def clip_vocabulary() -> str:
+    """Path of the CLIP BPE vocabulary in the installed `open_clip` package (found without
+    importing it: open_clip's own import is slow and not needed)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "concept segmentation needs the CLIP BPE vocabulary shipped by open_clip_torch: "
+            "pip install open_clip_torch"
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / CLIP_VOCABULARY)

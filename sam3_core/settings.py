@@ -32,6 +32,15 @@ class RequestLimits(BaseSettings):
         description="Mask pixels one request may produce (masks x height x width); past it "
         "the request is refused before any model call.",
     )
+    max_concept_prompts: int = Field(
+        16, ge=1, description="Prompts in one concept_segment request (one query each)."
+    )
+    max_concept_boxes: int = Field(
+        64, ge=1, description="Exemplar boxes in one concept_segment request, all prompts."
+    )
+    max_text_length: int = Field(
+        256, ge=1, description="Characters of a concept prompt's text (sam3 reads 32 tokens)."
+    )
 
 
 class EngineSettings(RequestLimits):
@@ -52,6 +61,12 @@ class EngineSettings(RequestLimits):
     )
     random_seed: int = Field(0, description="Seed of the random weights (same on every replica).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    concepts: bool = Field(
+        True,
+        description="Serve concept segmentation (/sam3/concept_segment): builds sam3's text "
+        "encoder and detector, and keeps each image's trunk output beside its interactive "
+        "embedding. false: interactive-only (smaller model, smaller cache entries).",
+    )
     max_hole_area: float = Field(
         256.0,
         ge=0,
@@ -79,6 +94,15 @@ class EngineSettings(RequestLimits):
         None,
         description="Embed and decode a blank picture when the engine starts, so the first "
         "client does not pay kernel selection; unset: on a GPU only.",
+    )
+    text_cache_bytes: int = Field(
+        64 * MiB,
+        gt=0,
+        description="Byte budget of the text-embedding cache (concepts; ~32 KiB per text at "
+        "full size).",
+    )
+    max_concept_instances: int = Field(
+        100, ge=1, description="Instances one concept prompt returns at most (highest scores)."
     )
     max_logits_cache_size: int = Field(1000, ge=1, description="Count limit (Roboflow's).")
     logits_cache_bytes: int = Field(512 * MiB, gt=0, description="Byte budget of the logits cache.")

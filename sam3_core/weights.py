@@ -12,6 +12,7 @@ import torch
 from sam3_core.architecture import ARCHITECTURES, FULL, Architecture
 from sam3_core.errors import WeightsError
 from sam3_core.model import InteractiveSam3
+from sam3_core.sam3_compat import clip_vocabulary
 from sam3_core.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,25 @@ _KEY_MAP = (
         for level in range(3)
     ),
     ("tracker.", "predictor.model."),
+    # Concept segmentation: the detector neck (levels 0-2) and sam3's `Sam3Image` detector
+    # without its vision backbone (see concept_model.py).
+    *(
+        (
+            f"detector.backbone.vision_backbone.convs.{level}.",
+            f"concepts.neck.convs.{level}.",
+        )
+        for level in range(3)
+    ),
+    *(
+        (f"detector.{part}.", f"concepts.detector.{part}.")
+        for part in (
+            "backbone.language_backbone",
+            "transformer",
+            "geometry_encoder",
+            "segmentation_head",
+            "dot_prod_scoring",
+        )
+    ),
 )
 
 HOW_TO_GET_WEIGHTS = (
@@ -52,7 +72,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def interactive_state_dict(checkpoint: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Select and rename the tensors `InteractiveSam3` needs from a sam3 checkpoint's keys."""
+    """Select and rename the tensors `InteractiveSam3` needs from a sam3 checkpoint's keys
+    (the concept parts' too: an interactive-only model ignores them)."""
     state: dict[str, torch.Tensor] = {}
     for key, tensor in checkpoint.items():
         for source, target in _KEY_MAP:
@@ -92,12 +113,14 @@ def load_checkpoint(model: InteractiveSam3, checkpoint: Mapping[str, torch.Tenso
     every tensor the model has; the checkpoint's other tensors (text encoder, ...) are ignored."""
     if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
         checkpoint = checkpoint["model"]
-    missing, _ = model.load_state_dict(interactive_state_dict(checkpoint), strict=False)
+    missing, unexpected = model.load_state_dict(interactive_state_dict(checkpoint), strict=False)
     if missing:
         raise WeightsError(
-            f"the checkpoint lacks {len(missing)} tensors of the interactive model "
+            f"the checkpoint lacks {len(missing)} tensors of the model "
             f"(first: {missing[:3]}); is it a SAM3 image checkpoint?"
         )
+    if model.concepts is None and any(key.startswith("concepts.") for key in unexpected):
+        logger.info("interactive-only model: the checkpoint's concept tensors are not loaded")
 
 
 def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -> InteractiveSam3:
@@ -107,9 +130,13 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
     """
     device = resolve_device(settings.device)
     started = time.perf_counter()
+    options = {
+        "max_hole_area": settings.max_hole_area,
+        "concepts_bpe_path": clip_vocabulary() if settings.concepts else None,
+    }
     if settings.checkpoint:
         path = _checkpoint_path(settings.checkpoint)
-        model = InteractiveSam3(checkpoint_arch, max_hole_area=settings.max_hole_area)
+        model = InteractiveSam3(checkpoint_arch, **options)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:
@@ -120,7 +147,7 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
         arch = ARCHITECTURES[settings.random_weights]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.random_seed)
-            model = InteractiveSam3(arch, max_hole_area=settings.max_hole_area)
+            model = InteractiveSam3(arch, **options)
         source = f"RANDOM weights ({arch.name}, seed {settings.random_seed})"
         logger.warning(
             "=" * 72 + "\nSAM3 is serving %s: masks are meaningless. For tests and smoke runs "
@@ -131,7 +158,8 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
         raise WeightsError(HOW_TO_GET_WEIGHTS)
     model = model.to(device).eval()
     logger.info(
-        "SAM3 interactive model (%s) from %s on %s, built in %.1f s",
+        "SAM3 %s model (%s) from %s on %s, built in %.1f s",
+        "interactive + concepts" if model.concepts is not None else "interactive-only",
         model.arch.name,
         source,
         device,

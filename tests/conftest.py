@@ -37,15 +37,24 @@ def png_header(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="session")
 def tiny_model():
+    """The service's default build: interactive + concepts."""
     return load_model(tiny_settings())
 
 
+@pytest.fixture(scope="session")
+def tiny_interactive_model():
+    """The interactive-only build (SAM3_CONCEPTS=false): no text encoder, no detector."""
+    return load_model(tiny_settings(concepts=False))
+
+
 @pytest.fixture
-def make_segmenter(tiny_model):
-    """A fresh engine (empty caches) around the session's tiny model."""
+def make_segmenter(tiny_model, tiny_interactive_model):
+    """A fresh engine (empty caches) around the session's tiny model (`concepts=False`: the
+    interactive-only one)."""
 
     def make(**overrides: object) -> Segmenter:
-        return Segmenter(tiny_model, tiny_settings(**overrides))
+        model = tiny_interactive_model if overrides.get("concepts") is False else tiny_model
+        return Segmenter(model, tiny_settings(**overrides))
 
     return make
 

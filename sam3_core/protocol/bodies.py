@@ -1,12 +1,13 @@
-"""The JSON bodies of the SAM3 API (SPEC §3), compatible with Roboflow's inference server and
-the `inference-sdk` client: unknown keys such as `api_key` or `model_id` are ignored."""
+"""The JSON bodies of the SAM3 API (SPEC §3, §8), compatible with Roboflow's inference server
+and the `inference-sdk` client: unknown keys such as `api_key` or `model_id` are ignored."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sam3_core.concept_prompts import ConceptPrompt, ExemplarBox, legacy_prompt
 from sam3_core.prompts import PromptSet
 
 # A 4x4 PNG: the examples of the OpenAPI document (Swagger's "Try it out", schemathesis).
@@ -102,6 +103,72 @@ class Prediction(BaseModel):
 
 class VisualSegmentResponse(BaseModel):
     predictions: list[Prediction]
+    time: float = Field(description="Seconds spent in the service.")
+
+
+EXAMPLE_CONCEPT_PROMPTS = [
+    {"type": "text", "text": "cat"},
+    {"type": "visual", "boxes": [{"x": 0, "y": 0, "width": 2, "height": 2}], "box_labels": [1]},
+]
+
+
+class ConceptSegmentRequest(_Body):
+    """Roboflow's `/sam3/concept_segment` body: `prompts`, or the legacy single prompt
+    (`text`, `boxes`, `box_labels` at the top level)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"image": EXAMPLE_IMAGE, "prompts": EXAMPLE_CONCEPT_PROMPTS},
+                {"image": EXAMPLE_IMAGE, "image_id": "a", "text": "cat", "format": "rle"},
+            ]
+        },
+    )
+
+    image: ImageInput | None = Field(
+        None, description="The image; optional if image_id is cached on its owner."
+    )
+    image_id: str | None = Field(None, description="Cache key, as for visual_segment.")
+    prompts: list[ConceptPrompt] | None = Field(
+        None, description="One result per prompt, in order; all run in one detector pass."
+    )
+    output_prob_thresh: float = Field(
+        0.5, description="Keep instances scoring at least this (a prompt's own value wins)."
+    )
+    nms_iou_threshold: float | None = Field(
+        None, description="When set: mask NMS across all prompts' instances (higher score kept)."
+    )
+    format: Literal["json", "polygon", "rle"] = Field(
+        "polygon", description="json and polygon give polygons; rle gives COCO RLE."
+    )
+    text: str | None = Field(None, description="Legacy single prompt: its text.")
+    boxes: list[ExemplarBox] | None = Field(None, description="Legacy single prompt: boxes.")
+    box_labels: list[bool | int] | None = Field(
+        None, description="Legacy single prompt: box labels."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_prompt(cls, value: Any) -> Any:
+        return legacy_prompt(value) if isinstance(value, dict) else value
+
+
+class PromptEcho(BaseModel):
+    prompt_index: int
+    type: Literal["text", "visual"]
+    text: str | None
+    num_boxes: int
+
+
+class PromptResult(BaseModel):
+    prompt_index: int
+    echo: PromptEcho
+    predictions: list[Prediction] = Field(description="One per instance found.")
+
+
+class ConceptSegmentResponse(BaseModel):
+    prompt_results: list[PromptResult]
     time: float = Field(description="Seconds spent in the service.")
 
 

@@ -53,6 +53,7 @@ def test_generated_requests_against_the_served_schema(service: LocalCluster):
     assert {op.path for op in operations} == {
         "/sam3/embed_image",
         "/sam3/visual_segment",
+        "/sam3/concept_segment",
         "/healthz",
     }
     session = requests.Session()

@@ -24,6 +24,19 @@ from tests.conftest import encode_image, random_pixels
 
 # The tiny model's embedding: 64x16x16 + 8x64x64 + 16x32x32 float32.
 EMBEDDING_BYTES = (64 * 16 * 16 + 8 * 64 * 64 + 16 * 32 * 32) * 4
+# What serving concepts adds per image: the trunk's output, 64x16x16 float32.
+TRUNK_BYTES = 64 * 16 * 16 * 4
+
+
+@pytest.fixture
+def make_segmenter(make_segmenter):
+    """These tests are about the interactive engine and its caches: the interactive-only build
+    (whose embedding sizes they count); tests/unit/test_concepts.py covers concepts."""
+
+    def make(**overrides: object) -> Segmenter:
+        return make_segmenter(**{"concepts": False, **overrides})
+
+    return make
 
 
 def clicks(*xy: tuple[float, float], positive: bool = True) -> PromptSet:
@@ -57,6 +70,12 @@ class TestEmbed:
         (data,) = images(1)
         segmenter.embed(EmbedRequest(image=data, image_id="a"))
         assert segmenter.stats().embedding_cache_bytes == EMBEDDING_BYTES
+
+    def test_with_concepts_the_embedding_adds_the_trunk_output_only(self, make_segmenter):
+        (data,) = images(1)
+        engine = make_segmenter(concepts=True, embedding_cache_bytes=2**26)
+        engine.embed(EmbedRequest(image=data, image_id="a"))
+        assert engine.stats().embedding_cache_bytes == EMBEDDING_BYTES + TRUNK_BYTES
 
     def test_client_ids_are_kept(self, segmenter):
         (data,) = images(1)

@@ -1,33 +1,34 @@
-"""The full-size SAM3 architecture, random weights, on this CPU (about a minute and a half).
+"""The full-size SAM3 architecture, random weights, on this CPU (about two minutes).
 
 sam3's own `build_sam3_image_model` (text encoder and detector included) is the reference:
-the interactive-only build loads its weights strictly, is much smaller, and gives the same
-masks, scores and logits through the same `Sam3Processor.set_image` + `predict_inst` path.
+our build loads its weights strictly; its interactive part is much smaller and gives the same
+masks, scores and logits through the same `Sam3Processor.set_image` + `predict_inst` path,
+and its concept part the same instances as `Sam3Processor.set_text_prompt`, from one embed.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from sam3_core.architecture import FULL, count_parameters
+from sam3_core.architecture import FULL, count_parameters, initialise_text_encoder
+from sam3_core.concept_model import ConceptQueries, instances
+from sam3_core.concept_prompts import ConceptPrompt, exemplar_arrays
 from sam3_core.model import InteractiveSam3
-from sam3_core.sam3_compat import building_on, leave_tracker_autocast
+from sam3_core.sam3_compat import (
+    building_on,
+    clip_vocabulary,
+    leave_tracker_autocast,
+    without_pinned_memory,
+)
 from sam3_core.weights import checkpoint_of_sam3_model, load_checkpoint
 from tests.conftest import random_pixels
 from tests.sam3_reference import best_proposals
 
 pytestmark = pytest.mark.slow
-
-
-def clip_vocabulary() -> str:
-    """sam3 0.1.4's wheel lacks the CLIP BPE file its text encoder opens; open_clip ships it."""
-    import open_clip
-
-    return os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
 
 
 def test_full_size_interactive_build_equals_sam3s_full_model():
@@ -43,33 +44,40 @@ def test_full_size_interactive_build_equals_sam3s_full_model():
             enable_inst_interactivity=True,
             compile=False,
         )
+        # sam3 leaves these to the checkpoint (uninitialised memory otherwise).
+        initialise_text_encoder(full.backbone.language_backbone)
     predictor = full.inst_interactive_predictor
     leave_tracker_autocast(predictor.model)
     predictor._transforms.max_hole_area = 0  # random weights: see tests/conftest.py
-    ours = InteractiveSam3(FULL, max_hole_area=0)
+    ours = InteractiveSam3(FULL, max_hole_area=0, concepts_bpe_path=clip_vocabulary())
     load_checkpoint(ours, checkpoint_of_sam3_model(full.state_dict()))
     ours.eval()
 
     full_params, our_params = count_parameters(full), count_parameters(ours)
+    # The interactive-only build (SAM3_CONCEPTS=false) is these modules without `concepts`.
+    interactive_params = our_params - count_parameters(ours.concepts)
     print(
-        f"parameters: sam3 full {full_params / 1e6:.0f} M, "
-        f"interactive-only {our_params / 1e6:.0f} M"
+        f"parameters: sam3 full {full_params / 1e6:.0f} M, ours with concepts "
+        f"{our_params / 1e6:.0f} M, interactive-only {interactive_params / 1e6:.0f} M"
     )
-    assert our_params < 0.6 * full_params
+    assert interactive_params < 0.6 * full_params
+    assert our_params <= full_params  # no second trunk, no fourth neck level
 
     image = random_pixels(0, 300, 400)
     pixels = torch.from_numpy(image).permute(2, 0, 1)
-    state = Sam3Processor(full, device="cpu").set_image(pixels)
+    processor = Sam3Processor(full, device="cpu", confidence_threshold=0.0)
+    state = processor.set_image(pixels)
     prompt = {"point_coords": np.array([[120.0, 90.0]]), "point_labels": np.array([1])}
     theirs = best_proposals(
         *full.predict_inst(
             state, multimask_output=True, return_logits=True, normalize_coords=True, **prompt
         )
     )
-    del state
 
     embedding = ours.encode(pixels)
-    assert embedding.nbytes == int(20.25 * 2**20)
+    assert embedding.trunk is not None and embedding.trunk.shape == (1, 1024, 72, 72)
+    assert dataclasses.replace(embedding, trunk=None).nbytes == int(20.25 * 2**20)
+    assert embedding.nbytes == int(40.5 * 2**20)  # + the trunk output concepts read
     decoded = ours.decode(
         embedding,
         point_coords=prompt["point_coords"][None],
@@ -80,3 +88,21 @@ def test_full_size_interactive_build_equals_sam3s_full_model():
     assert np.array_equal(decoded.masks, theirs[0])
     assert np.array_equal(decoded.scores, theirs[1])
     assert np.array_equal(decoded.low_res_logits, theirs[2])
+
+    # Concepts, from the same embedding: sam3's set_image (above) + set_text_prompt is the
+    # reference, at a threshold that keeps about half of its queries.
+    with without_pinned_memory():
+        state = processor.set_text_prompt("a person", state)
+        threshold = float(np.median(state["scores"].numpy()))  # between two scores
+        state = processor.set_confidence_threshold(threshold, state)
+    concepts = ours.concepts
+    prompts = [ConceptPrompt(text="a person")]
+    queries = ConceptQueries(
+        texts=concepts.encode_texts(["a person"]), exemplars=exemplar_arrays(prompts, (300, 400))
+    )
+    grounding = concepts.ground(concepts.detector_features(embedding.trunk), queries)
+    (found,) = instances(grounding, (300, 400), [threshold], max_instances=200)
+    assert len(found) == len(state["scores"]) > 0
+    assert np.array_equal(found.scores, state["scores"].numpy())
+    assert np.array_equal(found.boxes, state["boxes"].float().numpy())
+    assert np.array_equal(found.masks, state["masks"][:, 0].numpy())

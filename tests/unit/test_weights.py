@@ -4,16 +4,18 @@ import torch
 from sam3_core.architecture import TINY
 from sam3_core.errors import WeightsError
 from sam3_core.model import InteractiveSam3
+from sam3_core.sam3_compat import clip_vocabulary
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import interactive_state_dict, load_checkpoint, load_model, resolve_device
-from tests.sam3_reference import ReferenceSam3
+from tests.sam3_reference import ReferenceSam3, ReferenceSam3Image
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A file laid out like sam3.pt ({"model": {"detector.*", "tracker.*"}}), tiny sizes."""
+    """A file laid out like sam3.pt ({"model": {"detector.*", "tracker.*"}}), tiny sizes,
+    from sam3's complete image model (text encoder and detector included)."""
     path = tmp_path_factory.mktemp("weights") / "sam3.pt"
-    torch.save({"model": ReferenceSam3(TINY, seed=3).checkpoint()}, path)
+    torch.save({"model": ReferenceSam3Image(TINY, seed=3).checkpoint()}, path)
     return path
 
 
@@ -43,10 +45,28 @@ def test_checkpoint_file_loads_every_tensor_the_model_has(tiny_checkpoint):
     model = load_model(
         EngineSettings(checkpoint=str(tiny_checkpoint), device="cpu"), checkpoint_arch=TINY
     )
-    reference = InteractiveSam3(TINY)
+    reference = InteractiveSam3(TINY, concepts_bpe_path=clip_vocabulary())
     load_checkpoint(reference, torch.load(tiny_checkpoint, weights_only=True))
     assert same_weights(model, reference)
     assert not model.training
+
+
+def test_an_interactive_only_build_loads_the_same_checkpoint_without_its_concept_parts(
+    tiny_checkpoint,
+):
+    settings = EngineSettings(checkpoint=str(tiny_checkpoint), device="cpu", concepts=False)
+    model = load_model(settings, checkpoint_arch=TINY)
+    assert model.concepts is None
+    full = load_model(settings.model_copy(update={"concepts": True}), checkpoint_arch=TINY)
+    interactive = {k: v for k, v in full.state_dict().items() if not k.startswith("concepts.")}
+    assert interactive.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in interactive.items())
+
+
+def test_a_checkpoint_without_the_detector_is_refused_when_concepts_are_on():
+    checkpoint = ReferenceSam3(TINY).checkpoint()  # trunk, SAM2 neck and tracker only
+    with pytest.raises(WeightsError, match=r"lacks \d+ tensors"):
+        load_checkpoint(InteractiveSam3(TINY, concepts_bpe_path=clip_vocabulary()), checkpoint)
 
 
 def test_the_checkpoints_other_tensors_are_ignored_and_missing_ones_refused():
