@@ -113,7 +113,7 @@ def child(preset: str, concepts: bool, repeat: int) -> dict:
 
     def query(features: Callable[[], object]) -> Callable[[], object]:
         return lambda: instances(
-            concepts_model.ground(features(), queries), embedding.orig_hw, [0.5], 100
+            concepts_model.ground(features(), queries), embedding.orig_hw, [0.5], 100, 2**31
         )
 
     def nbytes(tensor: torch.Tensor) -> int:
