@@ -4,6 +4,10 @@ owner of the images routed to it by consistent hashing on `image_id`.
 Its methods are derived from `deployments.operations.OPERATIONS`, one per operation. The
 engine's calls block (model and image decoding), so they run on a small thread pool, never
 on the replica's event loop.
+
+Each replica knows which images it owns (`deployments.ring`) and moves images between owners
+when the replica set changes or a helper needs one (`deployments.handoff`); its `handoff_*`
+methods are that protocol's, called by the other replicas only.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ from typing import Any
 import torch
 from ray import serve
 
+from deployments.handoff import Handoff, RayPeers
 from deployments.metrics import SegmenterMetrics
 from deployments.operations import OPERATIONS, Operation, Reply, run
+from deployments.ring import RINGS, deployment_name
+from deployments.settings import SegmenterSettings
 from sam3_core.calls import ImageRequest
-from sam3_core.engine import Segmenter
+from sam3_core.engine import ImageKey, Segmenter
+from sam3_core.handoff import ImageState
 from sam3_core.settings import EngineSettings
 
 logger = logging.getLogger("ray.serve")
@@ -33,10 +41,27 @@ class SegmenterReplica:
 
     def __init__(self, engine_settings: dict[str, Any], threads: int) -> None:
         self.engine = Segmenter.from_settings(EngineSettings(**engine_settings))
-        self.replica = serve.get_replica_context().replica_id.unique_id
+        replica_id = serve.get_replica_context().replica_id
+        self.replica = replica_id.unique_id
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sam3")
         self.metrics = SegmenterMetrics()
         self.metrics.record_stats(self.engine.stats())
+        self.handoff = Handoff(
+            self.engine,
+            self.replica,
+            RayPeers(replica_id.deployment_id),
+            SegmenterSettings(**engine_settings).handoff_timeout_seconds,
+            self.metrics,
+        )
+        # Serve builds the replica on its event loop: ring changes (heard in the router's
+        # thread) are handed to that loop.
+        loop = asyncio.get_running_loop()
+        self._ring_feed = deployment_name(
+            replica_id.deployment_id.app_name, replica_id.deployment_id.name
+        )
+        self._on_ring = lambda ring: loop.call_soon_threadsafe(self.handoff.on_ring, ring)
+        RINGS.subscribe(self._ring_feed, self._on_ring)
+        self._left = False
         logger.info(
             "segmenter %s: %s model on %s, %d worker threads",
             self.replica,
@@ -45,7 +70,12 @@ class SegmenterReplica:
             threads,
         )
 
-    async def _serve(self, operation: Operation, request: ImageRequest) -> Reply:
+    async def _serve(
+        self, operation: Operation, request: ImageRequest, forwarded: bool = False
+    ) -> Reply:
+        owner = await self.handoff.prepare(request, forwarded)
+        if owner is not None:  # not ours, and the owner's picture could not be fetched
+            return await self.handoff.forward(owner, operation.name, request)
         try:
             reply = await asyncio.get_running_loop().run_in_executor(
                 self._pool, run, self.engine, operation, request, self.replica
@@ -53,7 +83,47 @@ class SegmenterReplica:
         finally:
             self.metrics.record_stats(self.engine.stats())
         self.metrics.record_timings(reply.timings)
+        await self.handoff.after(request, reply.embedding_cache)
         return reply
+
+    # The hand-off protocol (deployments.handoff), called by the other replicas.
+
+    async def handoff_forwarded(self, operation: str, request: ImageRequest) -> Reply:
+        """A request another replica sent on to this one, its image's owner."""
+        return await self._serve(_BY_NAME[operation], request, forwarded=True)
+
+    async def handoff_manifest(self, sender: str, version: str, keys: list[ImageKey]) -> None:
+        self.handoff.manifest(sender, version, keys)
+
+    async def handoff_settled(self, sender: str, version: str) -> None:
+        self.handoff.settled(sender, version)
+
+    async def handoff_adopt(self, sender: str, key: ImageKey, state: ImageState) -> bool:
+        accepted = await self.handoff.adopt(sender, key, state)
+        self.metrics.record_stats(self.engine.stats())
+        return accepted
+
+    async def handoff_export(
+        self, key: ImageKey, content_digest: str | None, borrower: str
+    ) -> ImageState | None:
+        return await self.handoff.export(key, content_digest, borrower)
+
+    async def handoff_forget(self, key: ImageKey, sent_at: float) -> None:
+        self.handoff.forget(key, sent_at)
+
+    def ring_members(self) -> list[str]:
+        """The replicas on this replica's view of the ring (operators and tests)."""
+        return sorted(self.handoff.ring.replicas) if self.handoff.ring is not None else []
+
+    def __del__(self) -> Awaitable[None] | None:
+        """Serve calls this when it stops the replica, and awaits what it returns (within
+        `graceful_shutdown_timeout_s`): the images go to their next owners first. Not a
+        coroutine function, so that the garbage collector's later call makes none."""
+        if getattr(self, "_left", True):  # called already, or __init__ never finished
+            return None
+        self._left = True
+        RINGS.unsubscribe(self._ring_feed, self._on_ring)
+        return self.handoff.leave()
 
     def check_health(self) -> None:
         """Ray Serve restarts the replica if this raises."""
@@ -71,5 +141,6 @@ def _method(operation: Operation) -> Callable[[SegmenterReplica, ImageRequest], 
     return method
 
 
+_BY_NAME = {operation.name: operation for operation in OPERATIONS}
 for _operation in OPERATIONS:
     setattr(SegmenterReplica, _operation.name, _method(_operation))

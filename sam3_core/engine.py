@@ -224,6 +224,11 @@ class Segmenter:
         cached = self.embeddings.peek(key)
         return cached is not None and content_digest in (None, cached.content_digest)
 
+    def image_version(self, key: ImageKey) -> tuple[str, float] | None:
+        """(content digest, `sent_at`) of the picture `key` holds, or None."""
+        cached = self.embeddings.peek(key)
+        return None if cached is None else (cached.content_digest, cached.sent_at)
+
     def export_image(self, key: ImageKey, content_digest: str | None = None) -> ImageState | None:
         """Everything kept about `key`'s picture (only if it is `content_digest`, when given),
         for another engine; None when there is no such picture. Like a click by id, it waits
