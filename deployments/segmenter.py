@@ -111,10 +111,6 @@ class SegmenterReplica:
     async def handoff_forget(self, key: ImageKey, sent_at: float) -> None:
         self.handoff.forget(key, sent_at)
 
-    def ring_members(self) -> list[str]:
-        """The replicas on this replica's view of the ring (operators and tests)."""
-        return sorted(self.handoff.ring.replicas) if self.handoff.ring is not None else []
-
     def __del__(self) -> Awaitable[None] | None:
         """Serve calls this when it stops the replica, and awaits what it returns (within
         `graceful_shutdown_timeout_s`): the images go to their next owners first. Not a
