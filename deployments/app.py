@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import DeploymentActorConfig
 
 from deployments.ingress import Ingress
+from deployments.peers import BOARD, HandoffBoard
 from deployments.segmenter import SegmenterReplica
 from deployments.settings import IngressSettings, SegmenterSettings
 from sam3_core.settings import EngineSettings
@@ -37,6 +39,7 @@ ROUTERS = {
 }
 
 _BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
+CPU_NODE_SHARE = 0.001
 # Options of each deployment unless serve_config.yaml's `deployments:` entry sets them.
 DEPLOYMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "Segmenter": {
@@ -89,11 +92,12 @@ class AppArgs(BaseModel):
         "segmenter_threads) goes to the next replica on the ring, which fetches the owner's "
         "embedding instead of computing it. None: strict affinity.",
     )
-    ingress_resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="Custom Ray resources each ingress replica asks for, e.g. "
-        "{ingress_slot: 1} where only CPU worker nodes advertise ingress_slot: keeps the "
-        "ingress off GPU nodes. Empty: none (runs anywhere).",
+    cpu_node_resource: str | None = Field(
+        None,
+        description="A custom Ray resource only CPU worker nodes advertise. When set, the "
+        "ingress replicas and the segmenters' hand-off board each ask for a sliver of it, "
+        "which keeps them off GPU nodes (a GPU node they sat on could never scale in). "
+        "Unset: they run on any node.",
     )
     engine: dict[str, Any] = Field(
         default_factory=dict,
@@ -175,6 +179,13 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
         if args.router == "consistent_hash"
         else {}
     )
+    # A sliver: the resource marks the nodes, CPUs size them.
+    cpu_node = {args.cpu_node_resource: CPU_NODE_SHARE} if args.cpu_node_resource else {}
+    board = DeploymentActorConfig(
+        name=BOARD,
+        actor_class=ray.remote(HandoffBoard),
+        actor_options={"num_cpus": 0, "resources": cpu_node},
+    )
     segmenter = serve.deployment(
         SegmenterReplica,
         name="Segmenter",
@@ -191,6 +202,8 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
             "request_router_class": ROUTERS[args.router],
             "request_router_kwargs": router_kwargs,
         },
+        # The replicas' mailboxes for hand-offs (deployments/peers.py).
+        deployment_actors=[board],
         **DEPLOYMENT_DEFAULTS["Segmenter"],
     )
     ingress_settings = _part(args.engine, IngressSettings)
@@ -200,7 +213,7 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     ingress = serve.deployment(
         Ingress,
         name="Ingress",
-        ray_actor_options={"num_cpus": args.ingress_cpus, "resources": args.ingress_resources},
+        ray_actor_options={"num_cpus": args.ingress_cpus, "resources": cpu_node},
         **{
             **DEPLOYMENT_DEFAULTS["Ingress"],
             "backpressure_config": {**_BACKPRESSURE, "retry_after_s": retry_after},

@@ -1,7 +1,7 @@
 """Images that change owner replica without being embedded again: a segmenter replica's side
-of the hand-off (`Handoff`), and how replicas reach each other (`Peers`; `RayPeers` through
-Serve handles to one replica, so every byte moves through Ray: actor calls whose large
-arguments travel in the object store, never through the client).
+of the hand-off (`Handoff`). Replicas reach each other through `Peers` (on Ray,
+`deployments.peers.RayPeers`: a mailbox actor for messages, Ray's object store for images;
+never the client).
 
 Each replica knows the ring (`deployments.ring`, from Ray Serve's replica-set updates). When it
 changes:
@@ -35,20 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import time
-from collections import defaultdict, deque
-from collections.abc import Coroutine, Iterable
+from collections import Counter, defaultdict, deque
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, Protocol
 
-import ray
-from ray import serve
-from ray.serve._private.common import DeploymentID, ReplicaID
-from ray.serve._private.constants import SERVE_NAMESPACE
-
 from deployments.ring import Ring
-from deployments.router import to_replica
 from sam3_core.calls import ImageRequest
 from sam3_core.engine import ImageKey, Segmenter
 from sam3_core.handoff import ImageState
@@ -63,6 +58,10 @@ RING_HISTORY = 4
 # that reached a replica whose ring says another owns it goes on only if that still holds
 # after this long (the receiver's ring may have been the one behind).
 RING_SETTLE_S = 1.0
+# Images per hand-off call: each call is a few messages, whatever it carries.
+BATCH_IMAGES = 8
+# What other replicas may call (`answer`).
+CALLS = frozenset({"manifest", "settled", "adopt", "export", "forget"})
 
 
 def ring_key(key: ImageKey) -> str:
@@ -77,50 +76,24 @@ def request_key(request: ImageRequest) -> ImageKey:
 
 
 class Peers(Protocol):
-    """How one replica reaches the others."""
+    """How one replica reaches the others (`deployments.peers.RayPeers` on Ray)."""
 
     async def call(self, replica: str, method: str, *args: Any, timeout_s: float) -> Any:
-        """`method` of replica `replica` (its `handoff_*` methods); raises on failure or
-        after `timeout_s`."""
+        """`Handoff.answer(method, args)` on replica `replica`; raises on failure or after
+        `timeout_s`."""
+        ...
+
+    async def forward(self, replica: str, operation: str, request: Any, timeout_s: float) -> Any:
+        """Serve `request` (operation `operation`) on `replica` as a client request there."""
+        ...
+
+    async def notify(self, replica: str, method: str, *args: Any, timeout_s: float) -> None:
+        """`Handoff.answer(method, args)` on replica `replica`, without waiting for it."""
         ...
 
     async def alive(self, replica: str) -> bool:
         """Whether the replica's process still runs (a stopping replica does)."""
         ...
-
-
-class RayPeers:
-    """The other replicas of this replica's own deployment, through a Serve handle whose
-    router (`OwnerRouter`) sends `to_replica` sessions to that replica."""
-
-    def __init__(self, deployment_id: DeploymentID) -> None:
-        self.deployment_id = deployment_id
-        self.handle = serve.get_deployment_handle(deployment_id.name, deployment_id.app_name)
-        # Its router starts now, and with it the replica-set updates this replica learns the
-        # ring from (deployments.ring).
-        self.handle._init()
-
-    async def call(self, replica: str, method: str, *args: Any, timeout_s: float) -> Any:
-        response = getattr(self.handle.options(session_id=to_replica(replica)), method).remote(
-            *args
-        )
-        try:
-            return await asyncio.wait_for(_result(response), timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            raise
-
-    async def alive(self, replica: str) -> bool:
-        name = ReplicaID(replica, self.deployment_id).to_full_id_str()
-        try:
-            await asyncio.to_thread(ray.get_actor, name, SERVE_NAMESPACE)
-        except ValueError:  # no such actor: it has exited
-            return False
-        return True
-
-
-async def _result(response: Any) -> Any:
-    return await response
 
 
 class HandoffRecorder(Protocol):
@@ -163,6 +136,9 @@ class Handoff:
         self._announced: dict[ImageKey, tuple[str, asyncio.Event]] = {}
         self._given_up: set[tuple[str, str]] = set()
         self._fetches: dict[tuple[ImageKey, str | None], asyncio.Future[bool]] = {}
+        # Requests running here, by key; who waits for a key to have none.
+        self._serving: Counter[ImageKey] = Counter()
+        self._quiet: dict[ImageKey, asyncio.Event] = {}
         self._tasks: set[asyncio.Task] = set()
         self._concurrency = concurrency
         self._sending: asyncio.Semaphore | None = None
@@ -197,7 +173,9 @@ class Handoff:
 
     async def _send_moved(self, ring: Ring) -> None:
         moves: dict[str, list[ImageKey]] = defaultdict(list)
-        for key in self.engine.image_keys():  # most recently used first
+        # Images of requests running here first (they may be embedding them), then the
+        # cached ones, most recently used first.
+        for key in dict.fromkeys([*self._serving, *self.engine.image_keys()]):
             owner = ring.owner(ring_key(key))
             lender = self.borrowed.get(key)
             if lender is not None:
@@ -218,48 +196,78 @@ class Handoff:
                 len(moves),
             )
         await asyncio.gather(
-            *(self._notify(t, "handoff_manifest", self.me, ring.version, moves[t]) for t in targets)
+            *(self._notify(t, "manifest", self.me, ring.version, moves[t]) for t in targets)
         )
-        await asyncio.gather(*(self._deliver(t, k) for t, keys in moves.items() for k in keys))
-        await asyncio.gather(
-            *(self._notify(t, "handoff_settled", self.me, ring.version) for t in targets)
-        )
+        batches = [
+            (target, keys[i : i + BATCH_IMAGES])
+            for target, keys in moves.items()
+            for i in range(0, len(keys), BATCH_IMAGES)
+        ]
+        await asyncio.gather(*(self._deliver(target, keys) for target, keys in batches))
+        await asyncio.gather(*(self._notify(t, "settled", self.me, ring.version) for t in targets))
 
-    async def _deliver(self, target: str, key: ImageKey) -> None:
-        """Send one image to `target`, then forget it here, delivered or not."""
+    async def _deliver(self, target: str, keys: list[ImageKey]) -> None:
+        """Send images to `target` in one call, then forget them here, delivered or not."""
         if self._sending is None:
             self._sending = asyncio.Semaphore(self._concurrency)
         async with self._sending:
+            await self._until_served(keys)
             started = time.perf_counter()
-            state = await asyncio.to_thread(self.engine.export_image, key)
-            if state is None:  # evicted meanwhile
+            exported = await asyncio.to_thread(
+                lambda: [(key, self.engine.export_image(key)) for key in keys]
+            )
+            states = [(key, state) for key, state in exported if state is not None]
+            if not states:  # evicted meanwhile
                 return
             try:
                 accepted = await self.peers.call(
-                    target, "handoff_adopt", self.me, key, state, timeout_s=self.timeout_s
+                    target, "adopt", self.me, states, timeout_s=self.timeout_s
                 )
-            except Exception as error:  # any failure: the image is lost
+            except Exception as error:  # any failure: the images are lost
                 logger.warning(
-                    "segmenter %s: hand-off of %s to %s failed (%s): dropped",
+                    "segmenter %s: hand-off of %d image(s) to %s failed (%s): dropped",
                     self.me,
-                    key[1],
+                    len(states),
                     target,
                     type(error).__name__,
                 )
-                accepted = False
+                accepted = [False] * len(states)
             finally:
-                self.engine.drop_image(key, state.content_digest)
-                self._lent.pop(key, None)
-            if accepted and self.recorder is not None:
-                self.recorder.record_handoff("sent", time.perf_counter() - started)
+                for key, state in states:
+                    self.engine.drop_image(key, state.content_digest)
+                    self._lent.pop(key, None)
+            if self.recorder is not None:
+                # What one image cost, the call's time shared among the images it carried.
+                each = (time.perf_counter() - started) / len(states)
+                for kept in accepted:
+                    if kept:
+                        self.recorder.record_handoff("sent", each)
+
+    async def _until_served(self, keys: list[ImageKey]) -> None:
+        """Wait (bounded) until no request for `keys` runs here."""
+        waits = [
+            self._quiet.setdefault(key, asyncio.Event()).wait()
+            for key in keys
+            if key in self._serving
+        ]
+        if waits:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), self.timeout_s)
 
     async def _notify(self, target: str, method: str, *args: Any) -> None:
         try:
-            await self.peers.call(target, method, *args, timeout_s=self.timeout_s)
+            await self.peers.notify(target, method, *args, timeout_s=self.timeout_s)
         except Exception as error:  # the receiver's wait is bounded
             logger.info("segmenter %s: %s to %s failed: %r", self.me, method, target, error)
 
     # Receiving ---------------------------------------------------------------------------
+
+    async def answer(self, method: str, args: tuple) -> Any:
+        """Another replica's call (`Peers.call`)."""
+        if method not in CALLS:
+            raise ValueError(f"no hand-off call {method!r}")
+        result = getattr(self, method)(*args)
+        return await result if inspect.isawaitable(result) else result
 
     def manifest(self, sender: str, version: str, keys: Iterable[ImageKey]) -> None:
         """`sender` announces the images it is about to send here for ring `version`."""
@@ -278,19 +286,25 @@ class Handoff:
                 del self._announced[key]
                 announced[1].set()
 
-    async def adopt(self, sender: str, key: ImageKey, state: ImageState) -> bool:
-        """An image `sender` no longer owns; returns whether it is kept."""
-        key = tuple(key)  # type: ignore[assignment]
-        before = self.engine.image_version(key)
+    async def adopt(self, sender: str, states: list[tuple[ImageKey, ImageState]]) -> list[bool]:
+        """Images `sender` no longer owns; returns which are kept."""
+        states = [(tuple(key), state) for key, state in states]  # type: ignore[misc]
+        before = {key: self.engine.image_version(key) for key, _ in states}
         started = time.perf_counter()
-        accepted = await asyncio.to_thread(self.engine.adopt_image, key, state)
-        announced = self._announced.pop(key, None)
-        if announced is not None:
-            announced[1].set()
-        if accepted:
+        accepted = await asyncio.to_thread(
+            lambda: [self.engine.adopt_image(key, state) for key, state in states]
+        )
+        each = (time.perf_counter() - started) / len(states)
+        for (key, state), kept in zip(states, accepted, strict=True):
+            announced = self._announced.pop(key, None)
+            if announced is not None:
+                announced[1].set()
+            if not kept:
+                continue
             if self.recorder is not None:
-                self.recorder.record_handoff("received", time.perf_counter() - started)
-            if before is not None and before[0] != state.content_digest:
+                self.recorder.record_handoff("received", each)
+            old = before[key]
+            if old is not None and old[0] != state.content_digest:
                 await self._invalidate(key, state.sent_at)
             self._spawn(self._send_on_if_not_mine(key))
         return accepted
@@ -314,6 +328,26 @@ class Handoff:
 
     # Requests ----------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def serving(
+        self, request: ImageRequest, forwarded: bool = False
+    ) -> AsyncIterator[str | None]:
+        """Around a request served here: first its image, from the replica that has it if
+        that is another (`prepare`); yields the owner to forward the request to instead, or
+        None to serve it here. While the request runs, its image is not sent away (it may
+        be embedding it: the image goes once that is done)."""
+        key = request_key(request)
+        self._serving[key] += 1
+        try:
+            yield await self.prepare(request, forwarded)
+        finally:
+            self._serving[key] -= 1
+            if not self._serving[key]:
+                del self._serving[key]
+                quiet = self._quiet.pop(key, None)
+                if quiet is not None:
+                    quiet.set()
+
     async def prepare(self, request: ImageRequest, forwarded: bool = False) -> str | None:
         """Before the engine serves `request` here: get its image from the replica that has
         it, if that is another. Returns the owner to forward the request to instead, or
@@ -329,13 +363,12 @@ class Handoff:
             return None
         if await self._fetch(owner, key, digest):
             return None
+        logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
         return owner
 
     async def forward(self, owner: str, operation: str, request: ImageRequest) -> Any:
-        """Serve `request` on its owner (`handoff_forwarded` there) and return its reply."""
-        return await self.peers.call(
-            owner, "handoff_forwarded", operation, request, timeout_s=FORWARD_TIMEOUT_S
-        )
+        """Serve `request` on its owner and return the owner's reply."""
+        return await self.peers.forward(owner, operation, request, FORWARD_TIMEOUT_S)
 
     async def after(self, request: ImageRequest, embedding_cache: str) -> None:
         """After the engine served `request` here: borrowers forget an older picture, and an
@@ -350,9 +383,7 @@ class Handoff:
 
     async def _invalidate(self, key: ImageKey, sent_at: float) -> None:
         borrowers = self._lent.pop(key, set())
-        await asyncio.gather(
-            *(self._notify(b, "handoff_forget", key, sent_at) for b in sorted(borrowers))
-        )
+        await asyncio.gather(*(self._notify(b, "forget", key, sent_at) for b in sorted(borrowers)))
 
     async def _send_on_if_not_mine(self, key: ImageKey) -> None:
         """An image reached this replica though its ring names another owner (routers or
@@ -363,7 +394,7 @@ class Handoff:
             return
         owner = self.ring.owner(ring_key(key))
         if owner is not None and owner != self.me:
-            await self._deliver(owner, key)
+            await self._deliver(owner, [key])
 
     async def _fetch(self, owner: str, key: ImageKey, digest: str | None) -> bool:
         """Borrow the owner's picture of `key` (that picture, given `digest`); one fetch at a
@@ -377,7 +408,7 @@ class Handoff:
             started = time.perf_counter()
             try:
                 state = await self.peers.call(
-                    owner, "handoff_export", key, digest, self.me, timeout_s=self.timeout_s
+                    owner, "export", key, digest, self.me, timeout_s=self.timeout_s
                 )
             except Exception as error:  # the owner will serve it itself
                 logger.info("segmenter %s: fetch of %s failed: %r", self.me, key[1], error)
@@ -400,7 +431,9 @@ class Handoff:
 
     async def _await_incoming(self, key: ImageKey) -> None:
         """Wait (bounded) for `key` if a replica that owned it before is sending it here."""
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.timeout_s
         if key not in self._announced and self.ring is not None:
             version = self.ring.version
             for sender in self._previous_owners(key):
@@ -412,7 +445,14 @@ class Handoff:
         announced = self._announced.get(key)
         if announced is not None:
             sender, arrived = announced
-            await self._wait(arrived, sender, deadline)
+            if not await self._wait(arrived, sender, deadline) or not self.engine.holds(key):
+                logger.info(
+                    "segmenter %s: %s was announced by %s but did not arrive in %.1f s",
+                    self.me,
+                    key[1],
+                    sender,
+                    loop.time() - started,
+                )
 
     def _previous_owners(self, key: ImageKey) -> list[str]:
         """Replicas that owned `key` on the rings this replica saw before, and on the

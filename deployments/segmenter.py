@@ -6,8 +6,8 @@ engine's calls block (model and image decoding), so they run on a small thread p
 on the replica's event loop.
 
 Each replica knows which images it owns (`deployments.ring`) and moves images between owners
-when the replica set changes or a helper needs one (`deployments.handoff`); its `handoff_*`
-methods are that protocol's, called by the other replicas only.
+when the replica set changes or a helper needs one (`deployments.handoff`, through
+`deployments.peers`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from ray import serve
 
-from deployments.handoff import Handoff, RayPeers
+from deployments.handoff import Handoff
 from deployments.metrics import SegmenterMetrics
 from deployments.operations import OPERATIONS, Operation, Reply, run
+from deployments.peers import RayPeers
 from deployments.ring import RINGS, deployment_name
 from deployments.settings import SegmenterSettings
 from sam3_core.calls import ImageRequest
-from sam3_core.engine import ImageKey, Segmenter
-from sam3_core.handoff import ImageState
+from sam3_core.engine import Segmenter
 from sam3_core.settings import EngineSettings
 
 logger = logging.getLogger("ray.serve")
@@ -49,7 +49,7 @@ class SegmenterReplica:
         self.handoff = Handoff(
             self.engine,
             self.replica,
-            RayPeers(replica_id.deployment_id),
+            RayPeers(replica_id, answer=lambda method, args: self.handoff.answer(method, args)),
             SegmenterSettings(**engine_settings).handoff_timeout_seconds,
             self.metrics,
         )
@@ -73,43 +73,23 @@ class SegmenterReplica:
     async def _serve(
         self, operation: Operation, request: ImageRequest, forwarded: bool = False
     ) -> Reply:
-        owner = await self.handoff.prepare(request, forwarded)
-        if owner is not None:  # not ours, and the owner's picture could not be fetched
-            return await self.handoff.forward(owner, operation.name, request)
-        try:
-            reply = await asyncio.get_running_loop().run_in_executor(
-                self._pool, run, self.engine, operation, request, self.replica
-            )
-        finally:
-            self.metrics.record_stats(self.engine.stats())
-        self.metrics.record_timings(reply.timings)
-        await self.handoff.after(request, reply.embedding_cache)
-        return reply
-
-    # The hand-off protocol (deployments.handoff), called by the other replicas.
+        async with self.handoff.serving(request, forwarded) as owner:
+            if owner is not None:  # not ours, and the owner's picture could not be fetched
+                return await self.handoff.forward(owner, operation.name, request)
+            try:
+                reply = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, run, self.engine, operation, request, self.replica
+                )
+            finally:
+                self.metrics.record_stats(self.engine.stats())
+            self.metrics.record_timings(reply.timings)
+            await self.handoff.after(request, reply.embedding_cache)
+            return reply
 
     async def handoff_forwarded(self, operation: str, request: ImageRequest) -> Reply:
-        """A request another replica sent on to this one, its image's owner."""
+        """A request another replica sent on to this one, its image's owner (a helper that
+        could not get the image's picture, `deployments.handoff`)."""
         return await self._serve(_BY_NAME[operation], request, forwarded=True)
-
-    async def handoff_manifest(self, sender: str, version: str, keys: list[ImageKey]) -> None:
-        self.handoff.manifest(sender, version, keys)
-
-    async def handoff_settled(self, sender: str, version: str) -> None:
-        self.handoff.settled(sender, version)
-
-    async def handoff_adopt(self, sender: str, key: ImageKey, state: ImageState) -> bool:
-        accepted = await self.handoff.adopt(sender, key, state)
-        self.metrics.record_stats(self.engine.stats())
-        return accepted
-
-    async def handoff_export(
-        self, key: ImageKey, content_digest: str | None, borrower: str
-    ) -> ImageState | None:
-        return await self.handoff.export(key, content_digest, borrower)
-
-    async def handoff_forget(self, key: ImageKey, sent_at: float) -> None:
-        self.handoff.forget(key, sent_at)
 
     def __del__(self) -> Awaitable[None] | None:
         """Serve calls this when it stops the replica, and awaits what it returns (within

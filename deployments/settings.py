@@ -72,7 +72,7 @@ class SegmenterSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAM3_", extra="ignore", frozen=True)
 
     handoff_timeout_seconds: float = Field(
-        10.0,
+        30.0,
         gt=0,
         description="Longest a replica waits for one step of a hand-off: a request for an "
         "image moving to it, a call to another replica. Past it, the image counts as lost.",

@@ -216,8 +216,12 @@ class Segmenter:
         )
 
     def image_keys(self) -> list[ImageKey]:
-        """The keys of the cached images, most recently used first."""
-        return self.embeddings.lru_order()[::-1]
+        """The keys of the images cached or being embedded, most recently used first (those
+        being embedded before all)."""
+        with self._inflight_lock:
+            pending = [key for key, _ in self._inflight]
+        cached = self.embeddings.lru_order()[::-1]
+        return list(dict.fromkeys(pending[::-1] + cached))
 
     def holds(self, key: ImageKey, content_digest: str | None = None) -> bool:
         """Whether `key` holds a picture (that picture, when `content_digest` is given)."""

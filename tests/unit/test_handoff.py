@@ -22,7 +22,8 @@ from deployments.ring import Ring
 from deployments.segmenter import SegmenterReplica
 from sam3_core import EmbedRequest, ImageNotCachedError, SegmentRequest
 from sam3_core.images import content_id
-from tests.unit.test_engine import clicks, images
+from tests.conftest import encode_image, random_pixels
+from tests.unit.test_engine import GatedEncode, clicks, images
 
 TIMEOUT_S = 3.0
 
@@ -50,14 +51,29 @@ class LocalPeers:
         self.cluster = cluster
         self.me = me
 
-    async def call(self, replica: str, method: str, *args: Any, timeout_s: float) -> Any:
+    def _target(self, replica: str) -> SegmenterReplica:
         target = self.cluster.replicas.get(replica)
         if target is None or {replica, self.me} & self.cluster.dead:
             raise ConnectionError(f"{replica} or {self.me} is gone")
+        return target
+
+    async def call(self, replica: str, method: str, *args: Any, timeout_s: float) -> Any:
+        target = self._target(replica)
         self.cluster.calls.append((self.me, replica, method))
-        args = pickle.loads(pickle.dumps(args))  # what crosses between actors is a copy
-        result = await asyncio.wait_for(getattr(target, method)(*args), timeout_s)
+        args = pickle.loads(pickle.dumps(args))  # what crosses between replicas is a copy
+        result = await asyncio.wait_for(target.handoff.answer(method, args), timeout_s)
         return pickle.loads(pickle.dumps(result))
+
+    async def notify(self, replica: str, method: str, *args: Any, timeout_s: float) -> None:
+        target = self._target(replica)
+        self.cluster.calls.append((self.me, replica, method))
+        args = pickle.loads(pickle.dumps(args))
+        await target.handoff.answer(method, args)
+
+    async def forward(self, replica: str, operation: str, request: Any, timeout_s: float) -> Any:
+        target = self._target(replica)
+        self.cluster.calls.append((self.me, replica, "forward"))
+        return await asyncio.wait_for(target.handoff_forwarded(operation, request), timeout_s)
 
     async def alive(self, replica: str) -> bool:
         return replica in self.cluster.replicas and replica not in self.cluster.dead
@@ -357,5 +373,64 @@ def test_logits_move_with_the_image(cluster):
         reply = await owner_call(cluster, two, SEGMENT, refine)
         assert reply.replica == owner and reply.headers["x-sam3-logits-cache"] == "hit"
         assert np.array_equal(reply.body, expected.body)
+
+    asyncio.run(scenario())
+
+
+def test_an_image_being_embedded_when_its_owner_leaves_follows_it(cluster, monkeypatch):
+    """A replica leaves while it embeds an image: the image is in its manifest, and its new
+    owner's click waits for it instead of a 404."""
+
+    async def scenario() -> None:
+        for name in ("a", "b"):
+            cluster.start(name)
+        two = cluster.ring("a", "b")
+        image_id = next(i for i in IDS if two.owner(i) == "b")
+        leaving = cluster.replicas["b"]
+        gate = GatedEncode(leaving.engine, monkeypatch).hold(70, 90)
+        data = encode_image(random_pixels(5, 70, 90))
+        embedding = asyncio.ensure_future(leaving._serve(EMBED, embed(data, image_id)))
+        await asyncio.sleep(0.3)  # the embed is running on "b"
+        one = cluster.ring("a")
+        click_by_id = asyncio.ensure_future(owner_call(cluster, one, SEGMENT, click(image_id)))
+        await asyncio.sleep(0.3)
+        assert not click_by_id.done()  # waiting for the image, not a 404
+        gate.set()
+        assert (await embedding).embedding_cache == "miss"
+        reply = await asyncio.wait_for(click_by_id, TIMEOUT_S)
+        assert (reply.replica, reply.embedding_cache) == ("a", "handoff")
+
+    asyncio.run(scenario())
+
+
+def test_an_image_whose_request_waits_in_the_leaving_replica_follows_it(cluster, monkeypatch):
+    """The request that brings the image is still queued for an engine thread when its
+    replica leaves: the image is announced, and sent once that request is done."""
+
+    async def scenario() -> None:
+        for name in ("a", "b"):
+            cluster.start(name)
+        two = cluster.ring("a", "b")
+        image_id = next(i for i in IDS if two.owner(i) == "b")
+        leaving = cluster.replicas["b"]
+        leaving._pool = ThreadPoolExecutor(1)
+        gate = GatedEncode(leaving.engine, monkeypatch).hold(70, 90)
+        blocker = asyncio.ensure_future(
+            leaving._serve(EMBED, embed(encode_image(random_pixels(6, 70, 90)), "blocker"))
+        )
+        await asyncio.sleep(0.2)  # the only engine thread is busy
+        data = encode_image(random_pixels(7, 60, 80))
+        queued = asyncio.ensure_future(leaving._serve(EMBED, embed(data, image_id)))
+        await asyncio.sleep(0.2)
+        one = cluster.ring("a")
+        click_by_id = asyncio.ensure_future(owner_call(cluster, one, SEGMENT, click(image_id)))
+        await asyncio.sleep(0.3)
+        assert not click_by_id.done()
+        gate.set()
+        await blocker
+        assert (await queued).embedding_cache == "miss"
+        reply = await asyncio.wait_for(click_by_id, TIMEOUT_S)
+        assert (reply.replica, reply.embedding_cache) == ("a", "handoff")
+        assert reply.body == (await owner_call(cluster, one, SEGMENT, click("p", data))).body
 
     asyncio.run(scenario())
