@@ -26,8 +26,11 @@ LOAD_FACTOR = 1.25  # HAProxy's example hash-balance-factor is 125.
 
 @dataclass(frozen=True)
 class HotWorkload:
+    """`annotators` share `images` images (annotator i works on image i mod `images`), each
+    embedding it, then clicking `clicks` times; each run uses `images` of these counts."""
+
     annotators: int
-    images: int
+    images: tuple[int, ...]
     clicks: int
     think_s: float
     replicas: int
@@ -35,14 +38,16 @@ class HotWorkload:
     seed: int = 0
 
 
-HOT_QUICK = HotWorkload(annotators=8, images=2, clicks=4, think_s=0.1, replicas=4)
-HOT_FULL = HotWorkload(annotators=16, images=2, clicks=12, think_s=0.3, replicas=4)
+HOT_QUICK = HotWorkload(annotators=6, images=(1,), clicks=4, think_s=0.05, replicas=3)
+HOT_FULL = HotWorkload(annotators=16, images=(1, 2), clicks=12, think_s=0.3, replicas=4)
 
 
 class TeamMember(Annotator):
     """An annotator on one of the team's shared images."""
 
-    def __init__(self, index: int, hot: HotWorkload, base_url: str, recorder: Recorder) -> None:
+    def __init__(
+        self, index: int, hot: HotWorkload, images: int, base_url: str, recorder: Recorder
+    ) -> None:
         workload = Workload(
             annotators=hot.annotators,
             images_per_annotator=1,
@@ -53,8 +58,8 @@ class TeamMember(Annotator):
             seed=hot.seed,
         )
         super().__init__(index, workload, base_url, recorder, "hot")
-        self.image_id = f"hot-{index % hot.images}"
-        self.images[self.image_id] = 50_000 + index % hot.images
+        self.image_id = f"hot{images}-{index % images}"
+        self.images[self.image_id] = 50_000 + index % images
 
     def run(self, stop: threading.Event | None = None) -> None:
         self.work(self.image_id, self.workload.clicks, embed_first=True)
@@ -73,29 +78,35 @@ def variants(hot: HotWorkload) -> list[Variant]:
 
 
 def hot_run(base_url: str, metrics: Metrics, hot: HotWorkload) -> dict:
-    """Both variants deployed together, the team working on one after the other."""
+    """Both variants deployed together; for each image count, the team works on one
+    variant, then on the other."""
     chosen = variants(hot)
     deploy(chosen, base_url, {v.name: hot.replicas for v in chosen})
-    baselines = metrics.settled_totals()
     runs = []
-    for variant in chosen:
-        recorder = Recorder()
-        team = [TeamMember(i, hot, variant.url(base_url), recorder) for i in range(hot.annotators)]
-        threads = [threading.Thread(target=member.run) for member in team]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        after = metrics.settled_totals().get(variant.app, dict.fromkeys(SERVER_COUNTERS, 0.0))
-        before = baselines.get(variant.app, dict.fromkeys(SERVER_COUNTERS, 0.0))
-        runs.append(summary(variant, recorder, {k: after[k] - before[k] for k in SERVER_COUNTERS}))
-        row = runs[-1]
-        print(
-            f"hot images, {variant.name}: click p50/p99 {row['click']['p50_ms']:.0f}/"
-            f"{row['click']['p99_ms']:.0f} ms, {row['embeddings_computed']} embeddings, "
-            f"{row['throughput_rps']:.1f} req/s, clicks by replica {row['clicks_by_replica']}",
-            flush=True,
-        )
+    for images in hot.images:
+        for variant in chosen:
+            before = metrics.settled_totals().get(variant.app, dict.fromkeys(SERVER_COUNTERS, 0.0))
+            recorder = Recorder()
+            team = [
+                TeamMember(i, hot, images, variant.url(base_url), recorder)
+                for i in range(hot.annotators)
+            ]
+            threads = [threading.Thread(target=member.run) for member in team]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            after = metrics.settled_totals().get(variant.app, dict.fromkeys(SERVER_COUNTERS, 0.0))
+            server = {k: after[k] - before[k] for k in SERVER_COUNTERS}
+            row = {"images": images, **summary(variant, recorder, server)}
+            runs.append(row)
+            print(
+                f"hot, {images} image(s), {variant.name}: click p50/p99 "
+                f"{row['click']['p50_ms']:.0f}/{row['click']['p99_ms']:.0f} ms, "
+                f"{row['embeddings_computed']} embeddings, {row['throughput_rps']:.1f} req/s, "
+                f"clicks by replica {row['clicks_by_replica']}",
+                flush=True,
+            )
     return {"workload": asdict(hot), "load_factor": LOAD_FACTOR, "runs": runs}
 
 
@@ -127,6 +138,7 @@ def summary(variant: Variant, recorder: Recorder, server: dict[str, float]) -> d
                 for e in clicks
             )
         ),
+        "clicks_on_helpers": sum(1 for e in clicks if e.replica not in owners.values()),
         "requests": len(events),
         "throughput_rps": len(events) / duration,
         "errors_by_status": dict(Counter(str(e.status) for e in events if e.status != 200)),

@@ -107,8 +107,8 @@ def scale_latency(plt: object, scale: dict, save: object) -> None:
 
 def hot(plt: object, hot_report: dict, save: object) -> None:
     runs = hot_report["runs"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    names = [run["variant"] for run in runs]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [f"{run['images']} image(s)\n{run['variant'].removeprefix('hot-')}" for run in runs]
     x = np.arange(len(runs))
     for i, (key, label) in enumerate((("p50_ms", "click p50"), ("p99_ms", "click p99"))):
         ax.bar(x + (i - 0.5) * 0.35, [run["click"][key] for run in runs], 0.35, label=label)
@@ -116,8 +116,8 @@ def hot(plt: object, hot_report: dict, save: object) -> None:
     ax.set_ylabel("ms")
     workload = hot_report["workload"]
     ax.set_title(
-        f"{workload['annotators']} annotators on {workload['images']} images, "
-        f"R = {workload['replicas']}: strict affinity vs load bound {hot_report['load_factor']}"
+        f"{workload['annotators']} annotators on shared images, R = {workload['replicas']}: "
+        f"strict affinity vs load bound {hot_report['load_factor']}"
     )
     ax.legend()
     save(fig, "hot")
