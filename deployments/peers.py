@@ -46,12 +46,22 @@ REPLY_BY_REFERENCE = frozenset({"export"})
 
 class HandoffBoard:
     """Mailboxes of one deployment's replicas. Messages nobody took within `ttl_s` (their
-    addressee is gone) are dropped."""
+    addressee is gone) are dropped.
+
+    Serve keeps one board per code version of the deployment: replicas of an older version
+    (a redeploy replacing them, perhaps with another model) never exchange images with the
+    new ones, and `knows` tells a replica which others read this board."""
 
     def __init__(self, ttl_s: float = 120.0) -> None:
         self.ttl_s = ttl_s
         self._boxes: dict[str, list[tuple[float, tuple]]] = defaultdict(list)
         self._arrived: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._readers: dict[str, float] = {}
+
+    async def knows(self, replica: str) -> bool:
+        """Whether `replica` read its mailbox here lately."""
+        seen = self._readers.get(replica)
+        return seen is not None and time.monotonic() - seen < self.ttl_s
 
     async def post(self, to: str, message: tuple) -> None:
         now = time.monotonic()
@@ -66,6 +76,7 @@ class HandoffBoard:
 
     async def take(self, me: str, wait_s: float) -> list[tuple]:
         """`me`'s messages, waiting up to `wait_s` for one."""
+        self._readers[me] = time.monotonic()
         if not self._boxes.get(me):
             arrived = self._arrived[me]
             arrived.clear()
@@ -124,6 +135,12 @@ class RayPeers:
             raise
 
     async def alive(self, replica: str) -> bool:
+        """A replica of this code version (it reads this board) whose actor still runs."""
+        try:
+            if not await self._board.knows.remote(replica):
+                return False
+        except Exception:  # the board is being recreated: ask Ray alone
+            pass
         name = ReplicaID(replica, self.deployment_id).to_full_id_str()
         try:
             await asyncio.to_thread(ray.get_actor, name, SERVE_NAMESPACE)

@@ -81,9 +81,8 @@ def scale_latency(plt: object, scale: dict, save: object) -> None:
         ax.plot(centres, medians, color="black", label="click p50 (2 s windows)")
     for event in scale["scale_events"]:
         ax.axvline(event["t"], color="red", linestyle="--")
-        ax.text(
-            event["t"], ax.get_ylim()[1] * 0.9, f" -> {event['replicas']} replicas", color="red"
-        )
+        label = f" {event.get('from_replicas', '')}→{event['replicas']}"
+        ax.text(event["t"], ax.get_ylim()[1] * 0.9, label, color="red")
     ax.set_yscale("log")
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("latency (ms)")
