@@ -124,9 +124,10 @@ class Handoff:
         self._history: deque[Ring] = deque(maxlen=RING_HISTORY)
         self._without_me: Ring | None = None
         # Helper side: borrowed key -> the owner it came from; per key, the `sent_at` of the
-        # owner's newer content (an older borrowed copy arriving late is refused).
+        # owner's newer content (an older borrowed copy arriving late is refused) and when
+        # that was heard.
         self.borrowed: dict[ImageKey, str] = {}
-        self._forgotten: dict[ImageKey, float] = {}
+        self._forgotten: dict[ImageKey, tuple[float, float]] = {}
         # Owner side: who holds a borrowed copy of each key.
         self._lent: dict[ImageKey, set[str]] = defaultdict(set)
         # Receiving side: manifests by (sender, ring version); images announced and not yet
@@ -158,6 +159,8 @@ class Handoff:
             for sender_version in [k for k in table if k[1] not in versions]:
                 del table[sender_version]
         self._given_up = {k for k in self._given_up if k[1] in versions}
+        for key in [k for k in self._lent if not self.engine.holds(k)]:  # evicted here
+            del self._lent[key]
         logger.info("segmenter %s: ring of %d replicas", self.me, len(ring.replicas))
         self._spawn(self._send_moved(ring))
 
@@ -320,9 +323,15 @@ class Handoff:
         return state
 
     def forget(self, key: ImageKey, sent_at: float) -> None:
-        """The owner has newer content of `key` (sent at `sent_at`): drop a borrowed copy."""
+        """The owner has newer content of `key` (sent at `sent_at`): drop a borrowed copy,
+        and refuse an older one still on its way (for as long as a fetch may take)."""
         key = tuple(key)  # type: ignore[assignment]
-        self._forgotten[key] = max(self._forgotten.get(key, -math.inf), sent_at)
+        now = time.monotonic()
+        self._forgotten = {
+            k: (t, at) for k, (t, at) in self._forgotten.items() if now - at < self.timeout_s
+        }
+        previous = self._forgotten.get(key, (-math.inf, now))[0]
+        self._forgotten[key] = (max(previous, sent_at), now)
         if self.borrowed.pop(key, None) is not None:
             self.engine.drop_image(key)
 
@@ -378,7 +387,11 @@ class Handoff:
             version = self.engine.image_version(key)
             if version is not None:
                 await self._invalidate(key, version[1])
-        if self.ring is not None and self.ring.owner(ring_key(key)) not in (None, self.me):
+        if (
+            key not in self.borrowed
+            and self.ring is not None
+            and self.ring.owner(ring_key(key)) not in (None, self.me)
+        ):
             self._spawn(self._send_on_if_not_mine(key))
 
     async def _invalidate(self, key: ImageKey, sent_at: float) -> None:
@@ -415,7 +428,7 @@ class Handoff:
                 state = None
             if (
                 state is not None
-                and self._forgotten.get(key, -math.inf) <= state.sent_at
+                and self._forgotten.get(key, (-math.inf, 0.0))[0] <= state.sent_at
                 and await asyncio.to_thread(self.engine.adopt_image, key, state)
             ):
                 self.borrowed[key] = owner
@@ -445,7 +458,9 @@ class Handoff:
         announced = self._announced.get(key)
         if announced is not None:
             sender, arrived = announced
-            if not await self._wait(arrived, sender, deadline) or not self.engine.holds(key):
+            if not await self._wait(arrived, sender, deadline):
+                self._stop_waiting_for(sender)
+            if not self.engine.holds(key):
                 logger.info(
                     "segmenter %s: %s was announced by %s but did not arrive in %.1f s",
                     self.me,
@@ -453,6 +468,13 @@ class Handoff:
                     sender,
                     loop.time() - started,
                 )
+
+    def _stop_waiting_for(self, sender: str) -> None:
+        """`sender` is gone or too slow: nothing more it announced is awaited."""
+        for key, (announcer, arrived) in list(self._announced.items()):
+            if announcer == sender:
+                del self._announced[key]
+                arrived.set()
 
     def _previous_owners(self, key: ImageKey) -> list[str]:
         """Replicas that owned `key` on the rings this replica saw before, and on the
