@@ -140,7 +140,11 @@ class LocalCluster:
         self.cluster.shutdown()
 
 
-def start_local_cluster(workers: int = 2, head_cpus: float = 4, head_gpus: int = 0) -> LocalCluster:
+def start_local_cluster(
+    workers: int = 2, head_cpus: float = 4, object_store_mib: int = 128, head_gpus: int = 0
+) -> LocalCluster:
+    """`object_store_mib` on the head: what passes through it (request bodies, images handed
+    between replicas) beyond it spills to disk."""
     head_port = free_port()
     cluster = Cluster(
         initialize_head=True,
@@ -149,7 +153,7 @@ def start_local_cluster(workers: int = 2, head_cpus: float = 4, head_gpus: int =
             "num_gpus": head_gpus,
             "include_dashboard": False,
             "metrics_export_port": head_port,
-            "object_store_memory": 128 * 2**20,
+            "object_store_memory": object_store_mib * 2**20,
             "_system_config": {"metrics_report_interval_ms": 1000},
         },
     )

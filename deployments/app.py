@@ -18,23 +18,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import DeploymentActorConfig
 
 from deployments.ingress import Ingress
+from deployments.peers import BOARD, HandoffBoard
 from deployments.segmenter import SegmenterReplica
-from deployments.settings import IngressSettings
+from deployments.settings import IngressSettings, SegmenterSettings
 from sam3_core.settings import EngineSettings
 
 logger = logging.getLogger("ray.serve")
 
 ROUTERS = {
-    # Ours: every image has one owner replica, so its embedding is computed once.
-    "consistent_hash": "ray.serve.experimental.consistent_hash_router:ConsistentHashRouter",
+    # Ours: every image has one owner replica, so its embedding is computed once. Ray Serve's
+    # ConsistentHashRouter, publishing its ring to the replicas (hand-offs between them) and
+    # with an optional load bound (deployments/router.py).
+    "consistent_hash": "deployments.router:OwnerRouter",
     # Ray Serve's default, and round robin: for the benchmark's side-by-side comparison.
     "power_of_two": "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter",
     "round_robin": "ray.serve.experimental.round_robin_router:RoundRobinRouter",
 }
 
 _BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
+CPU_NODE_SHARE = 0.001
 # Options of each deployment unless serve_config.yaml's `deployments:` entry sets them.
 DEPLOYMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "Segmenter": {
@@ -79,6 +84,21 @@ class AppArgs(BaseModel):
         description="consistent_hash only: replicas tried after a busy owner. 0 = strict "
         "affinity (the overloaded owner's callers queue, then get 503).",
     )
+    load_factor: float | None = Field(
+        None,
+        ge=1,
+        description="consistent_hash only: bounded load for hot images. A click whose owner "
+        "has more than load_factor x the mean requests in flight (and at least "
+        "segmenter_threads) goes to the next replica on the ring, which fetches the owner's "
+        "embedding instead of computing it. None: strict affinity.",
+    )
+    cpu_node_resource: str | None = Field(
+        None,
+        description="A custom Ray resource only CPU worker nodes advertise. When set, the "
+        "ingress replicas and the segmenters' hand-off board each ask for a sliver of it, "
+        "which keeps them off GPU nodes (a GPU node they sat on could never scale in). "
+        "Unset: they run on any node.",
+    )
     engine: dict[str, Any] = Field(
         default_factory=dict,
         description="Settings overriding the SAM3_* environment of every replica, e.g. "
@@ -89,13 +109,14 @@ class AppArgs(BaseModel):
     @classmethod
     def _known_settings(cls, engine: dict[str, Any]) -> dict[str, Any]:
         """Each override is a setting of the engine or of the ingress, with a valid value."""
-        unknown = sorted(set(engine) - set(EngineSettings.model_fields | _ingress_only()))
+        known = EngineSettings.model_fields | _ingress_only() | SegmenterSettings.model_fields
+        unknown = sorted(set(engine) - set(known))
         if unknown:
             raise ValueError(
                 f"unknown setting(s) {unknown}; settings are the SAM3_* variables' names in "
                 "lower case without the prefix, e.g. random_weights, max_prompts"
             )
-        for settings in (EngineSettings, IngressSettings):
+        for settings in (EngineSettings, IngressSettings, SegmenterSettings):
             try:
                 _from_overrides_only(settings)(**_part(engine, settings))
             except ValidationError as error:
@@ -148,9 +169,22 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
         args.router,
     )
     router_kwargs = (
-        {"num_virtual_nodes": 100, "num_fallback_replicas": args.num_fallback_replicas}
+        {
+            "num_virtual_nodes": 100,
+            "num_fallback_replicas": args.num_fallback_replicas,
+            "load_factor": args.load_factor,
+            # Below its engine threads' count a replica starts a request at once.
+            "min_load": args.segmenter_threads,
+        }
         if args.router == "consistent_hash"
         else {}
+    )
+    # A sliver: the resource marks the nodes, CPUs size them.
+    cpu_node = {args.cpu_node_resource: CPU_NODE_SHARE} if args.cpu_node_resource else {}
+    board = DeploymentActorConfig(
+        name=BOARD,
+        actor_class=ray.remote(HandoffBoard),
+        actor_options={"num_cpus": 0, "resources": cpu_node},
     )
     segmenter = serve.deployment(
         SegmenterReplica,
@@ -168,6 +202,8 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
             "request_router_class": ROUTERS[args.router],
             "request_router_kwargs": router_kwargs,
         },
+        # The replicas' mailboxes for hand-offs (deployments/peers.py).
+        deployment_actors=[board],
         **DEPLOYMENT_DEFAULTS["Segmenter"],
     )
     ingress_settings = _part(args.engine, IngressSettings)
@@ -177,13 +213,16 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     ingress = serve.deployment(
         Ingress,
         name="Ingress",
-        ray_actor_options={"num_cpus": args.ingress_cpus},
+        ray_actor_options={"num_cpus": args.ingress_cpus, "resources": cpu_node},
         **{
             **DEPLOYMENT_DEFAULTS["Ingress"],
             "backpressure_config": {**_BACKPRESSURE, "retry_after_s": retry_after},
         },
     )
     return ingress.bind(
-        segmenter.bind(_part(args.engine, EngineSettings), args.segmenter_threads),
+        segmenter.bind(
+            _part(args.engine, EngineSettings) | _part(args.engine, SegmenterSettings),
+            args.segmenter_threads,
+        ),
         ingress_settings,
     )

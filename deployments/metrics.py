@@ -50,6 +50,23 @@ class SegmenterMetrics:
             "sam3_embedding_cache_misses",
             description="Requests whose image was not cached (embedded, or 404 when sent by id).",
         )
+        self.embedding_handoffs = metrics.Counter(
+            "sam3_embedding_cache_handoffs",
+            description="Requests served first from an embedding another replica handed over "
+            "(a moved image's new owner, or a helper of a hot image's owner).",
+        )
+        self.handoff_images = metrics.Counter(
+            "sam3_handoff_images",
+            description="Images moved between replicas: sent to a new owner, received from "
+            "a previous one, or borrowed from the owner by a helper.",
+            tag_keys=("direction",),
+        )
+        self.handoff_latency = metrics.Histogram(
+            "sam3_handoff_latency_seconds",
+            description="Time to move one image between replicas, from export to adoption.",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("direction",),
+        )
         self.embedding_evictions = metrics.Counter(
             "sam3_embedding_cache_evictions", description="Embeddings evicted by the LRU."
         )
@@ -118,6 +135,7 @@ class SegmenterMetrics:
         for counter, field in (
             (self.embedding_hits, "embedding_cache_hits"),
             (self.embedding_misses, "embedding_cache_misses"),
+            (self.embedding_handoffs, "embedding_cache_handoffs"),
             (self.embedding_evictions, "embedding_cache_evictions"),
             (self.logits_hits, "logits_cache_hits"),
             (self.logits_misses, "logits_cache_misses"),
@@ -150,3 +168,8 @@ class SegmenterMetrics:
             self.concept_latency.observe(timings["ground"])
         if "decode" in timings:
             self.decode_latency.observe(timings["decode"] + timings.get("encode", 0.0))
+
+    def record_handoff(self, direction: str, seconds: float) -> None:
+        """One image moved ("sent", "received" or "borrowed"), in `seconds`."""
+        self.handoff_images.inc(tags={"direction": direction})
+        self.handoff_latency.observe(seconds, tags={"direction": direction})

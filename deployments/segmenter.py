@@ -7,6 +7,10 @@ on the replica's event loop. A request the engine refuses (`Sam3Error`: an unkno
 `image_id`, a broken image, ...) is answered with the error as a value, which the ingress
 raises again (`owners.RayOwners`): Ray Serve logs every exception a replica method raises at
 ERROR with its traceback and counts it as a failed request, which a client's mistake is not.
+
+Each replica knows which images it owns (`deployments.ring`) and moves images between owners
+when the replica set changes or a helper needs one (`deployments.handoff`, through
+`deployments.peers`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ from typing import Any
 import torch
 from ray import serve
 
+from deployments.handoff import Handoff
 from deployments.metrics import SegmenterMetrics
 from deployments.operations import OPERATIONS, Operation, Reply, run
+from deployments.peers import RayPeers
+from deployments.ring import RINGS, deployment_name
+from deployments.settings import SegmenterSettings
 from sam3_core.calls import ImageRequest
 from sam3_core.engine import Segmenter
 from sam3_core.errors import ImageBytesNeededError, Sam3Error
@@ -38,10 +46,27 @@ class SegmenterReplica:
 
     def __init__(self, engine_settings: dict[str, Any], threads: int) -> None:
         self.engine = Segmenter.from_settings(EngineSettings(**engine_settings))
-        self.replica = serve.get_replica_context().replica_id.unique_id
+        replica_id = serve.get_replica_context().replica_id
+        self.replica = replica_id.unique_id
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sam3")
         self.metrics = SegmenterMetrics()
         self.metrics.record_stats(self.engine.stats())
+        self.handoff = Handoff(
+            self.engine,
+            self.replica,
+            RayPeers(replica_id, answer=lambda method, args: self.handoff.answer(method, args)),
+            SegmenterSettings(**engine_settings).handoff_timeout_seconds,
+            self.metrics,
+        )
+        # Serve builds the replica on its event loop: ring changes (heard in the router's
+        # thread) are handed to that loop.
+        loop = asyncio.get_running_loop()
+        self._ring_feed = deployment_name(
+            replica_id.deployment_id.app_name, replica_id.deployment_id.name
+        )
+        self._on_ring = lambda ring: loop.call_soon_threadsafe(self.handoff.on_ring, ring)
+        RINGS.subscribe(self._ring_feed, self._on_ring)
+        self._left = False
         logger.info(
             "segmenter %s: %s model on %s, %d worker threads",
             self.replica,
@@ -50,21 +75,42 @@ class SegmenterReplica:
             threads,
         )
 
-    async def _serve(self, operation: Operation, request: ImageRequest) -> Reply | Sam3Error:
+    async def _serve(
+        self, operation: Operation, request: ImageRequest, forwarded: bool = False
+    ) -> Reply | Sam3Error:
         arrived = time.perf_counter()
-        try:
-            reply = await asyncio.get_running_loop().run_in_executor(
-                self._pool, run, self.engine, operation, request, self.replica, arrived
-            )
-        except Sam3Error as error:
-            # A digest-first request without its bytes is routine; the rest are clients'.
-            level = logging.DEBUG if isinstance(error, ImageBytesNeededError) else logging.INFO
-            logger.log(level, "%s refused (%s): %s", operation.name, error.code, error.message)
-            return error
-        finally:
-            self.metrics.record_stats(self.engine.stats())
-        self.metrics.record_timings(operation.name, reply.timings)
-        return reply
+        async with self.handoff.serving(request, forwarded) as owner:
+            if owner is not None:  # not ours, and the owner's picture could not be fetched
+                return await self.handoff.forward(owner, operation.name, request)
+            try:
+                reply = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, run, self.engine, operation, request, self.replica, arrived
+                )
+            except Sam3Error as error:
+                # A digest-first request without its bytes is routine; the rest are clients'.
+                level = logging.DEBUG if isinstance(error, ImageBytesNeededError) else logging.INFO
+                logger.log(level, "%s refused (%s): %s", operation.name, error.code, error.message)
+                return error
+            finally:
+                self.metrics.record_stats(self.engine.stats())
+            self.metrics.record_timings(operation.name, reply.timings)
+            await self.handoff.after(request, reply.embedding_cache)
+            return reply
+
+    async def handoff_forwarded(self, operation: str, request: ImageRequest) -> Reply | Sam3Error:
+        """A request another replica sent on to this one, its image's owner (a helper that
+        could not get the image's picture, `deployments.handoff`)."""
+        return await self._serve(_BY_NAME[operation], request, forwarded=True)
+
+    def __del__(self) -> Awaitable[None] | None:
+        """Serve calls this when it stops the replica, and awaits what it returns (within
+        `graceful_shutdown_timeout_s`): the images go to their next owners first. Not a
+        coroutine function, so that the garbage collector's later call makes none."""
+        if getattr(self, "_left", True):  # called already, or __init__ never finished
+            return None
+        self._left = True
+        RINGS.unsubscribe(self._ring_feed, self._on_ring)
+        return self.handoff.leave()
 
     def check_health(self) -> None:
         """Ray Serve restarts the replica if this raises."""
@@ -84,5 +130,6 @@ def _method(
     return method
 
 
+_BY_NAME = {operation.name: operation for operation in OPERATIONS}
 for _operation in OPERATIONS:
     setattr(SegmenterReplica, _operation.name, _method(_operation))

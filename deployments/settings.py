@@ -1,12 +1,13 @@
-"""The ingress's settings: the request limits it shares with the engine (`RequestLimits`),
-plus what only the HTTP side uses: API keys, the body limit, URL input, `Retry-After`."""
+"""Settings of the deployments beyond the engine's: the ingress's (the request limits it
+shares with the engine, plus what only the HTTP side uses: API keys, the body limit, URL
+input, `Retry-After`), and the segmenter replicas' own (hand-offs between replicas)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import NoDecode
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sam3_core.protocol.url_fetch import UrlPolicy
 from sam3_core.settings import MiB, RequestLimits
@@ -62,3 +63,17 @@ class IngressSettings(RequestLimits):
             timeout_seconds=self.url_timeout_seconds,
             max_redirects=self.url_max_redirects,
         )
+
+
+class SegmenterSettings(BaseSettings):
+    """Read from the environment of each segmenter replica (`SAM3_<NAME>`), beside the
+    engine's `EngineSettings`."""
+
+    model_config = SettingsConfigDict(env_prefix="SAM3_", extra="ignore", frozen=True)
+
+    handoff_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a replica waits for one step of a hand-off: a request for an "
+        "image moving to it, a call to another replica. Past it, the image counts as lost.",
+    )

@@ -29,13 +29,20 @@ K8S = ROOT / "k8s"
 # Where the Serve HTTP proxy listens inside a pod (serve_config.yaml: 127.0.0.1).
 K8S_HTTP_HOST = "0.0.0.0"
 
-# Kustomization folder -> builder `args` it overrides; the base carries none.
+# The Ray resource only the cpu-workers group advertises (base/rayservice.yaml).
+CPU_NODE_RESOURCE = "sam3_cpu_node"
+# Kustomization folder -> builder `args` it overrides (an overlay's add to the base's).
+BASE_OVERRIDES: dict[str, Any] = {
+    # Ingress replicas and the hand-off board on CPU workers only: a GPU pod holding one
+    # could never scale in. Locally (serve_config.yaml) there is no such resource.
+    "cpu_node_resource": CPU_NODE_RESOURCE,
+}
 ARG_OVERRIDES: dict[str, dict[str, Any]] = {
-    "base": {},
+    "base": BASE_OVERRIDES,
     # The cluster starts with no GPU node (gpu-workers minReplicas 0) when the application is
     # built, so `auto` would resolve to the CPU. A GPU per segmenter replica is what makes the
     # autoscaler add GPU nodes.
-    "overlays/gpu": {"segmenter_gpus": 1},
+    "overlays/gpu": {**BASE_OVERRIDES, "segmenter_gpus": 1},
 }
 
 HEADER = """\

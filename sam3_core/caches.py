@@ -22,12 +22,16 @@ from sam3_core.prompts import PromptSet, is_strict_subset
 
 @dataclass
 class CachedEmbedding:
-    """An image's embedding, the SHA-256 of the bytes it was computed from, and `arrival`:
-    the order (larger is later) of the latest request that sent these bytes."""
+    """An image's embedding, the SHA-256 of the bytes it was computed from, and when the
+    latest request that sent these bytes came: `arrival` orders requests within one engine
+    (larger is later), `sent_at` (wall clock) between engines. `handed_off`: obtained from
+    another engine and not yet used here."""
 
     embedding: ImageEmbedding
     content_digest: str
     arrival: int = 0
+    sent_at: float = 0.0
+    handed_off: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -78,16 +82,30 @@ class EmbeddingCache:
         Returns whether `key` now holds `entry`'s content."""
         return self._store(key, entry, latest_only=True)
 
-    def _store(self, key: Hashable, entry: CachedEmbedding, *, latest_only: bool) -> bool:
+    def adopt(self, key: Hashable, entry: CachedEmbedding) -> bool:
+        """Store `entry`, content another engine held, unless `key` holds content sent at the
+        same time or later (`sent_at`); for the content cached already, only note the later
+        `sent_at`. Returns whether `key` now holds `entry`'s content."""
+        return self._store(key, entry, latest_only=True, by_sent_at=True)
+
+    def _store(
+        self,
+        key: Hashable,
+        entry: CachedEmbedding,
+        *,
+        latest_only: bool,
+        by_sent_at: bool = False,
+    ) -> bool:
         dropped: list[tuple[Hashable, CachedEmbedding]] = []
         with self._lock:
             old = self._entries.get(key)
             if latest_only and old is not None:
                 if old.content_digest == entry.content_digest:
                     old.arrival = max(old.arrival, entry.arrival)
+                    old.sent_at = max(old.sent_at, entry.sent_at)
                     self._entries.move_to_end(key)
                     return True
-                if old.arrival > entry.arrival:
+                if (old.sent_at >= entry.sent_at) if by_sent_at else (old.arrival > entry.arrival):
                     return False
             if old is not None and (
                 old.content_digest != entry.content_digest or entry.nbytes > self.max_bytes
@@ -113,13 +131,21 @@ class EmbeddingCache:
         self._notify(dropped)
         return stored
 
-    def discard(self, key: Hashable) -> None:
+    def peek(self, key: Hashable) -> CachedEmbedding | None:
+        """The entry of `key`, without refreshing it."""
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._nbytes -= old.nbytes
-        if old is not None:
-            self._notify([(key, old)])
+            return self._entries.get(key)
+
+    def discard(self, key: Hashable, content_digest: str | None = None) -> bool:
+        """Drop `key`'s entry (only if it holds `content_digest`, when given)."""
+        with self._lock:
+            old = self._entries.get(key)
+            if old is None or content_digest not in (None, old.content_digest):
+                return False
+            del self._entries[key]
+            self._nbytes -= old.nbytes
+        self._notify([(key, old)])
+        return True
 
     def _notify(self, dropped: list[tuple[Hashable, CachedEmbedding]]) -> None:
         if self._on_evict is not None:
@@ -224,6 +250,11 @@ class LogitsCache:
 
     def __len__(self) -> int:
         return len(self._order)
+
+    def entries_for(self, image: Hashable) -> list[CachedLogits]:
+        """The saved prompt sets of `image`, oldest save first."""
+        with self._lock:
+            return list(self._by_image.get(image, {}).values())
 
     def count_for(self, image: Hashable) -> int:
         with self._lock:

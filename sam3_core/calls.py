@@ -15,8 +15,9 @@ import numpy as np
 from sam3_core.concept_prompts import ConceptPrompt
 from sam3_core.prompts import PromptSet
 
-# How a request found its image's embedding: cached already, or computed for it.
-CacheOutcome = Literal["hit", "miss"]
+# How a request found its image's embedding: cached already, computed for it, or obtained
+# from another engine (another replica, when the image changed owner or a helper served it).
+CacheOutcome = Literal["hit", "miss", "handoff"]
 MaskFormat = Literal["polygon", "rle", "binary"]
 
 

@@ -45,6 +45,7 @@ from sam3_core.errors import (
     InvalidImageError,
     MaskBudgetError,
 )
+from sam3_core.handoff import ImageState, moved, portable
 from sam3_core.images import check_image_id, content_id, image_size, load_rgb
 from sam3_core.memory import default_cache_budget, release_freed_memory
 from sam3_core.model import InteractiveSam3
@@ -66,6 +67,7 @@ class EngineStats:
 
     embedding_cache_hits: int
     embedding_cache_misses: int
+    embedding_cache_handoffs: int
     embedding_cache_evictions: int
     embedding_cache_bytes: int
     embedding_cache_entries: int
@@ -132,7 +134,8 @@ class Segmenter:
         self._inflight_lock = threading.Lock()
         self._arrivals = itertools.count(1)
         self._counter_lock = threading.Lock()
-        self._hits = self._misses = self._logits_hits = self._logits_misses = 0
+        self._hits = self._misses = self._handoffs = 0
+        self._logits_hits = self._logits_misses = 0
         logger.info(
             "embedding cache: %.0f MiB, %d images at most (stored as %s)",
             self.embeddings.max_bytes / 2**20,
@@ -336,10 +339,78 @@ class Segmenter:
                 found[text] = entry
         return [found[text] for text in texts], "miss" if missing else "hit"  # type: ignore[misc]
 
+    def image_keys(self) -> list[ImageKey]:
+        """The keys of the images cached or being embedded, most recently used first (those
+        being embedded before all)."""
+        with self._inflight_lock:
+            pending = [key for key, _ in self._inflight]
+        cached = self.embeddings.lru_order()[::-1]
+        return list(dict.fromkeys(pending[::-1] + cached))
+
+    def holds(self, key: ImageKey, content_digest: str | None = None) -> bool:
+        """Whether `key` holds a picture (that picture, when `content_digest` is given)."""
+        cached = self.embeddings.peek(key)
+        return cached is not None and content_digest in (None, cached.content_digest)
+
+    def image_version(self, key: ImageKey) -> tuple[str, float] | None:
+        """(content digest, `sent_at`) of the picture `key` holds, or None."""
+        cached = self.embeddings.peek(key)
+        return None if cached is None else (cached.content_digest, cached.sent_at)
+
+    def export_image(self, key: ImageKey, content_digest: str | None = None) -> ImageState | None:
+        """Everything kept about `key`'s picture (only if it is `content_digest`, when given),
+        for another engine; None when there is no such picture. Like a click by id, it waits
+        for embeds under `key` that reached the engine before it. May block."""
+        self._await_embeds_before(key, next(self._arrivals))
+        cached = self.embeddings.get(key)
+        if cached is None or content_digest not in (None, cached.content_digest):
+            return None
+        return ImageState(
+            content_digest=cached.content_digest,
+            sent_at=cached.sent_at,
+            embedding=portable(cached.embedding),
+            logits=tuple(self.logits.entries_for((key, cached.content_digest))),
+        )
+
+    def adopt_image(self, key: ImageKey, state: ImageState) -> bool:
+        """Keep a picture another engine held under `key`, with its saved logits, unless
+        this engine is computing content for `key` right now or holds content of it sent at
+        the same time or later (`sent_at`): a handed-off picture never replaces newer
+        content. The same picture already held gains the other engine's saved logits.
+
+        Returns whether `key` now holds `state`'s picture; the first request served from it
+        reports "handoff"."""
+        if self.model.concepts is not None and state.embedding.trunk is None:
+            return False  # from an engine without concepts: concept queries need the trunk
+        entry = CachedEmbedding(
+            moved(state.embedding, self.model.device, self._store_dtype),
+            state.content_digest,
+            sent_at=state.sent_at,
+            handed_off=True,
+        )
+        with self._inflight_lock:
+            if any(pending_key == key for pending_key, _ in self._inflight):
+                return False
+            entry.arrival = next(self._arrivals)
+            if not self.embeddings.adopt(key, entry):
+                return False
+        picture = (key, state.content_digest)
+        for saved in state.logits:
+            self.logits.put(picture, saved.prompt_set, saved.logits)
+        if not self.embeddings.holds(key, state.content_digest):  # replaced meanwhile
+            self.logits.drop_image(picture)
+        return True
+
+    def drop_image(self, key: ImageKey, content_digest: str | None = None) -> bool:
+        """Forget `key`'s picture and its logits (only if it is `content_digest`, when
+        given); returns whether something was dropped."""
+        return self.embeddings.discard(key, content_digest)
+
     def stats(self) -> EngineStats:
         return EngineStats(
             embedding_cache_hits=self._hits,
             embedding_cache_misses=self._misses,
+            embedding_cache_handoffs=self._handoffs,
             embedding_cache_evictions=self.embeddings.evictions,
             embedding_cache_bytes=self.embeddings.nbytes,
             embedding_cache_entries=len(self.embeddings),
@@ -377,6 +448,7 @@ class Segmenter:
         if image_id is not None:
             check_image_id(image_id, max_length=self.settings.max_image_id_length)
         arrival = next(self._arrivals)
+        sent_at = time.time()
         tenant = request.tenant or ""
         if image is None:
             if image_id is None:
@@ -394,13 +466,12 @@ class Segmenter:
                 raise ImageNotCachedError(
                     f"image_id {image_id!r} is not cached on this replica: send the image again"
                 )
-            self._count(hit=True)
-            return image_id, key, cached, "hit"
+            return image_id, key, cached, self._use(cached)
         digest = request.image_digest or content_id(image)
         image_id = image_id or digest
         key = (tenant, image_id)
         started = time.perf_counter()
-        cached, outcome = self._embed_once(image, key, digest, arrival)
+        cached, outcome = self._embed_once(image, key, digest, arrival, sent_at)
         if outcome == "miss":
             timings["embed"] = time.perf_counter() - started
         return image_id, key, cached, outcome
@@ -417,7 +488,7 @@ class Segmenter:
             future.exception()  # done; a failed embed changed nothing
 
     def _embed_once(
-        self, image: bytes, key: ImageKey, digest: str, arrival: int
+        self, image: bytes, key: ImageKey, digest: str, arrival: int, sent_at: float
     ) -> tuple[CachedEmbedding, CacheOutcome]:
         """The embedding of `image` under `key`: cached, computed by a concurrent request
         for the same content, or computed here; kept if this is the latest content."""
@@ -432,15 +503,16 @@ class Segmenter:
             if pending is not None:
                 cached = pending.future.result()
             assert cached is not None
-            self.embeddings.keep_latest(key, CachedEmbedding(cached.embedding, digest, arrival))
-            self._count(hit=True)
-            return cached, "hit"
+            self.embeddings.keep_latest(
+                key, CachedEmbedding(cached.embedding, digest, arrival, sent_at)
+            )
+            return cached, self._use(cached)
         assert pending is not None
         try:
             pixels = load_rgb(image, max_pixels=self.settings.max_image_pixels)
             with self._autocast():
                 embedding = self.model.encode(torch.from_numpy(pixels).permute(2, 0, 1))
-            cached = CachedEmbedding(embedding.to(self._store_dtype), digest, arrival)
+            cached = CachedEmbedding(embedding.to(self._store_dtype), digest, arrival, sent_at)
             if (
                 not self.embeddings.keep_latest(key, cached)
                 and cached.nbytes > self.embeddings.max_bytes
@@ -461,6 +533,17 @@ class Segmenter:
         finally:
             with self._inflight_lock:
                 del self._inflight[(key, digest)]
+
+    def _use(self, cached: CachedEmbedding) -> CacheOutcome:
+        """Count a request served from `cached`: the first one after a hand-off is a
+        "handoff", every other a "hit"."""
+        with self._counter_lock:
+            if cached.handed_off:
+                cached.handed_off = False
+                self._handoffs += 1
+                return "handoff"
+            self._hits += 1
+            return "hit"
 
     def _count(self, *, hit: bool) -> None:
         with self._counter_lock:

@@ -1,6 +1,8 @@
 """bench/interactive --quick, as CI runs it: on any machine, consistent hashing computes
-each image's embedding once, and again only when a scale event moves the image; the JSON
-report has every field. (Latencies depend on the machine and are not asserted.)"""
+each image's embedding once; Serve's autoscaler takes the segmenter from 1 to 3 replicas and
+back, and no image is embedded again nor answered 404 by id across those events (hand-off);
+helpers of a hot image never embed it. The JSON report has every field. (Latencies depend on
+the machine and are not asserted.)"""
 
 from __future__ import annotations
 
@@ -46,7 +48,9 @@ def report() -> dict:
 
 
 def test_the_report_has_every_field(report):
-    assert {"command", "machine", "model", "workload", "runs", "scale", "plots"} <= set(report)
+    assert {"command", "machine", "model", "workload", "runs", "scale", "hot", "plots"} <= set(
+        report
+    )
     assert report["model"]["weights"] == "random" and report["model"]["ratio"] > 1
     assert {r["router"] for r in report["runs"]} == {
         "consistent_hash",
@@ -58,8 +62,19 @@ def test_the_report_has_every_field(report):
         assert {"p50_ms", "p95_ms", "p99_ms"} <= set(run["latency"]["click"])
         assert {"p50_ms", "p95_ms", "p99_ms"} <= set(run["latency"]["embed"])
     for event in report["scale"]["scale_events"]:
-        assert {"t", "replicas", "live_images", "moved", "re_embedded", "expected_moved"} <= set(
-            event
+        assert {
+            "t",
+            "replicas",
+            "from_replicas",
+            "live_images",
+            "moved",
+            "re_embedded",
+            "expected_moved",
+            "not_found_after",
+        } <= set(event)
+    for run in report["hot"]["runs"]:
+        assert {"images", "variant", "click", "embeddings_computed", "clicks_on_helpers"} <= set(
+            run
         )
     for plot in report["plots"]:
         assert (ROOT / plot).stat().st_size > 10_000
@@ -73,11 +88,29 @@ def test_ours_embeds_each_image_once(report):
     assert ours["errors_by_status"] == {}
 
 
-def test_ours_embeds_again_only_after_scale_events(report):
+def test_the_autoscaler_scales_out_and_in_and_images_are_handed_off(report):
     scale = report["scale"]
-    assert [e["replicas"] for e in scale["scale_events"]] == [3, 2]
-    # Every embedding beyond an image's first coincides with the image changing replica ...
-    assert scale["images_embedded_beyond_owner_changes"] == 0
-    # ... and images change replica only once the ring has changed.
-    assert scale["owner_changes_before_first_scale_event"] == 0
-    assert scale["embeddings_computed"] >= scale["unique_images"]
+    replicas = [step["replicas"] for step in scale["replicas_timeline"]]
+    assert replicas[0] == 1 and max(replicas) == 3 and replicas[-1] == 1, replicas
+    outs = [e for e in scale["scale_events"] if e["replicas"] > e["from_replicas"]]
+    ins = [e for e in scale["scale_events"] if e["replicas"] < e["from_replicas"]]
+    assert outs and ins
+    assert sum(e["moved"] for e in outs) > 0 and sum(e["moved"] for e in ins) > 0
+    # Every image embedded once, whatever the events: none lost, none re-embedded ...
+    assert scale["re_embedded"] == 0
+    assert scale["embeddings_computed"] == scale["unique_images"]
+    # ... and no click by id had to re-send its image.
+    assert scale["not_found_after_scale_events"] == 0
+    assert scale["handoff_ms_per_image"]["count"] > 0
+    assert scale["handoff_outcomes"] > 0
+
+
+def test_helpers_of_a_hot_image_never_embed_it(report):
+    runs = {(r["images"], r["variant"]): r for r in report["hot"]["runs"]}
+    for (images, _), run in runs.items():
+        assert run["embeddings_computed"] == images, run
+        assert run["embeddings_computed_server"] == images, run
+        assert run["errors_by_status"] == {}
+    for images in {images for images, _ in runs}:
+        assert runs[(images, "hot-strict")]["clicks_on_helpers"] == 0
+        assert runs[(images, "hot-bounded")]["clicks_on_helpers"] > 0

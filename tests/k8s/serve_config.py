@@ -16,9 +16,9 @@ from tests.k8s.project import K8S, ROOT
 # overlays' deliberate overrides (k8s/render_serve_config.py gives the reasons). Anything else
 # that differs fails test_serve_config_v2_is_serve_config_yaml.
 EXPECTED_ARG_OVERRIDES: dict[str, dict[str, Any]] = {
-    "base": {},
-    "overlays/gpu": {"segmenter_gpus": 1},
-    "overlays/cpu": {},
+    "base": {"cpu_node_resource": "sam3_cpu_node"},
+    "overlays/gpu": {"segmenter_gpus": 1, "cpu_node_resource": "sam3_cpu_node"},
+    "overlays/cpu": {"cpu_node_resource": "sam3_cpu_node"},
 }
 
 

@@ -178,3 +178,32 @@ def test_ports_metrics_and_probes(rendered, name):
         labels = {**group["template"]["metadata"]["labels"], "ray.io/is-ray-node": "yes"}
         assert selector.items() <= labels.items(), group_name
         assert "readinessProbe" not in container and "livenessProbe" not in container
+
+
+@pytest.mark.parametrize("name", RAY_SERVICES)
+def test_the_ingress_and_the_handoff_board_stay_on_cpu_workers(rendered, name):
+    """GPU workers advertise CPUs too: without a resource of their own, an ingress replica
+    (or the segmenters' hand-off board) could land on a GPU pod and keep it from scaling in.
+    serveConfigV2 names a resource that the cpu-workers group alone advertises, and the
+    application builder makes both ask for it."""
+    from deployments.app import CPU_NODE_SHARE, build_app
+    from deployments.peers import BOARD
+
+    service = ray_service(rendered, name)
+    args = serve_config_v2(service)["applications"][0]["args"]
+    resource = args["cpu_node_resource"]
+    advertised = {
+        group_name: group.get("resources", {})
+        for group_name, group in groups(service)
+        if resource in group.get("resources", {})
+        or resource in group.get("rayStartParams", {}).get("resources", "")
+    }
+    assert list(advertised) == ["cpu-workers"]
+    assert float(advertised["cpu-workers"][resource]) >= CPU_NODE_SHARE
+    ingress = build_app(args)._bound_deployment
+    assert ingress.ray_actor_options["resources"] == {resource: CPU_NODE_SHARE}
+    segmenter = ingress.init_args[0]._bound_deployment
+    (board,) = segmenter._deployment_config.deployment_actors
+    assert board.name == BOARD
+    assert board.actor_options["resources"] == {resource: CPU_NODE_SHARE}
+    assert segmenter.ray_actor_options.get("resources", {}).get(resource) is None

@@ -41,6 +41,31 @@ def test_consistent_hashing_is_strict_by_default():
     assert config.request_router_kwargs["num_fallback_replicas"] == 0
 
 
+def test_the_load_bound_and_the_replicas_engine_threads_reach_the_router():
+    config = deployments({"segmenter_gpus": 0, "load_factor": 1.5, "segmenter_threads": 3})
+    kwargs = config["Segmenter"]._deployment_config.request_router_config.request_router_kwargs
+    assert (kwargs["load_factor"], kwargs["min_load"]) == (1.5, 3)
+    with pytest.raises(ValidationError, match="load_factor"):
+        build_app({"load_factor": 0.5})
+
+
+def test_nothing_pins_the_ingress_unless_asked():
+    """Locally there is no CPU-node resource; on Kubernetes, serveConfigV2 names one
+    (tests/k8s/test_production.py)."""
+    built = deployments({"segmenter_gpus": 0})
+    assert built["Ingress"].ray_actor_options["resources"] == {}
+    (board,) = built["Segmenter"]._deployment_config.deployment_actors
+    assert board.actor_options == {"num_cpus": 0, "resources": {}}
+
+
+def test_segmenter_replica_settings_pass_with_the_engines():
+    built = deployments({"segmenter_gpus": 0, "engine": {"handoff_timeout_seconds": 5}})
+    segmenter_settings, _ = built["Segmenter"].init_args
+    assert segmenter_settings == {"handoff_timeout_seconds": 5}
+    with pytest.raises(ValidationError, match="handoff_timeout_seconds"):
+        build_app({"segmenter_gpus": 0, "engine": {"handoff_timeout_seconds": 0}})
+
+
 def test_unknown_args_are_refused():
     with pytest.raises(ValidationError, match="segmenter_gpu"):
         build_app({"segmenter_gpu": 1})

@@ -4,7 +4,7 @@ docs/operations.md; README's two commands are where CI and users look for them."
 import re
 from pathlib import Path
 
-from deployments.settings import IngressSettings
+from deployments.settings import IngressSettings, SegmenterSettings
 from sam3_core.settings import EngineSettings
 from tests.conftest import encode_image, random_pixels
 
@@ -26,11 +26,17 @@ LIMITS = (
     "url_timeout_seconds",
     "url_max_redirects",
     "retry_after_seconds",
+    "handoff_timeout_seconds",
 )
 
 
-# Every setting of the service: the engine's (each segmenter replica) and the ingress's.
-SETTINGS = {**EngineSettings.model_fields, **IngressSettings.model_fields}
+# Every setting of the service: the engine's and the segmenter replica's own (each segmenter
+# replica), and the ingress's.
+SETTINGS = {
+    **EngineSettings.model_fields,
+    **SegmenterSettings.model_fields,
+    **IngressSettings.model_fields,
+}
 
 
 def env_name(field: str) -> str:

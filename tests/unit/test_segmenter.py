@@ -4,7 +4,9 @@ Serve would log a raised one at ERROR with its traceback), and the ingress raise
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -27,6 +29,17 @@ class NoMetrics:
     def record_timings(self, operation: str, timings: object) -> None: ...
 
 
+class AlwaysOwner:
+    """Hand-off stand-in: every image is this replica's (tests/unit/test_handoff.py covers
+    the rest)."""
+
+    @contextlib.asynccontextmanager
+    async def serving(self, request: object, forwarded: bool) -> AsyncIterator[None]:
+        yield None
+
+    async def after(self, request: object, embedding_cache: str) -> None: ...
+
+
 @pytest.fixture
 def replica(segmenter):
     """A replica around the tiny engine, built without Ray's replica context."""
@@ -35,6 +48,7 @@ def replica(segmenter):
     replica.replica = "r"
     replica._pool = ThreadPoolExecutor(1)
     replica.metrics = NoMetrics()
+    replica.handoff = AlwaysOwner()
     yield replica
     replica._pool.shutdown()
 
