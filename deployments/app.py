@@ -225,4 +225,5 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
             args.segmenter_threads,
         ),
         ingress_settings,
+        args.router == "consistent_hash",  # affinity: digest-first clicks pay off
     )

@@ -19,9 +19,11 @@ from deployments.settings import IngressSettings
 class Ingress:
     """Thin: the API itself is `deployments.api.create_api`."""
 
-    def __init__(self, segmenter: DeploymentHandle, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, segmenter: DeploymentHandle, settings: dict[str, Any], affinity: bool = True
+    ) -> None:
         self.settings = IngressSettings(**settings)
-        self.owners = RayOwners(segmenter)
+        self.owners = RayOwners(segmenter, digest_first=affinity)
         self.metrics = StageMetrics()
 
     def __serve_build_asgi_app__(self) -> FastAPI:

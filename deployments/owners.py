@@ -47,12 +47,15 @@ class RayOwners:
     """The segmenter deployment's replicas, reached through `handle`; its request router
     (consistent hashing, set by the application builder) picks the owner of `image_id`."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, digest_first: bool = True) -> None:
         self.handle = handle
+        # Only where the router sends an image's requests to one replica: otherwise the
+        # bytes that follow a digest land elsewhere (round robin: always on the other one).
+        self.digest_first = digest_first
 
     async def call(self, operation: Operation, request: ImageRequest) -> Reply:
         method = getattr(self.handle.options(session_id=owner_key(request)), operation.name)
-        if request.image is not None and request.image_digest is not None:
+        if self.digest_first and request.image is not None and request.image_digest is not None:
             # Digest first: a client that resends an image its owner holds (the
             # inference-sdk does with every click) costs no transfer of the bytes.
             outcome = await _unavailable_as_503(method.remote(replace(request, image=None)))

@@ -91,7 +91,7 @@ def test_each_deployment_gets_its_own_settings(monkeypatch):
     engine = {"random_weights": "tiny", "max_prompts": 5, "api_keys": "k", "allow_url_input": True}
     built = deployments({"segmenter_gpus": 0, "engine": engine})
     segmenter_settings, _ = built["Segmenter"].init_args
-    _, ingress_settings = built["Ingress"].init_args
+    _, ingress_settings, _ = built["Ingress"].init_args
     assert segmenter_settings == {"random_weights": "tiny", "max_prompts": 5}
     assert ingress_settings == {"max_prompts": 5, "api_keys": "k", "allow_url_input": True}
 
@@ -140,3 +140,9 @@ def test_retry_after_of_the_ingress_follows_the_setting(monkeypatch):
     assert config.backpressure_config.retry_after_s == 7
     config = deployments({"segmenter_gpus": 0, "engine": {"retry_after_seconds": 3}})
     assert config["Ingress"]._deployment_config.backpressure_config.retry_after_s == 3
+
+
+def test_digest_first_clicks_only_with_affinity():
+    for router, affinity in (("consistent_hash", True), ("round_robin", False)):
+        (_, _, passed) = deployments({"segmenter_gpus": 0, "router": router})["Ingress"].init_args
+        assert passed is affinity
