@@ -9,7 +9,8 @@ expression reads the JSON files under `bench/results/` by their stem (`engine`, 
 ...; a stem with a dash is read with its dash as an underscore, `interactive_quick`), with
 attribute access for keys that are names and `["..."]` for the others, and the helpers
 below (`mib`, `ratio`, ...); the format is a Python format spec (`.1f`, `,d`). Nothing else
-is evaluated: no imports, no builtins but those listed.
+is evaluated: no imports, no builtins but those listed. An expression cannot hold a `|`
+(the format's separator) nor `}}`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ HELPERS = {
     "len": len,
     "round": round,
     "abs": abs,
+    "all": all,
 }
 
 
@@ -67,12 +69,13 @@ def load_results(results: Path = RESULTS) -> dict[str, Any]:
 
 
 def render(template: str, results: dict[str, Any]) -> str:
-    names = {**results, **HELPERS}
+    # Globals, not locals: a generator expression in a field sees globals only.
+    names = {**results, **HELPERS, "__builtins__": {}}
 
     def field(match: re.Match[str]) -> str:
         expression, _, spec = match.group(1).partition("|")
         try:
-            value = eval(expression.strip(), {"__builtins__": {}}, names)
+            value = eval(expression.strip(), names)
         except Exception as error:
             raise ValueError(f"{{{{{match.group(1)}}}}}: {error!r}") from error
         return format(value, spec.strip())
