@@ -6,9 +6,10 @@ type is a pickle and is refused, like every other type.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
+
+import pybase64
 
 from sam3_core.errors import ImageTooLargeError, InvalidImageError, UrlInputError
 from sam3_core.protocol.bodies import ImageInput
@@ -37,14 +38,15 @@ def decode_base64(value: str, *, max_bytes: int) -> bytes:
 
 
 def _b64decode(text: str) -> bytes:
-    """Strict base64; line breaks and spaces (MIME-wrapped base64) are dropped only when the
-    text has any: removing them costs ~50 ms per MB, decoding ~3."""
+    """Strict base64, decoded by pybase64 (SIMD: ~0.1 ms per MB, the standard library's
+    ~3); line breaks and spaces (MIME-wrapped base64) are dropped only when the text has
+    any: removing them costs ~50 ms per MB."""
     try:
-        return base64.b64decode(text, validate=True)
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         if not _WHITESPACE.search(text):
             raise
-    return base64.b64decode(_WHITESPACE.sub("", text), validate=True)
+    return pybase64.b64decode(_WHITESPACE.sub("", text), validate=True)
 
 
 def read_image_input(image: ImageInput, *, max_bytes: int, url_policy: UrlPolicy | None) -> bytes:
