@@ -8,7 +8,7 @@ changes:
 
 - every replica **sends** the images it holds but no longer owns to their new owners: first a
   manifest to every other replica of the new ring (the keys headed there, maybe none), then
-  each image, most recently used first (`Segmenter.export_image` there, `adopt_image` here),
+  each image, most recently used first (`Pictures.export_image` there, `adopt_image` here),
   then a "settled" notice. It forgets each image once sent, delivered or not: a copy kept by a
   replica that no longer owns it could be answered from after the id got new content
   elsewhere (SPEC §3) — the stale picture the issue reproduced after a scale-out and a scale-in;
@@ -159,7 +159,7 @@ class Handoff:
             for sender_version in [k for k in table if k[1] not in versions]:
                 del table[sender_version]
         self._given_up = {k for k in self._given_up if k[1] in versions}
-        for key in [k for k in self._lent if not self.engine.holds(k)]:  # evicted here
+        for key in [k for k in self._lent if not self.engine.pictures.holds(k)]:  # evicted here
             del self._lent[key]
         logger.info("segmenter %s: ring of %d replicas", self.me, len(ring.replicas))
         self._spawn(self._send_moved(ring))
@@ -178,7 +178,7 @@ class Handoff:
         moves: dict[str, list[ImageKey]] = defaultdict(list)
         # Images of requests running here first (they may be embedding them), then the
         # cached ones, most recently used first.
-        for key in dict.fromkeys([*self._serving, *self.engine.image_keys()]):
+        for key in dict.fromkeys([*self._serving, *self.engine.pictures.image_keys()]):
             owner = ring.owner(ring_key(key))
             lender = self.borrowed.get(key)
             if lender is not None:
@@ -186,7 +186,7 @@ class Handoff:
                     del self.borrowed[key]  # ours now
                 elif owner != lender:  # the lender no longer owns it, nor tracks this copy
                     del self.borrowed[key]
-                    self.engine.drop_image(key)
+                    self.engine.pictures.drop_image(key)
                 continue
             if owner is not None and owner != self.me:
                 moves[owner].append(key)
@@ -217,7 +217,7 @@ class Handoff:
             await self._until_served(keys)
             started = time.perf_counter()
             exported = await asyncio.to_thread(
-                lambda: [(key, self.engine.export_image(key)) for key in keys]
+                lambda: [(key, self.engine.pictures.export_image(key)) for key in keys]
             )
             states = [(key, state) for key, state in exported if state is not None]
             if not states:  # evicted meanwhile
@@ -237,7 +237,7 @@ class Handoff:
                 accepted = [False] * len(states)
             finally:
                 for key, state in states:
-                    self.engine.drop_image(key, state.content_digest)
+                    self.engine.pictures.drop_image(key, state.content_digest)
                     self._lent.pop(key, None)
             if self.recorder is not None:
                 # What one image cost, the call's time shared among the images it carried.
@@ -277,7 +277,7 @@ class Handoff:
         listed = frozenset(tuple(key) for key in keys)
         self._manifests[(sender, version)] = listed  # type: ignore[assignment]
         for key in listed:
-            if key not in self._announced and not self.engine.holds(key):  # type: ignore[arg-type]
+            if key not in self._announced and not self.engine.pictures.holds(key):  # type: ignore[arg-type]
                 self._announced[key] = (sender, asyncio.Event())  # type: ignore[index]
         self._manifest_event(sender, version).set()
 
@@ -292,10 +292,10 @@ class Handoff:
     async def adopt(self, sender: str, states: list[tuple[ImageKey, ImageState]]) -> list[bool]:
         """Images `sender` no longer owns; returns which are kept."""
         states = [(tuple(key), state) for key, state in states]  # type: ignore[misc]
-        before = {key: self.engine.image_version(key) for key, _ in states}
+        before = {key: self.engine.pictures.image_version(key) for key, _ in states}
         started = time.perf_counter()
         accepted = await asyncio.to_thread(
-            lambda: [self.engine.adopt_image(key, state) for key, state in states]
+            lambda: [self.engine.pictures.adopt_image(key, state) for key, state in states]
         )
         each = (time.perf_counter() - started) / len(states)
         for (key, state), kept in zip(states, accepted, strict=True):
@@ -317,7 +317,7 @@ class Handoff:
     async def export(self, key: ImageKey, content_digest: str | None, borrower: str) -> Any:
         """This replica's picture of `key` for `borrower` (None when it has no such one)."""
         key = tuple(key)  # type: ignore[assignment]
-        state = await asyncio.to_thread(self.engine.export_image, key, content_digest)
+        state = await asyncio.to_thread(self.engine.pictures.export_image, key, content_digest)
         if state is not None:
             self._lent[key].add(borrower)
         return state
@@ -333,7 +333,7 @@ class Handoff:
         previous = self._forgotten.get(key, (-math.inf, now))[0]
         self._forgotten[key] = (max(previous, sent_at), now)
         if self.borrowed.pop(key, None) is not None:
-            self.engine.drop_image(key)
+            self.engine.pictures.drop_image(key)
 
     # Requests ----------------------------------------------------------------------------
 
@@ -363,11 +363,11 @@ class Handoff:
         None to serve it here."""
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
-        if self.engine.holds(key, digest):
+        if self.engine.pictures.holds(key, digest):
             return None
         owner = self.ring.owner(ring_key(key)) if self.ring is not None else None
         if forwarded or owner is None or owner == self.me:
-            if not self.engine.holds(key):
+            if not self.engine.pictures.holds(key):
                 await self._await_incoming(key)
             return None
         if await self._fetch(owner, key, digest):
@@ -384,7 +384,7 @@ class Handoff:
         image this replica does not own goes to its owner."""
         key = request_key(request)
         if embedding_cache == "miss" and self._lent.get(key):
-            version = self.engine.image_version(key)
+            version = self.engine.pictures.image_version(key)
             if version is not None:
                 await self._invalidate(key, version[1])
         if (
@@ -403,7 +403,7 @@ class Handoff:
         replicas disagreed for a moment): once rings have settled, it goes on to its owner
         if that still holds."""
         await asyncio.sleep(RING_SETTLE_S)
-        if self.ring is None or key in self.borrowed or not self.engine.holds(key):
+        if self.ring is None or key in self.borrowed or not self.engine.pictures.holds(key):
             return
         owner = self.ring.owner(ring_key(key))
         if owner is not None and owner != self.me:
@@ -429,12 +429,12 @@ class Handoff:
             if (
                 state is not None
                 and self._forgotten.get(key, (-math.inf, 0.0))[0] <= state.sent_at
-                and await asyncio.to_thread(self.engine.adopt_image, key, state)
+                and await asyncio.to_thread(self.engine.pictures.adopt_image, key, state)
             ):
                 self.borrowed[key] = owner
                 if self.recorder is not None:
                     self.recorder.record_handoff("borrowed", time.perf_counter() - started)
-            future.set_result(self.engine.holds(key, digest))
+            future.set_result(self.engine.pictures.holds(key, digest))
         except BaseException as error:
             future.set_exception(error)
             raise
@@ -460,7 +460,7 @@ class Handoff:
             sender, arrived = announced
             if not await self._wait(arrived, sender, deadline):
                 self._stop_waiting_for(sender)
-            if not self.engine.holds(key):
+            if not self.engine.pictures.holds(key):
                 logger.info(
                     "segmenter %s: %s was announced by %s but did not arrive in %.1f s",
                     self.me,

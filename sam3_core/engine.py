@@ -14,12 +14,10 @@ them from worker threads, off its event loop.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +30,6 @@ from sam3_core.calls import (
     Decoded,
     EmbedRequest,
     EmbedResult,
-    ImageRequest,
     Segmentation,
     SegmentRequest,
 )
@@ -40,15 +37,12 @@ from sam3_core.concept_model import ConceptQueries, TextEmbedding, cross_prompt_
 from sam3_core.concept_prompts import exemplar_arrays, validate_concept_prompts
 from sam3_core.errors import (
     ConceptsDisabledError,
-    ImageBytesNeededError,
-    ImageNotCachedError,
-    InvalidImageError,
     MaskBudgetError,
 )
-from sam3_core.handoff import ImageState, moved, portable
-from sam3_core.images import check_image_id, content_id, image_size, load_rgb
+from sam3_core.images import image_size, load_rgb
 from sam3_core.memory import default_cache_budget, release_freed_memory
-from sam3_core.model import InteractiveSam3
+from sam3_core.model import ImageEmbedding, InteractiveSam3
+from sam3_core.pictures import ImageKey, Pictures
 from sam3_core.prompts import DecoderGroup, decoder_groups, validate_prompt_set
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
@@ -56,9 +50,6 @@ from sam3_core.weights import load_model
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# What the caches key an image by: (tenant, image_id); tenant "" without API keys.
-ImageKey = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -130,11 +121,16 @@ class Segmenter:
             on_evict=lambda key, entry: self.logits.drop_image((key, entry.content_digest)),
         )
         self.texts = TextEmbeddingCache(settings.text_cache_bytes)
-        self._inflight: dict[tuple[ImageKey, str], _Pending] = {}
-        self._inflight_lock = threading.Lock()
-        self._arrivals = itertools.count(1)
+        self.pictures = Pictures(
+            self.embeddings,
+            self.logits,
+            self._embed_bytes,
+            device=model.device,
+            store_dtype=self._store_dtype,
+            needs_trunk=model.concepts is not None,
+            max_image_id_length=settings.max_image_id_length,
+        )
         self._counter_lock = threading.Lock()
-        self._hits = self._misses = self._handoffs = 0
         self._logits_hits = self._logits_misses = 0
         logger.info(
             "embedding cache: %.0f MiB, %d images at most (stored as %s)",
@@ -155,6 +151,15 @@ class Segmenter:
         """A new context per use: `torch.autocast` keeps its state on the object."""
         return torch.autocast(self.model.device.type, torch.bfloat16, enabled=self._bfloat16)
 
+    def _embed_bytes(self, image: bytes) -> ImageEmbedding:
+        """An image file's embedding, as the caches store it (`Pictures` calls this)."""
+        pixels = load_rgb(image, max_pixels=self.settings.max_image_pixels)
+        with self._autocast():
+            embedding = self.model.encode(torch.from_numpy(pixels).permute(2, 0, 1))
+        if self.settings.release_freed_memory and self.model.device.type == "cpu":
+            release_freed_memory()  # the embed's working memory
+        return embedding.to(self._store_dtype)
+
     def warm_up(self) -> None:
         """One embed and one decode of a blank picture, outside the caches: the kernels a
         first request would wait for are chosen now."""
@@ -173,7 +178,7 @@ class Segmenter:
         """Embed the image under its `image_id` (default: the SHA-256 of its bytes) unless
         the same content is cached under that id already."""
         timings: dict[str, float] = {}
-        image_id, _, _, outcome = self._embedding(request, timings)
+        image_id, _, _, outcome = self.pictures.resolve(request, timings)
         return EmbedResult(image_id=image_id, embedding_cache=outcome, timings=timings)
 
     def segment(self, request: SegmentRequest) -> Segmentation:
@@ -197,7 +202,7 @@ class Segmenter:
                 image_size(request.image, max_pixels=settings.max_image_pixels),
             )
         timings: dict[str, float] = {}
-        image_id, key, cached, outcome = self._embedding(request, timings)
+        image_id, key, cached, outcome = self.pictures.resolve(request, timings)
         self._check_mask_budget(prompts.prediction_count, cached.embedding.orig_hw)
         prior = None
         logits_cache: CacheOutcome | None = None
@@ -287,7 +292,7 @@ class Segmenter:
             max_text_length=settings.max_text_length,
         )
         timings: dict[str, float] = {}
-        image_id, _, cached, outcome = self._embedding(request, timings)
+        image_id, _, cached, outcome = self.pictures.resolve(request, timings)
         embedding = cached.embedding
         assert embedding.trunk is not None, "a model with concepts keeps the trunk output"
         started = time.perf_counter()
@@ -339,78 +344,11 @@ class Segmenter:
                 found[text] = entry
         return [found[text] for text in texts], "miss" if missing else "hit"  # type: ignore[misc]
 
-    def image_keys(self) -> list[ImageKey]:
-        """The keys of the images cached or being embedded, most recently used first (those
-        being embedded before all)."""
-        with self._inflight_lock:
-            pending = [key for key, _ in self._inflight]
-        cached = self.embeddings.lru_order()[::-1]
-        return list(dict.fromkeys(pending[::-1] + cached))
-
-    def holds(self, key: ImageKey, content_digest: str | None = None) -> bool:
-        """Whether `key` holds a picture (that picture, when `content_digest` is given)."""
-        cached = self.embeddings.peek(key)
-        return cached is not None and content_digest in (None, cached.content_digest)
-
-    def image_version(self, key: ImageKey) -> tuple[str, float] | None:
-        """(content digest, `sent_at`) of the picture `key` holds, or None."""
-        cached = self.embeddings.peek(key)
-        return None if cached is None else (cached.content_digest, cached.sent_at)
-
-    def export_image(self, key: ImageKey, content_digest: str | None = None) -> ImageState | None:
-        """Everything kept about `key`'s picture (only if it is `content_digest`, when given),
-        for another engine; None when there is no such picture. Like a click by id, it waits
-        for embeds under `key` that reached the engine before it. May block."""
-        self._await_embeds_before(key, next(self._arrivals))
-        cached = self.embeddings.get(key)
-        if cached is None or content_digest not in (None, cached.content_digest):
-            return None
-        return ImageState(
-            content_digest=cached.content_digest,
-            sent_at=cached.sent_at,
-            embedding=portable(cached.embedding),
-            logits=tuple(self.logits.entries_for((key, cached.content_digest))),
-        )
-
-    def adopt_image(self, key: ImageKey, state: ImageState) -> bool:
-        """Keep a picture another engine held under `key`, with its saved logits, unless
-        this engine is computing content for `key` right now or holds content of it sent at
-        the same time or later (`sent_at`): a handed-off picture never replaces newer
-        content. The same picture already held gains the other engine's saved logits.
-
-        Returns whether `key` now holds `state`'s picture; the first request served from it
-        reports "handoff"."""
-        if self.model.concepts is not None and state.embedding.trunk is None:
-            return False  # from an engine without concepts: concept queries need the trunk
-        entry = CachedEmbedding(
-            moved(state.embedding, self.model.device, self._store_dtype),
-            state.content_digest,
-            sent_at=state.sent_at,
-            handed_off=True,
-        )
-        with self._inflight_lock:
-            if any(pending_key == key for pending_key, _ in self._inflight):
-                return False
-            entry.arrival = next(self._arrivals)
-            if not self.embeddings.adopt(key, entry):
-                return False
-        picture = (key, state.content_digest)
-        for saved in state.logits:
-            self.logits.put(picture, saved.prompt_set, saved.logits)
-        if not self.embeddings.holds(key, state.content_digest):  # replaced meanwhile
-            self.logits.drop_image(picture)
-        return True
-
-    def drop_image(self, key: ImageKey, content_digest: str | None = None) -> bool:
-        """Forget `key`'s picture and its logits (only if it is `content_digest`, when
-        given); returns whether something was dropped."""
-        return self.embeddings.discard(key, content_digest)
-
     def stats(self) -> EngineStats:
         return EngineStats(
-            embedding_cache_hits=self._hits,
-            embedding_cache_misses=self._misses,
-            embedding_cache_handoffs=self._handoffs,
+            embedding_cache_hits=self.pictures.hits,
+            embedding_cache_misses=self.pictures.misses,
+            embedding_cache_handoffs=self.pictures.handoffs,
             embedding_cache_evictions=self.embeddings.evictions,
             embedding_cache_bytes=self.embeddings.nbytes,
             embedding_cache_entries=len(self.embeddings),
@@ -433,129 +371,3 @@ class Segmenter:
                 f"limit is {self.settings.max_mask_pixels} (SAM3_MAX_MASK_PIXELS): send fewer "
                 "prompts per request"
             )
-
-    def _embedding(
-        self, request: ImageRequest, timings: dict[str, float]
-    ) -> tuple[str, ImageKey, CachedEmbedding, CacheOutcome]:
-        """The request's image id, cache key and embedding, computed first where needed
-        (then `timings["embed"]` says how long that took).
-
-        Which content an id holds: the content of the request that reached this engine last
-        among those that sent bytes under it (a click by id alone is answered from it, once
-        embeds that reached the engine before the click are done), whatever order their
-        embeds finish in. A request whose bytes fail to decode changes nothing."""
-        image, image_id = request.image, request.image_id
-        if image_id is not None:
-            check_image_id(image_id, max_length=self.settings.max_image_id_length)
-        arrival = next(self._arrivals)
-        sent_at = time.time()
-        tenant = request.tenant or ""
-        if image is None:
-            if image_id is None:
-                raise InvalidImageError("send the image, or the image_id of an embedded image")
-            key = (tenant, image_id)
-            self._await_embeds_before(key, arrival)
-            cached = self.embeddings.get(key)
-            digest = request.image_digest
-            if digest is not None:  # the caller has the bytes, and sends them if needed
-                if cached is None or cached.content_digest != digest:
-                    raise ImageBytesNeededError(f"send the bytes of {image_id!r}")
-                self.embeddings.keep_latest(key, CachedEmbedding(cached.embedding, digest, arrival))
-            if cached is None:
-                self._count(hit=False)
-                raise ImageNotCachedError(
-                    f"image_id {image_id!r} is not cached on this replica: send the image again"
-                )
-            return image_id, key, cached, self._use(cached)
-        digest = request.image_digest or content_id(image)
-        image_id = image_id or digest
-        key = (tenant, image_id)
-        started = time.perf_counter()
-        cached, outcome = self._embed_once(image, key, digest, arrival, sent_at)
-        if outcome == "miss":
-            timings["embed"] = time.perf_counter() - started
-        return image_id, key, cached, outcome
-
-    def _await_embeds_before(self, key: ImageKey, arrival: int) -> None:
-        """Wait for the embeds under `key` that reached the engine before `arrival`."""
-        with self._inflight_lock:
-            earlier = [
-                pending.future
-                for (pending_key, _), pending in self._inflight.items()
-                if pending_key == key and pending.arrival < arrival
-            ]
-        for future in earlier:
-            future.exception()  # done; a failed embed changed nothing
-
-    def _embed_once(
-        self, image: bytes, key: ImageKey, digest: str, arrival: int, sent_at: float
-    ) -> tuple[CachedEmbedding, CacheOutcome]:
-        """The embedding of `image` under `key`: cached, computed by a concurrent request
-        for the same content, or computed here; kept if this is the latest content."""
-        with self._inflight_lock:
-            # Under the lock, a finished embed is in the cache or still in `_inflight`.
-            cached = self.embeddings.get(key)
-            pending = self._inflight.get((key, digest))
-            owner = pending is None and (cached is None or cached.content_digest != digest)
-            if owner:
-                pending = self._inflight[(key, digest)] = _Pending(arrival)
-        if not owner:
-            if pending is not None:
-                cached = pending.future.result()
-            assert cached is not None
-            self.embeddings.keep_latest(
-                key, CachedEmbedding(cached.embedding, digest, arrival, sent_at)
-            )
-            return cached, self._use(cached)
-        assert pending is not None
-        try:
-            pixels = load_rgb(image, max_pixels=self.settings.max_image_pixels)
-            with self._autocast():
-                embedding = self.model.encode(torch.from_numpy(pixels).permute(2, 0, 1))
-            cached = CachedEmbedding(embedding.to(self._store_dtype), digest, arrival, sent_at)
-            if (
-                not self.embeddings.keep_latest(key, cached)
-                and cached.nbytes > self.embeddings.max_bytes
-            ):
-                logger.warning(
-                    "embedding of %s (%d bytes) is over the cache budget; not cached",
-                    key[1],
-                    cached.nbytes,
-                )
-            if self.settings.release_freed_memory and self.model.device.type == "cpu":
-                release_freed_memory()  # the embed's working memory, evicted embeddings
-            self._count(hit=False)
-            pending.future.set_result(cached)
-            return cached, "miss"
-        except BaseException as exc:
-            pending.future.set_exception(exc)
-            raise
-        finally:
-            with self._inflight_lock:
-                del self._inflight[(key, digest)]
-
-    def _use(self, cached: CachedEmbedding) -> CacheOutcome:
-        """Count a request served from `cached`: the first one after a hand-off is a
-        "handoff", every other a "hit"."""
-        with self._counter_lock:
-            if cached.handed_off:
-                cached.handed_off = False
-                self._handoffs += 1
-                return "handoff"
-            self._hits += 1
-            return "hit"
-
-    def _count(self, *, hit: bool) -> None:
-        with self._counter_lock:
-            if hit:
-                self._hits += 1
-            else:
-                self._misses += 1
-
-
-@dataclass
-class _Pending:
-    """An embed in progress: `arrival` of the request computing it, and its result."""
-
-    arrival: int
-    future: Future[CachedEmbedding] = field(default_factory=Future)

@@ -1,4 +1,4 @@
-"""An image handed from one engine to another (`sam3_core/handoff.py`, `Segmenter.export_image`
+"""An image handed from one engine to another (`sam3_core/handoff.py`, `Pictures.export_image`
 / `adopt_image`): the same masks and logits as on the engine that embedded it, never over newer
 content of the id, and reported as "handoff" once."""
 
@@ -33,10 +33,10 @@ def test_the_adopting_engine_answers_as_the_one_that_embedded(make_segmenter):
     expected = click(sender, clicks((5, 5), (20, 9)), load_logits_from_cache=True)
     assert expected.logits_cache == "hit"
 
-    state = sender.export_image(KEY)
+    state = sender.pictures.export_image(KEY)
     assert state is not None and state.content_digest == content_id(data)
     state = pickle.loads(pickle.dumps(state))  # as it crosses between replicas
-    assert receiver.adopt_image(KEY, state)
+    assert receiver.pictures.adopt_image(KEY, state)
 
     refined = click(receiver, clicks((5, 5), (20, 9)), load_logits_from_cache=True)
     assert refined.embedding_cache == "handoff"  # the first request served from it
@@ -54,10 +54,10 @@ def test_a_handed_off_picture_never_replaces_content_sent_later(make_segmenter):
     sender, receiver = make_segmenter(), make_segmenter()
     old, new = images(2)
     sender.embed(EmbedRequest(image=old, image_id="photo"))
-    stale = sender.export_image(KEY)
+    stale = sender.pictures.export_image(KEY)
     receiver.embed(EmbedRequest(image=new, image_id="photo"))  # sent after `old`
-    assert not receiver.adopt_image(KEY, stale)
-    assert receiver.holds(KEY, content_id(new))
+    assert not receiver.pictures.adopt_image(KEY, stale)
+    assert receiver.pictures.holds(KEY, content_id(new))
     assert click(receiver, clicks((5, 5))).embedding_cache == "hit"
 
 
@@ -73,8 +73,8 @@ def test_content_sent_later_elsewhere_replaces_an_older_picture(make_segmenter):
     )
     time.sleep(0.01)
     other.embed(EmbedRequest(image=new, image_id="photo"))
-    assert owner.adopt_image(KEY, other.export_image(KEY))
-    assert owner.holds(KEY, content_id(new))
+    assert owner.pictures.adopt_image(KEY, other.pictures.export_image(KEY))
+    assert owner.pictures.holds(KEY, content_id(new))
     assert owner.logits.count_for((KEY, content_id(old))) == 0
     expected = click(other, clicks((5, 5)))
     assert np.array_equal(click(owner, clicks((5, 5))).decoded.masks, expected.decoded.masks)
@@ -83,14 +83,14 @@ def test_content_sent_later_elsewhere_replaces_an_older_picture(make_segmenter):
 def test_no_adoption_while_the_id_is_being_embedded(make_segmenter, monkeypatch):
     sender, receiver = make_segmenter(), make_segmenter()
     sender.embed(EmbedRequest(image=images(1)[0], image_id="photo"))
-    state = sender.export_image(KEY)
+    state = sender.pictures.export_image(KEY)
     gates = GatedEncode(receiver, monkeypatch)
     gate = gates.hold(70, 90)
     new = encode_image(random_pixels(2, 70, 90))
     with ThreadPoolExecutor(1) as pool:
         embedding = pool.submit(receiver.embed, EmbedRequest(image=new, image_id="photo"))
         time.sleep(0.2)
-        assert not receiver.adopt_image(KEY, state)  # the embed in progress is newer
+        assert not receiver.pictures.adopt_image(KEY, state)  # the embed in progress is newer
         gate.set()
         embedding.result(30)
     assert click(receiver, clicks((5, 5))).decoded.masks.shape[1:] == (70, 90)
@@ -104,30 +104,30 @@ def test_export_waits_for_an_earlier_embed_and_names_the_content(make_segmenter,
     with ThreadPoolExecutor(2) as pool:
         embedding = pool.submit(engine.embed, EmbedRequest(image=data, image_id="photo"))
         time.sleep(0.2)
-        exported = pool.submit(engine.export_image, KEY)
+        exported = pool.submit(engine.pictures.export_image, KEY)
         time.sleep(0.2)
         assert not exported.done()
         gate.set()
         embedding.result(30)
         assert exported.result(30).content_digest == content_id(data)
-    assert engine.export_image(KEY, content_digest="0" * 64) is None
-    assert engine.export_image(("", "unknown")) is None
+    assert engine.pictures.export_image(KEY, content_digest="0" * 64) is None
+    assert engine.pictures.export_image(("", "unknown")) is None
 
 
 def test_drop_only_the_named_content(segmenter):
     (data,) = images(1)
     segmenter.embed(EmbedRequest(image=data, image_id="photo"))
-    assert not segmenter.drop_image(KEY, content_digest="0" * 64)
-    assert segmenter.image_keys() == [KEY]
-    assert segmenter.drop_image(KEY, content_digest=content_id(data))
-    assert segmenter.image_keys() == [] and not segmenter.holds(KEY)
+    assert not segmenter.pictures.drop_image(KEY, content_digest="0" * 64)
+    assert segmenter.pictures.image_keys() == [KEY]
+    assert segmenter.pictures.drop_image(KEY, content_digest=content_id(data))
+    assert segmenter.pictures.image_keys() == [] and not segmenter.pictures.holds(KEY)
 
 
 def test_stored_in_the_receivers_precision(make_segmenter):
     sender = make_segmenter(embedding_dtype="bfloat16")
     receiver = make_segmenter()
     sender.embed(EmbedRequest(image=images(1)[0], image_id="photo"))
-    assert receiver.adopt_image(KEY, sender.export_image(KEY))
+    assert receiver.pictures.adopt_image(KEY, sender.pictures.export_image(KEY))
     assert receiver.embeddings.get(KEY).embedding.image_embed.dtype == torch.float32
 
 
@@ -139,11 +139,13 @@ def test_concept_queries_on_a_handed_off_picture_need_no_trunk_pass(make_segment
         image_id="photo", prompts=(ConceptPrompt(text="cat"),), output_prob_thresh=0.0
     )
     expected = sender.concept_segment(query)
-    assert receiver.adopt_image(KEY, pickle.loads(pickle.dumps(sender.export_image(KEY))))
+    assert receiver.pictures.adopt_image(
+        KEY, pickle.loads(pickle.dumps(sender.pictures.export_image(KEY)))
+    )
     found = receiver.concept_segment(query)
     assert found.embedding_cache == "handoff" and receiver.stats().embedding_cache_misses == 0
     (ours,), (theirs,) = found.prompt_results, expected.prompt_results
     assert np.array_equal(ours.masks, theirs.masks) and np.array_equal(ours.scores, theirs.scores)
     interactive = make_segmenter(concepts=False)
     interactive.embed(EmbedRequest(image=data, image_id="photo"))
-    assert not receiver.adopt_image(("", "other"), interactive.export_image(KEY))
+    assert not receiver.pictures.adopt_image(("", "other"), interactive.pictures.export_image(KEY))

@@ -291,13 +291,13 @@ def test_a_replica_killed_while_handing_off_leaves_no_wrong_picture(cluster):
             await owner_call(cluster, two, EMBED, embed(old, image_id))
         leaving = cluster.replicas["b"]
         # It dies on its first image: the manifest went out, no image arrives.
-        export = leaving.engine.export_image
+        export = leaving.engine.pictures.export_image
 
         def die(*args):
             cluster.dead.add("b")
             return export(*args)
 
-        leaving.engine.export_image = die
+        leaving.engine.pictures.export_image = die
         one = cluster.ring("a")
         await leaving.handoff.drain()
         lost = [i for i in IDS if two.owner(i) == "b"]
@@ -329,7 +329,7 @@ def test_a_helper_borrows_the_owners_picture_and_forgets_it_when_it_changes(clus
         assert (await serve(helper, SEGMENT, click(image_id))).embedding_cache == "hit"
         # New content at the owner: the helper's copy is forgotten before the owner answers.
         await serve(owner, EMBED, embed(new, image_id))
-        assert not helper.engine.holds(("", image_id))
+        assert not helper.engine.pictures.holds(("", image_id))
         expected = await serve(owner, SEGMENT, click(image_id))
         assert (await serve(helper, SEGMENT, click(image_id))).body == expected.body
         assert helper.engine.stats().embedding_cache_misses == 0  # never embedded there
@@ -347,7 +347,7 @@ def test_a_helper_forwards_what_only_the_owner_can_embed(cluster):
         helper = cluster.replicas["b"]
         reply = await serve(helper, SEGMENT, click(image_id, data))  # a picture "a" lacks
         assert (reply.replica, reply.embedding_cache) == ("a", "miss")
-        assert not helper.engine.holds(("", image_id))
+        assert not helper.engine.pictures.holds(("", image_id))
         with pytest.raises(ImageNotCachedError):  # the owner's 404, for an unknown id
             await serve(helper, SEGMENT, click("never-sent-" + image_id))
 
