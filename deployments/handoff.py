@@ -41,9 +41,11 @@ import math
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from typing import Any, Protocol
+from typing import Any
 
-from deployments.ring import Ring
+from deployments.handoff_sending import Sending
+from deployments.peers import HandoffRecorder, Peers
+from deployments.ring import Ring, request_key, ring_key
 from sam3_core.calls import ImageRequest
 from sam3_core.engine import ImageKey, Segmenter
 from sam3_core.handoff import ImageState
@@ -58,52 +60,11 @@ RING_HISTORY = 4
 # that reached a replica whose ring says another owns it goes on only if that still holds
 # after this long (the receiver's ring may have been the one behind).
 RING_SETTLE_S = 1.0
-# Images per hand-off call: each call is a few messages, whatever it carries.
-BATCH_IMAGES = 8
 # What other replicas may call (`answer`).
 CALLS = frozenset({"manifest", "settled", "adopt", "export", "forget"})
 
 
-def ring_key(key: ImageKey) -> str:
-    """What the ring hashes for an engine key: the ingress's `owners.owner_key`."""
-    tenant, image_id = key
-    return f"{tenant}:{image_id}" if tenant else image_id
-
-
-def request_key(request: ImageRequest) -> ImageKey:
-    assert request.image_id is not None, "the ingress resolves the image_id first"
-    return (request.tenant or "", request.image_id)
-
-
-class Peers(Protocol):
-    """How one replica reaches the others (`deployments.peers.RayPeers` on Ray)."""
-
-    async def call(self, replica: str, method: str, *args: Any, timeout_s: float) -> Any:
-        """`Handoff.answer(method, args)` on replica `replica`; raises on failure or after
-        `timeout_s`."""
-        ...
-
-    async def forward(self, replica: str, operation: str, request: Any, timeout_s: float) -> Any:
-        """Serve `request` (operation `operation`) on `replica` as a client request there."""
-        ...
-
-    async def notify(self, replica: str, method: str, *args: Any, timeout_s: float) -> None:
-        """`Handoff.answer(method, args)` on replica `replica`, without waiting for it."""
-        ...
-
-    async def alive(self, replica: str) -> bool:
-        """Whether the replica's process still runs (a stopping replica does)."""
-        ...
-
-
-class HandoffRecorder(Protocol):
-    def record_handoff(self, direction: str, seconds: float) -> None:
-        """One image moved: "sent" (pushed to its new owner), "received", or "borrowed"
-        (fetched from its owner by a helper); `seconds` from export to adoption."""
-        ...
-
-
-class Handoff:
+class Handoff(Sending):
     """One replica's part in moving images between owners (see the module's docstring)."""
 
     def __init__(
@@ -143,125 +104,6 @@ class Handoff:
         self._tasks: set[asyncio.Task] = set()
         self._concurrency = concurrency
         self._sending: asyncio.Semaphore | None = None
-
-    # Ring changes, and sending -----------------------------------------------------------
-
-    def on_ring(self, ring: Ring) -> None:
-        """The replica set changed: send away what this replica no longer owns."""
-        if ring == self.ring:
-            return
-        if self.ring is not None:
-            self._history.append(self.ring)
-        self.ring = ring
-        self._without_me = ring.without(self.me)
-        versions = {ring.version} | {r.version for r in self._history}
-        for table in (self._manifests, self._manifest_events):
-            for sender_version in [k for k in table if k[1] not in versions]:
-                del table[sender_version]
-        self._given_up = {k for k in self._given_up if k[1] in versions}
-        for key in [k for k in self._lent if not self.engine.pictures.holds(k)]:  # evicted here
-            del self._lent[key]
-        logger.info("segmenter %s: ring of %d replicas", self.me, len(ring.replicas))
-        self._spawn(self._send_moved(ring))
-
-    async def leave(self) -> None:
-        """Before this replica stops: send every image it holds to its owner."""
-        if self.ring is not None and self.me in self.ring.replicas:
-            self.on_ring(self.ring.without(self.me))  # Serve's routers have dropped us already
-        pending = list(self._tasks)
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.timeout_s)
-            for task in late:
-                task.cancel()
-
-    async def _send_moved(self, ring: Ring) -> None:
-        moves: dict[str, list[ImageKey]] = defaultdict(list)
-        # Images of requests running here first (they may be embedding them), then the
-        # cached ones, most recently used first.
-        for key in dict.fromkeys([*self._serving, *self.engine.pictures.image_keys()]):
-            owner = ring.owner(ring_key(key))
-            lender = self.borrowed.get(key)
-            if lender is not None:
-                if owner == self.me:
-                    del self.borrowed[key]  # ours now
-                elif owner != lender:  # the lender no longer owns it, nor tracks this copy
-                    del self.borrowed[key]
-                    self.engine.pictures.drop_image(key)
-                continue
-            if owner is not None and owner != self.me:
-                moves[owner].append(key)
-        targets = sorted(ring.replicas - {self.me})
-        if moves:
-            logger.info(
-                "segmenter %s: handing %d image(s) to %d replica(s)",
-                self.me,
-                sum(map(len, moves.values())),
-                len(moves),
-            )
-        await asyncio.gather(
-            *(self._notify(t, "manifest", self.me, ring.version, moves[t]) for t in targets)
-        )
-        batches = [
-            (target, keys[i : i + BATCH_IMAGES])
-            for target, keys in moves.items()
-            for i in range(0, len(keys), BATCH_IMAGES)
-        ]
-        await asyncio.gather(*(self._deliver(target, keys) for target, keys in batches))
-        await asyncio.gather(*(self._notify(t, "settled", self.me, ring.version) for t in targets))
-
-    async def _deliver(self, target: str, keys: list[ImageKey]) -> None:
-        """Send images to `target` in one call, then forget them here, delivered or not."""
-        if self._sending is None:
-            self._sending = asyncio.Semaphore(self._concurrency)
-        async with self._sending:
-            await self._until_served(keys)
-            started = time.perf_counter()
-            exported = await asyncio.to_thread(
-                lambda: [(key, self.engine.pictures.export_image(key)) for key in keys]
-            )
-            states = [(key, state) for key, state in exported if state is not None]
-            if not states:  # evicted meanwhile
-                return
-            try:
-                accepted = await self.peers.call(
-                    target, "adopt", self.me, states, timeout_s=self.timeout_s
-                )
-            except Exception as error:  # any failure: the images are lost
-                logger.warning(
-                    "segmenter %s: hand-off of %d image(s) to %s failed (%s): dropped",
-                    self.me,
-                    len(states),
-                    target,
-                    type(error).__name__,
-                )
-                accepted = [False] * len(states)
-            finally:
-                for key, state in states:
-                    self.engine.pictures.drop_image(key, state.content_digest)
-                    self._lent.pop(key, None)
-            if self.recorder is not None:
-                # What one image cost, the call's time shared among the images it carried.
-                each = (time.perf_counter() - started) / len(states)
-                for kept in accepted:
-                    if kept:
-                        self.recorder.record_handoff("sent", each)
-
-    async def _until_served(self, keys: list[ImageKey]) -> None:
-        """Wait (bounded) until no request for `keys` runs here."""
-        waits = [
-            self._quiet.setdefault(key, asyncio.Event()).wait()
-            for key in keys
-            if key in self._serving
-        ]
-        if waits:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), self.timeout_s)
-
-    async def _notify(self, target: str, method: str, *args: Any) -> None:
-        try:
-            await self.peers.notify(target, method, *args, timeout_s=self.timeout_s)
-        except Exception as error:  # the receiver's wait is bounded
-            logger.info("segmenter %s: %s to %s failed: %r", self.me, method, target, error)
 
     # Receiving ---------------------------------------------------------------------------
 

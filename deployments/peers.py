@@ -26,7 +26,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray import serve
@@ -42,6 +42,34 @@ POLL_S = 10.0
 # Calls whose arguments, and calls whose replies, carry an image (`ImageState`).
 BY_REFERENCE = frozenset({"adopt"})
 REPLY_BY_REFERENCE = frozenset({"export"})
+
+
+class Peers(Protocol):
+    """How one replica reaches the others (`deployments.peers.RayPeers` on Ray)."""
+
+    async def call(self, replica: str, method: str, *args: Any, timeout_s: float) -> Any:
+        """`Handoff.answer(method, args)` on replica `replica`; raises on failure or after
+        `timeout_s`."""
+        ...
+
+    async def forward(self, replica: str, operation: str, request: Any, timeout_s: float) -> Any:
+        """Serve `request` (operation `operation`) on `replica` as a client request there."""
+        ...
+
+    async def notify(self, replica: str, method: str, *args: Any, timeout_s: float) -> None:
+        """`Handoff.answer(method, args)` on replica `replica`, without waiting for it."""
+        ...
+
+    async def alive(self, replica: str) -> bool:
+        """Whether the replica's process still runs (a stopping replica does)."""
+        ...
+
+
+class HandoffRecorder(Protocol):
+    def record_handoff(self, direction: str, seconds: float) -> None:
+        """One image moved: "sent" (pushed to its new owner), "received", or "borrowed"
+        (fetched from its owner by a helper); `seconds` from export to adoption."""
+        ...
 
 
 class HandoffBoard:

@@ -20,6 +20,11 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the ingress's router imports this module: no torch
+    from sam3_core.calls import ImageRequest
+    from sam3_core.pictures import ImageKey
 
 from ray.serve.experimental.consistent_hash_router import (
     DEFAULT_NUM_VIRTUAL_NODES,
@@ -126,3 +131,14 @@ RINGS = RingFeed()
 def deployment_name(app_name: str, deployment: str) -> str:
     """How `RINGS` names a deployment."""
     return f"{app_name}#{deployment}"
+
+
+def ring_key(key: ImageKey) -> str:
+    """What the ring hashes for an engine key: the ingress's `owners.owner_key`."""
+    tenant, image_id = key
+    return f"{tenant}:{image_id}" if tenant else image_id
+
+
+def request_key(request: ImageRequest) -> ImageKey:
+    assert request.image_id is not None, "the ingress resolves the image_id first"
+    return (request.tenant or "", request.image_id)

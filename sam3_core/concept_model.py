@@ -15,13 +15,9 @@ import torch
 from pycocotools import mask as coco_mask
 from torch import nn
 
-from sam3_core.architecture import (
-    Architecture,
-    build_concept_detector,
-    build_detector_neck,
-    neck_features,
-)
+from sam3_core.architecture import Architecture, neck_features
 from sam3_core.calls import ConceptInstances
+from sam3_core.concept_architecture import build_concept_detector, build_detector_neck
 from sam3_core.concept_prompts import ExemplarArrays
 from sam3_core.errors import MaskBudgetError
 from sam3_core.sam3_compat import quiet_sam3, without_pinned_memory

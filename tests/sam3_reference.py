@@ -13,12 +13,8 @@ import types
 import numpy as np
 import torch
 
-from sam3_core.architecture import (
-    Architecture,
-    build_concept_detector,
-    build_interactive_predictor,
-    build_vision_neck,
-)
+from sam3_core.architecture import Architecture, build_interactive_predictor, build_vision_neck
+from sam3_core.concept_architecture import build_concept_detector
 from sam3_core.sam3_compat import clip_vocabulary, quiet_sam3, without_pinned_memory
 from sam3_core.weights import checkpoint_of_sam3_model
 

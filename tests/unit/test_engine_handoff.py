@@ -16,7 +16,8 @@ from sam3_core.calls import ConceptRequest
 from sam3_core.concept_prompts import ConceptPrompt
 from sam3_core.images import content_id
 from tests.conftest import encode_image, random_pixels
-from tests.unit.test_engine import GatedEncode, clicks, images
+from tests.unit.test_engine import clicks, images
+from tests.unit.test_pictures import GatedEncode
 
 KEY = ("", "photo")
 

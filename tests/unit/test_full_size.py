@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam3_core.architecture import FULL, count_parameters, initialise_text_encoder
+from sam3_core.architecture import FULL, count_parameters
+from sam3_core.concept_architecture import initialise_text_encoder
 from sam3_core.concept_model import ConceptQueries, instances
 from sam3_core.concept_prompts import ConceptPrompt, exemplar_arrays
 from sam3_core.model import InteractiveSam3

@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.handoff import Handoff, ring_key
+from deployments.handoff import Handoff
 from deployments.operations import EMBED, SEGMENT, Reply
 from deployments.owners import _reply_or_raise
-from deployments.ring import Ring
+from deployments.ring import Ring, ring_key
 from deployments.segmenter import SegmenterReplica
 from sam3_core import EmbedRequest, ImageNotCachedError, SegmentRequest
 from sam3_core.images import content_id
 from tests.conftest import encode_image, random_pixels
-from tests.unit.test_engine import GatedEncode, clicks, images
+from tests.unit.test_engine import clicks, images
+from tests.unit.test_pictures import GatedEncode
 
 TIMEOUT_S = 3.0
 

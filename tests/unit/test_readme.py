@@ -79,3 +79,17 @@ def test_the_engine_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["result"].decoded.masks.shape == (1, 480, 640)
+
+
+def test_the_layout_table_names_every_module():
+    rows = {
+        folder: next(line for line in README.splitlines() if line.startswith(f"| `{folder}/` |"))
+        for folder in ("sam3_core", "deployments")
+    }
+    missing = [
+        f"{folder}/{path.name}"
+        for folder, row in rows.items()
+        for path in sorted((ROOT / folder).glob("*.py"))
+        if path.name not in ("__init__.py",) and f"`{path.name}`" not in row
+    ]
+    assert not missing, f"README.md's Layout table lacks {missing}"

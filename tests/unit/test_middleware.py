@@ -1,0 +1,116 @@
+"""API keys and tenants over HTTP (`deployments/middleware.py`, SPEC §10)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from deployments.owners import owner_key
+from sam3_core.calls import ImageRequest
+from tests.unit.http_client import B64, CLICK, OTHER_B64, make_client
+
+
+class TestApiKeys:
+    @pytest.fixture
+    def secured(self, engine) -> TestClient:
+        return make_client(engine, api_keys="k-one, k-two")[0]
+
+    def test_every_route_but_healthz_needs_a_key(self, secured):
+        assert secured.get("/healthz").status_code == 200
+        for method, path in [
+            ("get", "/docs"),
+            ("get", "/openapi.json"),
+            ("post", "/sam3/embed_image"),
+            ("post", "/sam3/visual_segment"),
+        ]:
+            response = getattr(secured, method)(path)
+            assert response.status_code == 401, path
+            assert response.json()["code"] == "unauthorized"
+
+    def test_bearer_query_and_body(self, secured):
+        body = {"image": {"type": "base64", "value": B64}}
+        assert (
+            secured.post(
+                "/sam3/embed_image", json=body, headers={"Authorization": "Bearer k-two"}
+            ).status_code
+            == 200
+        )
+        assert secured.post("/sam3/embed_image?api_key=k-one", json=body).status_code == 200
+        assert (
+            secured.post("/sam3/embed_image", json={**body, "api_key": "k-one"}).status_code == 200
+        )
+
+    def test_wrong_keys(self, secured):
+        body = {"image": {"type": "base64", "value": B64}}
+        assert (
+            secured.post(
+                "/sam3/embed_image", json=body, headers={"Authorization": "Bearer nope"}
+            ).status_code
+            == 401
+        )
+        assert (
+            secured.post(
+                "/sam3/embed_image", json=body, headers={"Authorization": "Basic azE6"}
+            ).status_code
+            == 401
+        )
+        assert secured.post("/sam3/embed_image?api_key=k-on", json=body).status_code == 401
+        assert secured.post("/sam3/embed_image", json={**body, "api_key": 1}).status_code == 401
+        # A wrong header key is not rescued by a right body key.
+        assert (
+            secured.post(
+                "/sam3/embed_image",
+                json={**body, "api_key": "k-one"},
+                headers={"Authorization": "Bearer x"},
+            ).status_code
+            == 401
+        )
+
+    def test_auth_comes_before_schema_errors(self, secured):
+        assert secured.post("/sam3/visual_segment", json={"prompts": "nonsense"}).status_code == 401
+
+    def test_keys_are_not_logged(self, engine, caplog):
+        api, _ = make_client(engine, api_keys="secret-key-123")
+        api.post("/sam3/embed_image?api_key=wrong-key-456", json={})
+        api.post(
+            "/sam3/embed_image",
+            json={"image": {"type": "url", "value": "x"}},
+            headers={"Authorization": "Bearer secret-key-123"},
+        )
+        assert "secret-key-123" not in caplog.text and "wrong-key-456" not in caplog.text
+
+
+class TestTenants:
+    """With API keys, each key sees only the images it sent (SPEC §10)."""
+
+    @pytest.fixture
+    def secured(self, engine) -> TestClient:
+        return make_client(engine, api_keys="k-one, k-two")[0]
+
+    def test_another_key_can_neither_click_nor_overwrite(self, secured):
+        one, two = {"Authorization": "Bearer k-one"}, {"Authorization": "Bearer k-two"}
+        mine = {"image": {"type": "base64", "value": B64}, "image_id": "shared-name"}
+        assert secured.post("/sam3/embed_image", json=mine, headers=one).status_code == 200
+        click = {"image_id": "shared-name", "prompts": CLICK, "format": "rle"}
+        other = secured.post("/sam3/visual_segment", json=click, headers=two)
+        assert other.status_code == 404 and other.json()["code"] == "image_not_cached"
+        theirs = {**mine, "image": {"type": "base64", "value": OTHER_B64}}
+        response = secured.post("/sam3/embed_image", json=theirs, headers=two)
+        assert response.headers["x-sam3-embedding-cache"] == "miss"  # a separate entry
+        own = secured.post("/sam3/visual_segment", json=click, headers=one)
+        direct = secured.post(
+            "/sam3/visual_segment",
+            json={"image": {"type": "base64", "value": B64}, "prompts": CLICK, "format": "rle"},
+            headers=one,
+        )
+        assert own.json()["predictions"] == direct.json()["predictions"]
+        # The key in the body names the same tenant as in the header.
+        body_key = secured.post("/sam3/visual_segment", json={**click, "api_key": "k-one"})
+        assert body_key.status_code == 200
+        for response in (own, other, body_key):
+            assert not any("k-one" in v or "k-two" in v for v in response.headers.values())
+
+    def test_routing_keeps_one_owner_per_tenant_and_id(self):
+        mine = ImageRequest(image_id="x", tenant="aaaa")
+        assert owner_key(mine) != owner_key(ImageRequest(image_id="x", tenant="bbbb"))
+        assert owner_key(ImageRequest(image_id="x")) == "x"
