@@ -16,14 +16,15 @@ from bench.samples import click_body, image_body, random_image
 def soak(
     cluster: LocalCluster, budget_images: int = 8, factor: int = 5, release_memory: bool = True
 ) -> dict:
-    """Embed `factor` x more distinct images than the cache budget holds (narrow model, whose
-    embeddings are 5 MiB), two clicks on each: cache bytes and the replica's memory over time,
-    and the service time of embeds and clicks.
+    """Embed `factor` x more distinct images than the cache budget holds (narrow model, as
+    served: 6.3 MiB cached per image), two clicks on each: cache bytes and the replica's memory
+    over time, and the service time of embeds and clicks.
 
     `release_memory=False` turns off what keeps the process at its budget (the engine's
     malloc_trim after embeds, and one malloc arena: glibc's default of 8 per core instead),
     for comparison."""
-    per_image = 5_308_416  # narrow: (8*288^2 + 16*144^2 + 64*72^2) * 4 bytes
+    # narrow, concepts on: SAM2 neck (8*288^2 + 16*144^2 + 64*72^2) + trunk (64*72^2), float32
+    per_image = 6_635_520
     budget = budget_images * per_image
     engine = {
         "random_weights": "narrow",
@@ -80,10 +81,11 @@ def soak(
     curve.append((time.monotonic() - started, total, *sample()))
     curve = [point for point in curve if point[4]]  # a metrics scrape may miss a report
     # Private memory: RSS less shared pages (the object store the image bytes pass through
-    # is Ray's, with its own limit). The replica beside its cache: private memory less the
-    # cache's bytes over the first third (model, embed and click working memory). The
-    # plateau, over the last third, holds that, the cache (at most the budget) and whatever
-    # else crept in. Medians: one embed's or click's working memory comes and goes.
+    # is Ray's, with its own limit), read by the replica with its cache's bytes after each
+    # request. The replica beside its cache: private memory less the cache's bytes over the
+    # first third (model, embed and click working memory). The plateau, over the last third,
+    # holds that, the cache (at most the budget) and whatever else crept in. Medians: one
+    # embed's or click's working memory comes and goes.
     third = max(len(curve) // 3, 1)
     without_cache = statistics.median(point[4] - point[2] for point in curve[:third])
     private = [point[4] for point in curve]
