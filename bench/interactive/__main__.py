@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--think-s", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--routers", nargs="+", default=list(ROUTERS), choices=ROUTERS)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and plots go")
     parser.add_argument(
         "--parts",
         nargs="+",
@@ -118,12 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
         **report,
         "wall_seconds": time.monotonic() - started,
     }
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     stem = "interactive-quick" if args.quick else "interactive"
-    report["plots"] = plot(report, RESULTS, stem)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    report["plots"] = plot(report, args.results, stem)
+    (args.results / f"{stem}.json").write_text(json.dumps(report, indent=1))
     print(
-        f"wrote bench/results/{stem}.json and {', '.join(report['plots'])} "
+        f"wrote {args.results / stem}.json and {', '.join(report['plots'])} "
         f"in {report['wall_seconds']:.0f} s"
     )
     return report

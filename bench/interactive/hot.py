@@ -38,7 +38,7 @@ class HotWorkload:
     seed: int = 0
 
 
-HOT_QUICK = HotWorkload(annotators=6, images=(1,), clicks=4, think_s=0.05, replicas=3)
+HOT_QUICK = HotWorkload(annotators=6, images=(1,), clicks=4, think_s=0.05, replicas=2)
 HOT_FULL = HotWorkload(annotators=16, images=(1, 2), clicks=12, think_s=0.3, replicas=4)
 
 

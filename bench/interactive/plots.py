@@ -10,11 +10,13 @@ import numpy as np
 
 from bench.interactive.scenario import ROUTERS
 
+ROOT = Path(__file__).parents[2]
+
 
 def plot(report: dict, results: Path, stem: str) -> list[str]:
     """Writes `<stem>-embeddings.png`, `<stem>-scale-latency.png` and `<stem>-hot.png` (for
-    the parts the report has) into `results`; returns their paths relative to the
-    repository (the parent of `results`' parent)."""
+    the parts the report has) into `results`; returns their paths, relative to the
+    repository where `results` is in it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +26,7 @@ def plot(report: dict, results: Path, stem: str) -> list[str]:
         fig.tight_layout()
         path = results / f"{stem}-{name}.png"
         fig.savefig(path, dpi=120)
-        paths.append(str(path.relative_to(results.parent.parent)))
+        paths.append(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))
         plt.close(fig)
 
     paths: list[str] = []
