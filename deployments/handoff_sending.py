@@ -78,7 +78,20 @@ class Sending:
                 continue
             if owner is not None and owner != self.me:
                 moves[owner].append(key)
-        targets = sorted(ring.replicas - {self.me})
+        # Replicas of another code version (a redeploy replacing this one) read another board
+        # and may run another model: nothing goes to them, and what they now own is dropped.
+        others = sorted(ring.replicas - {self.me})
+        reachable = await asyncio.gather(*(self.peers.alive(t) for t in others))
+        targets = [t for t, ok in zip(others, reachable, strict=True) if ok]
+        if unreachable := [k for t in set(moves) - set(targets) for k in moves.pop(t)]:
+            logger.info(
+                "segmenter %s: %d image(s) owned by replicas of another version: dropped",
+                self.me,
+                len(unreachable),
+            )
+            for key in unreachable:
+                self.engine.pictures.drop_image(key)
+                self._lent.pop(key, None)
         if moves:
             logger.info(
                 "segmenter %s: handing %d image(s) to %d replica(s)",

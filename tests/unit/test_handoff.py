@@ -59,8 +59,17 @@ class LocalPeers:
             raise ConnectionError(f"{replica} or {self.me} is gone")
         return target
 
+    async def _unread(self, replica: str, timeout_s: float) -> None:
+        """A replica of another code version reads another board: a message to it waits
+        for its timeout, as on Ray."""
+        if self.cluster.versions.get(replica) != self.cluster.versions.get(self.me):
+            self.cluster.calls.append((self.me, replica, "unread"))
+            await asyncio.sleep(timeout_s)
+            raise TimeoutError(f"{replica} reads another board")
+
     async def call(self, replica: str, method: str, *args: Any, timeout_s: float) -> Any:
         target = self._target(replica)
+        await self._unread(replica, timeout_s)
         self.cluster.calls.append((self.me, replica, method))
         args = pickle.loads(pickle.dumps(args))  # what crosses between replicas is a copy
         result = await asyncio.wait_for(target.handoff.answer(method, args), timeout_s)
@@ -68,6 +77,7 @@ class LocalPeers:
 
     async def notify(self, replica: str, method: str, *args: Any, timeout_s: float) -> None:
         target = self._target(replica)
+        await self._unread(replica, timeout_s)
         self.cluster.calls.append((self.me, replica, method))
         args = pickle.loads(pickle.dumps(args))
         await target.handoff.answer(method, args)
@@ -78,7 +88,11 @@ class LocalPeers:
         return await asyncio.wait_for(target.handoff_forwarded(operation, request), timeout_s)
 
     async def alive(self, replica: str) -> bool:
-        return replica in self.cluster.replicas and replica not in self.cluster.dead
+        return (
+            replica in self.cluster.replicas
+            and replica not in self.cluster.dead
+            and self.cluster.versions.get(replica) == self.cluster.versions.get(self.me)
+        )
 
 
 class LocalCluster:
@@ -89,8 +103,10 @@ class LocalCluster:
         self.replicas: dict[str, SegmenterReplica] = {}
         self.dead: set[str] = set()
         self.calls: list[tuple[str, str, str]] = []
+        self.versions: dict[str, int] = {}  # code version of each replica (default: the same)
 
-    def start(self, name: str) -> SegmenterReplica:
+    def start(self, name: str, version: int = 0) -> SegmenterReplica:
+        self.versions[name] = version
         replica = object.__new__(SegmenterReplica)
         replica.engine = self.make_segmenter()
         replica.replica = name
@@ -231,6 +247,30 @@ def test_scale_out_and_in_embed_nothing_again(cluster):
         for name, replica in cluster.replicas.items():
             assert replica.engine.stats().embedding_cache_misses == embedded.get(name, 0), name
         assert "received" in cluster.replicas["d"].metrics.handoffs
+
+    asyncio.run(scenario())
+
+
+def test_a_redeploy_s_last_old_replica_leaves_at_once(cluster):
+    """A rolling update (new code or config): the old version's last replica leaves a ring
+    of new-version replicas, which read another board (and may run another model). Nothing
+    is sent to them, and it leaves at once instead of waiting out its grace period (30 s and
+    a forced kill, as measured on Ray before); its images are dropped, re-embedded on resend."""
+
+    async def scenario() -> None:
+        cluster.start("old")
+        (data,) = images(1)
+        for image_id in IDS:
+            await owner_call(cluster, Ring(["old"]), EMBED, embed(data, image_id))
+        for name in ("new-1", "new-2"):
+            cluster.start(name, version=1)
+        cluster.ring("new-1", "new-2")
+        started = time.monotonic()
+        await cluster.stop("old")
+        assert time.monotonic() - started < TIMEOUT_S / 2
+        assert not [call for call in cluster.calls if call[0] == "old"], cluster.calls
+        for name in ("new-1", "new-2"):
+            assert cluster.replicas[name].engine.stats().embedding_cache_entries == 0
 
     asyncio.run(scenario())
 
