@@ -20,6 +20,9 @@ logger = logging.getLogger("ray.serve")
 
 # Images per hand-off call: each call is a few messages, whatever it carries.
 BATCH_IMAGES = 8
+# Longest a replica waits for a new peer to read its hand-off board before counting it as of
+# another code version (whose board is another).
+REACH_WAIT_S = 2.0
 
 
 class Sending:
@@ -81,7 +84,7 @@ class Sending:
         # Replicas of another code version (a redeploy replacing this one) read another board
         # and may run another model: nothing goes to them, and what they now own is dropped.
         others = sorted(ring.replicas - {self.me})
-        reachable = await asyncio.gather(*(self.peers.alive(t) for t in others))
+        reachable = await asyncio.gather(*(self._reachable(t) for t in others))
         targets = [t for t, ok in zip(others, reachable, strict=True) if ok]
         if unreachable := [k for t in set(moves) - set(targets) for k in moves.pop(t)]:
             logger.info(
@@ -109,6 +112,16 @@ class Sending:
         ]
         await asyncio.gather(*(self._deliver(target, keys) for target, keys in batches))
         await asyncio.gather(*(self._notify(t, "settled", self.me, ring.version) for t in targets))
+
+    async def _reachable(self, target: str) -> bool:
+        """Whether `target` reads this replica's board. A replica that has just started may
+        not have read it yet when the new ring arrives: asked again for a short while."""
+        deadline = time.monotonic() + min(REACH_WAIT_S, self.timeout_s / 4)
+        while not await self.peers.alive(target):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
 
     async def _deliver(self, target: str, keys: list[ImageKey]) -> None:
         """Send images to `target` in one call, then forget them here, delivered or not."""

@@ -92,6 +92,7 @@ class LocalPeers:
             replica in self.cluster.replicas
             and replica not in self.cluster.dead
             and self.cluster.versions.get(replica) == self.cluster.versions.get(self.me)
+            and time.monotonic() >= self.cluster.reads_from.get(replica, 0.0)
         )
 
 
@@ -104,6 +105,7 @@ class LocalCluster:
         self.dead: set[str] = set()
         self.calls: list[tuple[str, str, str]] = []
         self.versions: dict[str, int] = {}  # code version of each replica (default: the same)
+        self.reads_from: dict[str, float] = {}  # when a replica first reads its mailbox
 
     def start(self, name: str, version: int = 0) -> SegmenterReplica:
         self.versions[name] = version
@@ -271,6 +273,28 @@ def test_a_redeploy_s_last_old_replica_leaves_at_once(cluster):
         assert not [call for call in cluster.calls if call[0] == "old"], cluster.calls
         for name in ("new-1", "new-2"):
             assert cluster.replicas[name].engine.stats().embedding_cache_entries == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_that_has_not_read_its_mailbox_yet_still_gets_its_images(cluster):
+    """The new ring can reach the old owner before the added replica has read the hand-off
+    board once: it is asked again for a while, not taken for another version."""
+
+    async def scenario() -> None:
+        cluster.start("a")
+        (data,) = images(1)
+        for image_id in IDS:
+            await owner_call(cluster, Ring(["a"]), EMBED, embed(data, image_id))
+        cluster.start("b")
+        cluster.reads_from["b"] = time.monotonic() + 0.3
+        two = cluster.ring("a", "b")
+        await cluster.settle()
+        moved = [i for i in IDS if two.owner(i) == "b"]
+        assert moved
+        for image_id in moved:
+            reply = await owner_call(cluster, two, SEGMENT, click(image_id))
+            assert (reply.replica, reply.embedding_cache) == ("b", "handoff")
 
     asyncio.run(scenario())
 
