@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from bench import child as child_process
 
 RESULTS = Path(__file__).parent / "results" / "concept.json"
 MiB = 2**20
@@ -186,15 +185,8 @@ def child(preset: str, concepts: bool, repeat: int) -> dict:
 
 
 def run_child(preset: str, concepts: bool, repeat: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.concept", "--child", preset, str(int(concepts)), str(repeat)],
-        env={**os.environ, "MALLOC_ARENA_MAX": "1"},
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parents[1],
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ("--child", preset, str(int(concepts)), str(repeat))
+    return child_process.run_child("bench.concept", *args, env={"MALLOC_ARENA_MAX": "1"})
 
 
 def main() -> None:

@@ -24,11 +24,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from bench.child import run_child
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = {
@@ -102,15 +102,7 @@ def child(release: bool) -> dict:
 
 def run(name: str) -> dict:
     env, release = CONFIGS[name]
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.memory", "--child", str(int(release))],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parents[1],
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child("bench.memory", "--child", str(int(release)), env=env)
 
 
 def main() -> None:

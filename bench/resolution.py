@@ -26,14 +26,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.child import run_child
 from bench.samples import smooth_image
 
 RESULTS = Path(__file__).parent / "results"
@@ -151,15 +150,8 @@ def sixteen_prompts(variant: str, repeat: int) -> dict:
 
 
 def in_child(variant: str, repeat: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.resolution", "--child", variant, "--repeat", str(repeat)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).parents[1],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ("--child", variant, "--repeat", str(repeat))
+    return run_child("bench.resolution", *args, env={"OMP_NUM_THREADS": "1"})
 
 
 def main() -> None:

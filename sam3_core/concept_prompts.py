@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sam3_core.errors import InvalidPromptError
-from sam3_core.prompts import MAX_COORDINATE
+from sam3_core.prompts import check_coordinate
 
 # sam3's query text for box exemplars without a text (`Sam3Processor.add_geometric_prompt`).
 VISUAL_QUERY_TEXT = "visual"
@@ -148,7 +148,7 @@ def validate_concept_prompts(
         for j, box in enumerate(boxes):
             x0, y0, x1, y1 = box.xyxy()
             for name, value in zip(("x0", "y0", "x1", "y1"), (x0, y0, x1, y1), strict=True):
-                _check_coordinate(value, f"{where}.boxes[{j}].{name}")
+                check_coordinate(value, f"{where}.boxes[{j}].{name}")
             if x1 <= x0 or y1 <= y0:
                 raise InvalidPromptError(f"{where}.boxes[{j}]: width and height must be > 0")
 
@@ -156,13 +156,6 @@ def validate_concept_prompts(
 def _check_fraction(value: float, field: str) -> None:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise InvalidPromptError(f"{field}: must be between 0 and 1")
-
-
-def _check_coordinate(value: float, field: str) -> None:
-    if not math.isfinite(value):
-        raise InvalidPromptError(f"{field}: must be a finite number")
-    if abs(value) > MAX_COORDINATE:
-        raise InvalidPromptError(f"{field}: must be within ±{MAX_COORDINATE:g} pixels")
 
 
 @dataclass(frozen=True)

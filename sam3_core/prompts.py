@@ -127,7 +127,7 @@ def validate_prompt_set(prompt_set: PromptSet, *, max_prompts: int, max_points: 
         where = f"prompts[{i}]"
         if prompt.box is not None:
             for name in ("x", "y", "width", "height"):
-                _check_coordinate(getattr(prompt.box, name), f"{where}.box.{name}")
+                check_coordinate(getattr(prompt.box, name), f"{where}.box.{name}")
             for name in ("width", "height"):
                 if getattr(prompt.box, name) <= 0:
                     raise InvalidPromptError(f"{where}.box.{name}: must be greater than 0")
@@ -137,10 +137,11 @@ def validate_prompt_set(prompt_set: PromptSet, *, max_prompts: int, max_points: 
             )
         for j, point in enumerate(prompt.points or ()):
             for name in ("x", "y"):
-                _check_coordinate(getattr(point, name), f"{where}.points[{j}].{name}")
+                check_coordinate(getattr(point, name), f"{where}.points[{j}].{name}")
 
 
-def _check_coordinate(value: float, field: str) -> None:
+def check_coordinate(value: float, field: str) -> None:
+    """A prompt coordinate, finite and within ±MAX_COORDINATE pixels (points, boxes, exemplars)."""
     if not math.isfinite(value):
         raise InvalidPromptError(f"{field}: must be a finite number")
     if abs(value) > MAX_COORDINATE:
