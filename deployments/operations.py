@@ -39,7 +39,12 @@ from sam3_core.protocol.bodies import (
     VisualSegmentRequest,
     VisualSegmentResponse,
 )
-from sam3_core.protocol.masks import BINARY, masks_npz, predictions_json
+from sam3_core.protocol.masks import (
+    BINARY,
+    concept_instances_npz,
+    masks_npz,
+    predictions_json,
+)
 from sam3_core.settings import RequestLimits
 
 # The stages of a request, in the order `Server-Timing` lists them: in the ingress "parse"
@@ -210,11 +215,18 @@ def _concept_request(body: ConceptSegmentRequest, image: ImageRequest) -> Concep
         prompts=tuple(body.prompts or ()),
         output_prob_thresh=body.output_prob_thresh,
         nms_iou_threshold=body.nms_iou_threshold,
-        mask_format="rle" if body.format == "rle" else "polygon",
+        mask_format=body.format if body.format in ("rle", "binary") else "polygon",
     )
 
 
 def _concept_reply(request: ConceptRequest, result: ConceptSegmentation) -> Encoded:
+    headers = {TEXT_HEADER: result.text_cache}
+    if request.mask_format == "binary":
+        found = result.prompt_results
+        body = concept_instances_npz(
+            [f.masks for f in found], [f.scores for f in found], [f.boxes for f in found]
+        )
+        return Encoded(body, BINARY, headers)
     results = b",".join(
         b'{"prompt_index":%d,"echo":%s,"predictions":%s}'
         % (
@@ -234,7 +246,7 @@ def _concept_reply(request: ConceptRequest, result: ConceptSegmentation) -> Enco
         )
     )
     body = b'{"prompt_results":[' + results + b"]}"
-    return Encoded(body, JSON, {TEXT_HEADER: result.text_cache})
+    return Encoded(body, JSON, headers)
 
 
 def _check_concepts(body: ConceptSegmentRequest, limits: RequestLimits) -> None:

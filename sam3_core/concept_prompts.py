@@ -46,10 +46,12 @@ class ExemplarBox(BaseModel):
         return self
 
     def xyxy(self) -> tuple[float, float, float, float]:
-        if self.x0 is not None and self.y0 is not None and self.x1 is not None:
-            return (self.x0, self.y0, self.x1, self.y1)  # type: ignore[return-value]
+        """A box carrying both complete forms is read as {x, y, width, height}, as Roboflow's
+        server reads it (its `Union[Box, BoxXYXY]` validates the XYWH form first)."""
         x, y, w, h = self.x, self.y, self.width, self.height
-        return (x, y, x + w, y + h)  # type: ignore[operator, return-value]
+        if x is not None and y is not None and w is not None and h is not None:
+            return (x, y, x + w, y + h)
+        return (self.x0, self.y0, self.x1, self.y1)  # type: ignore[return-value]
 
 
 class ConceptPrompt(BaseModel):

@@ -139,8 +139,12 @@ class ConceptSegmentRequest(_Body):
     nms_iou_threshold: float | None = Field(
         None, description="When set: mask NMS across all prompts' instances (higher score kept)."
     )
-    format: Literal["json", "polygon", "rle"] = Field(
-        "polygon", description="json and polygon give polygons; rle gives COCO RLE."
+    format: Literal["json", "polygon", "rle", "binary"] = Field(
+        "polygon",
+        description="json and polygon give polygons; rle gives COCO RLE; binary gives a NumPy "
+        ".npz (application/octet-stream) of every instance, prompts in order: `masks` (N, H, "
+        "W) bool, `scores` (N,) float32, `boxes` (N, 4) float32 XYXY pixels and "
+        "`prompt_index` (N,) int32.",
     )
     text: str | None = Field(None, description="Legacy single prompt: its text.")
     boxes: list[ExemplarBox] | None = Field(None, description="Legacy single prompt: boxes.")

@@ -79,6 +79,30 @@ def masks_npz(masks: np.ndarray, low_res_logits: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def concept_instances_npz(
+    masks: list[np.ndarray], scores: list[np.ndarray], boxes: list[np.ndarray]
+) -> bytes:
+    """`format: "binary"` on concept_segment: every prompt's instances in one archive, in
+    prompt order (Roboflow's server has no binary answer for concepts; this keeps the
+    visual_segment convention of a `numpy.savez_compressed` body).
+
+    Args:
+        masks: per prompt, (N_i, H, W) bool.
+        scores: per prompt, (N_i,) float32.
+        boxes: per prompt, (N_i, 4) float32 XYXY pixels.
+    """
+    index = [np.full(len(s), i, dtype=np.int32) for i, s in enumerate(scores)]
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        masks=np.concatenate(masks).astype(bool, copy=False),
+        scores=np.concatenate(scores).astype(np.float32, copy=False),
+        boxes=np.concatenate(boxes).astype(np.float32, copy=False).reshape(-1, 4),
+        prompt_index=np.concatenate(index),
+    )
+    return buffer.getvalue()
+
+
 def predictions_json(
     masks: np.ndarray, scores: np.ndarray, mask_format: Literal["polygon", "rle"]
 ) -> bytes:

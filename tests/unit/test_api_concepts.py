@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
@@ -69,6 +71,48 @@ class TestConceptSegment:
             decoded = coco_mask.decode(prediction["masks"]).astype(bool)
             assert np.array_equal(decoded, mask)
             assert prediction["confidence"] == pytest.approx(float(score))
+
+    def test_binary_is_every_instance_in_one_npz(self, api, engine):
+        prompts = (ConceptPrompt(text="cat"), ConceptPrompt(text="dog"))
+        body = {
+            "image": {"type": "base64", "value": B64},
+            "prompts": [{"text": "cat"}, {"text": "dog"}],
+            "format": "binary",
+            "output_prob_thresh": 0.3,
+        }
+        response = api.post("/sam3/concept_segment", json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/octet-stream"
+        archive = np.load(io.BytesIO(response.content))
+        found = engine.concept_segment(
+            ConceptRequest(image=PNG, prompts=prompts, output_prob_thresh=0.3)
+        ).prompt_results
+        assert sum(map(len, found)) > 0
+        assert archive["masks"].dtype == bool and archive["masks"].shape[1:] == (90, 120)
+        assert np.array_equal(archive["masks"], np.concatenate([f.masks for f in found]))
+        assert np.array_equal(archive["scores"], np.concatenate([f.scores for f in found]))
+        assert np.array_equal(archive["boxes"], np.concatenate([f.boxes for f in found]))
+        counts = [len(f) for f in found]
+        assert np.array_equal(archive["prompt_index"], np.repeat([0, 1], counts))
+
+    def test_a_box_in_both_forms_is_read_as_roboflow_reads_it(self, api):
+        """Roboflow's `Union[Box, BoxXYXY]` validates {x, y, width, height} first."""
+        xywh = {"x": 10, "y": 20, "width": 40, "height": 30}
+        both = {**xywh, "x0": 70, "y0": 5, "x1": 110, "y1": 85}
+
+        def masks(box: dict) -> list:
+            body = {
+                "image": {"type": "base64", "value": B64},
+                "prompts": [{"boxes": [box], "box_labels": [1]}],
+                "format": "rle",
+                "output_prob_thresh": 0.0,
+            }
+            response = api.post("/sam3/concept_segment", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()["prompt_results"][0]["predictions"]
+
+        xyxy = {k: both[k] for k in ("x0", "y0", "x1", "y1")}
+        assert masks(both) == masks(xywh) != masks(xyxy)
 
     def test_legacy_single_prompt_and_roboflow_keys(self, api):
         body = {
