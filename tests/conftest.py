@@ -20,8 +20,11 @@ __all__ = ["encode_image", "png_header", "random_pixels", "tiny_settings"]
 
 
 def tiny_settings(**overrides: object) -> EngineSettings:
-    """Tiny random model; hole filling off (noisy random masks make it slow on CPU)."""
-    return EngineSettings(random_weights="tiny", max_hole_area=0, device="cpu", **overrides)
+    """Tiny random model; hole filling off unless `overrides` turn it on (noisy random masks
+    make it slow on CPU; the parity tests run it in the default setting too)."""
+    return EngineSettings(
+        **{"random_weights": "tiny", "max_hole_area": 0, "device": "cpu", **overrides}
+    )
 
 
 def png_header(width: int, height: int) -> bytes:

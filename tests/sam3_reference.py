@@ -25,14 +25,16 @@ with quiet_sam3():
 
 
 class ReferenceSam3(torch.nn.Module):
-    def __init__(self, arch: Architecture, seed: int = 0) -> None:
+    def __init__(self, arch: Architecture, seed: int = 0, max_hole_area: float = 0) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.backbone = SAM3VLBackbone(
                 visual=build_vision_neck(arch, with_detector_neck=True), text=None, scalp=1
             )
-            self.inst_interactive_predictor = build_interactive_predictor(arch, max_hole_area=0)
+            self.inst_interactive_predictor = build_interactive_predictor(
+                arch, max_hole_area=max_hole_area
+            )
         self.predict_inst = types.MethodType(Sam3Image.predict_inst, self)
         self.processor = Sam3Processor(self, resolution=arch.image_size, device="cpu")
         self.eval()

@@ -1,5 +1,6 @@
 """The engine's model equals sam3 itself (`Sam3Processor.set_image` + `predict_inst`) on the
-same random weights, bit for bit, and builds where sam3 0.1.4 alone does not."""
+same random weights, bit for bit, with hole filling off and in its default setting
+(`SAM3_MAX_HOLE_AREA=256`), and builds where sam3 0.1.4 alone does not."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sam3_core.images import content_id
 from sam3_core.model import InteractiveSam3
 from sam3_core.prompts import PromptSet
 from sam3_core.sam3_compat import building_on, leave_tracker_autocast
+from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_checkpoint
 from tests.conftest import encode_image, random_pixels, tiny_settings
 from tests.sam3_reference import ReferenceSam3, best_proposals
@@ -29,6 +31,7 @@ NEG = {"x": 150.0, "y": 40.0, "positive": False}
 POS2 = {"x": 100.0, "y": 120.0, "positive": True}
 BOX = {"x": 100.0, "y": 80.0, "width": 90.0, "height": 60.0}  # XYXY 55, 50, 145, 110
 BOX_XYXY = [55.0, 50.0, 145.0, 110.0]
+DEFAULT_HOLE_AREA = EngineSettings.model_fields["max_hole_area"].default
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,33 @@ def pts(*points: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TestParityWithSam3:
+    """Every test twice: hole filling off, and at the service's default (both sides)."""
+
+    @pytest.fixture(
+        scope="class", params=[0.0, DEFAULT_HOLE_AREA], ids=["holes-off", "holes-default"]
+    )
+    def hole_area(self, request) -> float:
+        return request.param
+
+    @pytest.fixture(scope="class")
+    def reference(self, hole_area) -> ReferenceSam3:
+        return ReferenceSam3(TINY, seed=7, max_hole_area=hole_area)
+
+    @pytest.fixture(scope="class")
+    def engine(self, reference, hole_area) -> Segmenter:
+        model = InteractiveSam3(TINY, max_hole_area=hole_area)
+        load_checkpoint(model, reference.checkpoint())
+        settings = tiny_settings(embedding_cache_bytes=2**26, max_hole_area=hole_area)
+        return Segmenter(model.eval(), settings)
+
+    def test_hole_filling_is_what_the_setting_says(self, reference, hole_area, image):
+        """Not vacuous: on these random weights, filling holes changes the masks."""
+        coords, labels = pts(POS, NEG, POS2)
+        unfilled = ReferenceSam3(TINY, seed=7).best(image, point_coords=coords, point_labels=labels)
+        theirs = reference.best(image, point_coords=coords, point_labels=labels)
+        assert np.array_equal(theirs[0], unfilled[0]) == (hole_area == 0)
+        assert np.array_equal(theirs[2], unfilled[2])  # the logits are never filled
+
     def test_embedding_is_what_sam3_decodes_from(self, engine, reference, image):
         ours = engine.model.encode(torch.from_numpy(image).permute(2, 0, 1))
         state = reference.processor.set_image(torch.from_numpy(image).permute(2, 0, 1))
