@@ -32,7 +32,13 @@ from deployments.middleware import (
 )
 from deployments.operations import JSON, OPERATIONS, STAGES, ImageBody, Operation, Reply
 from deployments.owners import Owners, ServiceUnavailableError
-from deployments.page import DOCS_ASSETS_PREFIX, OPEN_PATHS, OPEN_PREFIXES, add_page
+from deployments.page import (
+    DOCS_ASSETS_PREFIX,
+    OPEN_PATHS,
+    OPEN_PREFIXES,
+    SecurityHeaders,
+    add_page,
+)
 from deployments.request_body import JsonRoute
 from deployments.settings import IngressSettings
 from sam3_core.calls import ImageRequest
@@ -198,8 +204,17 @@ def create_api(
         logger.exception("unexpected error")
         return error_response(500, "internal_error", "internal error; see the service's logs")
 
+    # The last added runs first: the clock, the API key (before any body byte is read,
+    # unless the key is in the body), then the body limit.
     keys = [key.get_secret_value() for key in settings.api_keys]
-    app.add_middleware(ApiKeyAuth, keys=keys, open_paths=OPEN_PATHS, open_prefixes=OPEN_PREFIXES)
     app.add_middleware(RequestBodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        ApiKeyAuth,
+        keys=keys,
+        open_paths=OPEN_PATHS,
+        open_prefixes=OPEN_PREFIXES,
+        max_body_key_bytes=settings.max_body_key_bytes,
+    )
     app.add_middleware(RequestClock)
+    app.add_middleware(SecurityHeaders)  # outermost: on refusals too
     return app

@@ -1,8 +1,11 @@
-"""ASGI middleware that refuses a request before it reaches a route: a body over the size
-limit (413) or a missing or wrong API key (401); and the clock of each request.
+"""ASGI middleware that refuses a request before it reaches a route: a missing or wrong API
+key (401), then a body over the size limit (413); and the clock of each request.
 
 Starlette and FastAPI have neither a request-body limit nor API-key auth that also accepts
-the key inside a JSON body (Roboflow's clients send it there), hence these two classes.
+the key inside a JSON body (Roboflow's clients send it there), hence these two classes. The
+key check comes first and reads no body byte when the key is in a header or the query; a
+key in the body is looked for only in bodies up to a small bound, so an unauthenticated
+client can make the ingress hold no more than that per request.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from urllib.parse import parse_qs
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.request_body import keep_body, kept_body, parsed_json
+from deployments.request_body import keep_body, parsed_json
 
 TENANT = "sam3_tenant"
 ARRIVED = "sam3_arrived"
@@ -89,8 +92,8 @@ def tenant_of(scope: Scope) -> str | None:
 class ApiKeyAuth:
     """Every path but `open_paths` and those under `open_prefixes` needs one of `keys`:
     `Authorization: Bearer <key>`, an `api_key` query parameter, or an `api_key` field of a
-    JSON body. Keys are compared in constant time and never logged; the request's tenant
-    (`tenant_of`) is its key's digest."""
+    JSON body of at most `max_body_key_bytes`. Keys are compared in constant time and never
+    logged; the request's tenant (`tenant_of`) is its key's digest."""
 
     def __init__(
         self,
@@ -98,11 +101,13 @@ class ApiKeyAuth:
         keys: Iterable[str],
         open_paths: Iterable[str],
         open_prefixes: Iterable[str] = (),
+        max_body_key_bytes: int = 1024 * 1024,
     ) -> None:
         self.app = app
         self._keys = [key.encode() for key in keys]
         self._open_paths = frozenset(open_paths)
         self._open_prefixes = tuple(open_prefixes)
+        self._max_body_key_bytes = max_body_key_bytes
 
     def _open(self, path: str) -> bool:
         return path in self._open_paths or path.startswith(self._open_prefixes)
@@ -127,17 +132,30 @@ class ApiKeyAuth:
             else:
                 await self._refuse(scope, receive, send)
             return
-        # No key in the header or query: look in the JSON body, then replay it to the app.
-        body = kept_body(scope)
-        messages: list[Message] = []
-        if body is None:
-            messages, body = await _read_body(receive) or ([], b"")
+        # No key in the header or query: look in a small JSON body, then replay it to the app.
+        bound = self._max_body_key_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        too_long = declared is not None and (not declared.isdigit() or int(declared) > bound)
+        read = None if too_long else await _read_body(receive, bound)
+        if read is None:
+            await self._refuse(scope, receive, send, self._body_too_long(), Connection="close")
+            return
+        messages, body = read
+        keep_body(scope, body)
         key = _body_key(scope, body)
         if key is None or not self._valid(key):
             await self._refuse(scope, receive, send)
             return
         _set_tenant(scope, key)
         await self.app(scope, _replay(messages, receive), send)
+
+    def _body_too_long(self) -> str:
+        return (
+            f"no API key in the Authorization header or the query, and the body is over "
+            f"{self._max_body_key_bytes} bytes, the most searched for an api_key "
+            "(SAM3_MAX_BODY_KEY_BYTES): send the key as Authorization: Bearer <key> (the "
+            "inference-sdk's api_key_transport='header') or ?api_key="
+        )
 
     @staticmethod
     def _header_or_query_key(scope: Scope) -> bytes | None:
@@ -151,13 +169,16 @@ class ApiKeyAuth:
         return None
 
     @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, message: str = "", **headers: str
+    ) -> None:
         response = error_response(
             401,
             "unauthorized",
-            "a valid API key is required: Authorization: Bearer <key>, ?api_key=, or api_key "
-            "in the JSON body",
-            **{"WWW-Authenticate": "Bearer"},
+            message
+            or "a valid API key is required: Authorization: Bearer <key>, ?api_key=, or "
+            "api_key in the JSON body",
+            **{"WWW-Authenticate": "Bearer", **headers},
         )
         await response(scope, receive, send)
 

@@ -22,6 +22,12 @@ class IngressSettings(RequestLimits):
     max_request_bytes: int = Field(
         40 * MiB, gt=0, description="HTTP body limit, checked before the body is read."
     )
+    max_body_key_bytes: int = Field(
+        MiB,
+        gt=0,
+        description="Largest body searched for an api_key when none came in the "
+        "Authorization header or the query; a larger one is refused (401) unread.",
+    )
     retry_after_seconds: int = Field(
         1, ge=0, description="Retry-After sent with 503 when the service is overloaded."
     )

@@ -4,8 +4,10 @@ Only http(s) URLs whose host is on the operator's allow-list are fetched. The ho
 resolved once and every address it resolves to must be public (loopback, private,
 link-local, shared, reserved and cloud-metadata addresses are refused); the connection then
 goes to that checked address (no second lookup a DNS-rebinding attacker could answer
-differently), with TLS verified against the host name. Redirects are followed by hand, each
-hop checked the same way. The body is read up to a byte limit within a time limit.
+differently), with TLS verified against the host name; an IPv6 address is judged by every
+IPv4 address it embeds as well (NAT64, IPv4-compatible and -mapped, 6to4, Teredo). Redirects
+are followed by hand, each hop checked the same way. The body is read up to a byte limit
+within a time limit.
 """
 
 from __future__ import annotations
@@ -20,10 +22,26 @@ import urllib3
 
 from sam3_core.errors import ImageTooLargeError, UrlInputError
 
-# Metadata services stay unreachable even where private networks are allowed.
+# Metadata and credential services stay unreachable even where private networks are allowed.
 METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # instance metadata: AWS, GCP, Azure, Oracle, DigitalOcean, ...
+        "fd00:ec2::254",  # AWS instance metadata over IPv6
+        "100.100.100.200",  # Alibaba Cloud metadata
+        "169.254.170.2",  # AWS ECS task credentials
+        "169.254.170.23",  # AWS EKS Pod Identity agent
+        "fd00:ec2::23",  # AWS EKS Pod Identity agent over IPv6
+    )
 )
+# IPv6 prefixes that carry an IPv4 address inside: NAT64 (RFC 6052's well-known prefix and
+# RFC 8215's local-use one, whose operator picks the prefix length), IPv4-compatible.
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# Where RFC 6052 puts the IPv4 address's bytes for a prefix of 48, 56, 64 and 96 bits (byte 8,
+# bits 64-71, is always zero).
+_RFC6052_BYTES = ((6, 7, 9, 10), (7, 9, 10, 11), (9, 10, 11, 12), (12, 13, 14, 15))
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 
@@ -53,11 +71,56 @@ def host_allowed(host: str, allowed_hosts: tuple[str, ...]) -> bool:
     return False
 
 
-def _address_refusal(address: IPAddress, allow_private: bool) -> str | None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address may reach or stand for: IPv4-mapped, IPv4-compatible,
+    NAT64 (well-known and local-use prefixes; for the latter every place RFC 6052 allows),
+    6to4 and Teredo (its server and client)."""
+    definite, guessed = _embedded(address)
+    return [*definite, *guessed]
+
+
+def _embedded(
+    address: ipaddress.IPv6Address,
+) -> tuple[list[ipaddress.IPv4Address], list[ipaddress.IPv4Address]]:
+    """The IPv4 addresses `address` embeds for certain, and those it may embed (a local-use
+    NAT64 prefix's length is its operator's choice: one candidate per length)."""
+    definite = []
+    if address.ipv4_mapped is not None:
+        definite.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        definite.append(address.sixtofour)
+    if address.teredo is not None:
+        definite.extend(address.teredo)
+    packed = address.packed
+    compatible = address in _IPV4_COMPATIBLE and int(address) > 1  # not :: or ::1
+    if compatible or address in _NAT64_WELL_KNOWN:
+        definite.append(ipaddress.IPv4Address(packed[12:]))
+    guessed = []
+    if address in _NAT64_LOCAL:
+        guessed = [ipaddress.IPv4Address(bytes(packed[i] for i in at)) for at in _RFC6052_BYTES]
+    return definite, guessed
+
+
+def address_refusal(address: IPAddress, allow_private: bool) -> str | None:
+    """Why URL input may not reach `address` (None: it may). An IPv6 address is refused when
+    any IPv4 address it embeds would be."""
+    if isinstance(address, ipaddress.IPv6Address):
+        definite, guessed = _embedded(address)
+        for inner in (*definite, *guessed):
+            if inner in METADATA_ADDRESSES:
+                return f"embeds {inner}, a cloud metadata or credential address"
+        for inner in definite:
+            refusal = _refusal(inner, allow_private)
+            if refusal:
+                return f"embeds {inner}, {refusal}"
+        if guessed and not allow_private:
+            return "a local-use NAT64 address (64:ff9b:1::/48), not a public one"
+    return _refusal(address, allow_private)
+
+
+def _refusal(address: IPAddress, allow_private: bool) -> str | None:
     if address in METADATA_ADDRESSES:
-        return "a cloud metadata address"
+        return "a cloud metadata or credential address"
     if allow_private:
         return None if not (address.is_multicast or address.is_unspecified) else "not unicast"
     if address.is_loopback:
@@ -80,7 +143,7 @@ def _resolve(host: str, port: int, policy: UrlPolicy) -> IPAddress:
     if not addresses:
         raise UrlInputError(f"{host} resolves to no address")
     for address in addresses:
-        refusal = _address_refusal(address, policy.allow_private_networks)
+        refusal = address_refusal(address, policy.allow_private_networks)
         if refusal:
             raise UrlInputError(f"{host} resolves to {address}, {refusal}: refused")
     return addresses[0]

@@ -1,4 +1,5 @@
-"""The full-size SAM3 architecture, random weights, on this CPU (about two minutes).
+"""The full-size SAM3 architecture, random weights, on this CPU (about two minutes), with hole
+filling off and in its default setting.
 
 sam3's own `build_sam3_image_model` (text encoder and detector included) is the reference:
 our build loads its weights strictly; its interactive part is much smaller and gives the same
@@ -25,6 +26,7 @@ from sam3_core.sam3_compat import (
     leave_tracker_autocast,
     without_pinned_memory,
 )
+from sam3_core.settings import EngineSettings
 from sam3_core.weights import checkpoint_of_sam3_model, load_checkpoint
 from tests.conftest import random_pixels
 from tests.sam3_reference import best_proposals
@@ -90,6 +92,22 @@ def test_full_size_interactive_build_equals_sam3s_full_model():
     assert np.array_equal(decoded.scores, theirs[1])
     assert np.array_equal(decoded.low_res_logits, theirs[2])
 
+    # In the service's default setting (hole filling at SAM3_MAX_HOLE_AREA=256 on both
+    # sides): several clicks, then a refinement seeded with the first answer's logits.
+    holes = EngineSettings.model_fields["max_hole_area"].default
+    predictor._transforms.max_hole_area = holes
+    ours.predictor._transforms.max_hole_area = holes
+    clicks = {
+        "point_coords": np.array([[120.0, 90.0], [300.0, 200.0], [60.0, 250.0]]),
+        "point_labels": np.array([1, 0, 1]),
+    }
+    first = _both(full, state, ours, embedding, **clicks)
+    refined = _both(full, state, ours, embedding, **clicks, mask_input=first[2][:, None])
+    assert not np.array_equal(refined[0], first[0])  # the logits changed the answer
+    unfilled = decoded.masks  # the one-click mask above, hole filling off
+    filled = _both(full, state, ours, embedding, **prompt)
+    assert not np.array_equal(filled[0], unfilled)  # holes were filled
+
     # Concepts, from the same embedding: sam3's set_image (above) + set_text_prompt is the
     # reference, at a threshold that keeps about half of its queries.
     with without_pinned_memory():
@@ -109,3 +127,29 @@ def test_full_size_interactive_build_equals_sam3s_full_model():
     assert np.array_equal(found.scores, state["scores"].numpy())
     assert np.array_equal(found.boxes, state["boxes"].float().numpy())
     assert np.array_equal(found.masks, state["masks"][:, 0].numpy())
+
+
+def _both(full, state, ours, embedding, *, point_coords, point_labels, mask_input=None):
+    """sam3's `predict_inst` (best proposal) and our decode of one prompt: asserted equal, bit
+    for bit; returns sam3's masks (1, H, W), scores (1,), low-res logits (1, 288, 288)."""
+    theirs = best_proposals(
+        *full.predict_inst(
+            state,
+            point_coords=point_coords,
+            point_labels=point_labels,
+            mask_input=mask_input,
+            multimask_output=True,
+            return_logits=True,
+            normalize_coords=True,
+        )
+    )
+    decoded = ours.decode(
+        embedding,
+        point_coords=point_coords[None],
+        point_labels=point_labels[None],
+        mask_input=mask_input,
+    )
+    assert np.array_equal(decoded.masks, theirs[0])
+    assert np.array_equal(decoded.scores, theirs[1])
+    assert np.array_equal(decoded.low_res_logits, theirs[2])
+    return theirs

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -15,11 +18,11 @@ class TestApiKeys:
     def secured(self, engine) -> TestClient:
         return make_client(engine, api_keys="k-one, k-two")[0]
 
-    def test_every_route_but_healthz_needs_a_key(self, secured):
-        assert secured.get("/healthz").status_code == 200
+    def test_every_route_but_healthz_the_page_and_the_docs_needs_a_key(self, secured):
+        for path in ("/healthz", "/docs", "/redoc", "/openapi.json"):
+            assert secured.get(path).status_code == 200, path
         for method, path in [
-            ("get", "/docs"),
-            ("get", "/openapi.json"),
+            ("post", "/sam3/concept_segment"),
             ("post", "/sam3/embed_image"),
             ("post", "/sam3/visual_segment"),
         ]:
@@ -65,6 +68,38 @@ class TestApiKeys:
             ).status_code
             == 401
         )
+
+    @pytest.mark.parametrize(
+        "headers",
+        [[], [(b"authorization", b"Bearer wrong")], [(b"authorization", b"Basic azE6")]],
+        ids=["no-key", "wrong-bearer", "not-bearer"],
+    )
+    def test_no_body_byte_is_read_before_the_key_is_checked(self, secured, headers):
+        """A client without a valid key makes the ingress hold none of its body (40 MiB
+        each, 256 in flight, were ~10 GiB when the body limit read first)."""
+        declared = [(b"content-length", str(30 * 2**20).encode())]
+        status, reads = asyncio.run(_call(secured.app, "/sam3/embed_image", headers + declared))
+        assert status == 401 and reads == 0
+
+    def test_a_key_in_the_header_is_checked_before_the_body_limit(self, secured):
+        declared = [(b"content-length", str(50 * 2**20).encode())]
+        key = [(b"authorization", b"Bearer k-one")]
+        assert asyncio.run(_call(secured.app, "/sam3/embed_image", declared))[0] == 401
+        assert asyncio.run(_call(secured.app, "/sam3/embed_image", key + declared)) == (413, 0)
+
+    def test_a_body_key_only_in_a_small_body(self, engine):
+        body = json.dumps({"image": {"type": "base64", "value": B64}, "api_key": "k-one"})
+        size, typed = len(body), {"content-type": "application/json"}
+        api, _ = make_client(engine, api_keys="k-one", max_body_key_bytes=size - 1)
+        response = api.post("/sam3/embed_image", content=body, headers=typed)
+        assert response.status_code == 401
+        assert "SAM3_MAX_BODY_KEY_BYTES" in response.json()["message"]
+        # Streamed without a length: refused once the bound is passed, unread beyond it.
+        assert asyncio.run(_call(api.app, "/sam3/embed_image", [], chunks=100))[0] == 401
+        header = {"Authorization": "Bearer k-one", **typed}
+        assert api.post("/sam3/embed_image", content=body, headers=header).status_code == 200
+        api, _ = make_client(engine, api_keys="k-one", max_body_key_bytes=size)
+        assert api.post("/sam3/embed_image", content=body, headers=typed).status_code == 200
 
     def test_auth_comes_before_schema_errors(self, secured):
         assert secured.post("/sam3/visual_segment", json={"prompts": "nonsense"}).status_code == 401
@@ -114,3 +149,42 @@ class TestTenants:
         mine = ImageRequest(image_id="x", tenant="aaaa")
         assert owner_key(mine) != owner_key(ImageRequest(image_id="x", tenant="bbbb"))
         assert owner_key(ImageRequest(image_id="x")) == "x"
+
+
+async def _call(
+    app, path: str, headers: list[tuple[bytes, bytes]], chunks: int = 1
+) -> tuple[int, int]:
+    """POST `path` to the ASGI app with a body of 64 KiB messages (`chunks` of them, or
+    endless where Content-Length is declared); returns the status and how many body messages
+    the app read."""
+    reads = 0
+    status = 0
+    endless = any(name == b"content-length" for name, _ in headers)
+
+    async def receive() -> dict:
+        nonlocal reads
+        reads += 1
+        more = endless or reads < chunks
+        return {"type": "http.request", "body": b"x" * 65536, "more_body": more}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    return status, reads

@@ -80,8 +80,58 @@ class TestPageAndDocs:
             "/static-offline-docs/swagger-ui-bundle.js",
         ):
             assert secured.get(path).status_code == 200, path
+        # The page's "API docs" link, and everything the docs load, answer without a key.
+        (docs_link,) = [url for url in linked(secured.get("/").text) if url == "docs"]
+        docs = secured.get("/" + docs_link)
+        assert docs.status_code == 200
+        for url in [*linked(docs.text), "/openapi.json", "/redoc"]:
+            assert secured.get(url).status_code == 200, url
         for path in ("/sam3/embed_image", "/sam3/visual_segment"):
             assert secured.post(path, json={}).status_code == 401, path
         # The open prefix serves files only: a path that climbs out of it is not the API.
         climbed = secured.get("/page/%2e%2e/openapi.json")
         assert climbed.status_code == 404 and "paths" not in climbed.text
+
+
+class TestSecurityHeaders:
+    @pytest.mark.parametrize("path", ["/", "/page/app.js", "/page/style.css", "/page/api.js"])
+    def test_the_page_and_its_assets(self, api, path):
+        headers = api.get(path).headers
+        policy = dict(
+            directive.strip().split(" ", 1)
+            for directive in headers["content-security-policy"].split(";")
+        )
+        assert policy["default-src"] == "'self'"
+        # What a WebAssembly decoder in a Web Worker (onnxruntime-web) needs, and no more.
+        assert policy["script-src"] == "'self' 'wasm-unsafe-eval'"
+        assert policy["worker-src"] == "'self' blob:"
+        assert policy["frame-ancestors"] == "'none'" and policy["object-src"] == "'none'"
+        assert "unsafe-inline" not in headers["content-security-policy"]
+        assert headers["cross-origin-opener-policy"] == "same-origin"
+        assert headers["cross-origin-embedder-policy"] == "require-corp"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "no-referrer"
+
+    def test_the_page_needs_no_inline_script_or_style(self):
+        """What the policy refuses is not in the page (the browser tests run it too)."""
+        html = (WEB / "index.html").read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html)
+        assert "<style" not in html and " style=" not in html
+        assert not re.search(r"\son[a-z]+=", html)
+
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("get", "/docs"),
+            ("get", "/openapi.json"),
+            ("get", "/healthz"),
+            ("post", "/sam3/embed_image"),
+        ],
+    )
+    def test_every_other_response(self, engine, method, path):
+        for api in (make_client(engine)[0], make_client(engine, api_keys="k")[0]):
+            headers = getattr(api, method)(path).headers
+            assert headers["x-content-type-options"] == "nosniff"
+            assert headers["x-frame-options"] == "DENY"
+            assert headers["content-security-policy"] == "frame-ancestors 'none'"

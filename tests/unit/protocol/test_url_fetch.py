@@ -12,7 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sam3_core.errors import ImageTooLargeError, UrlInputError
-from sam3_core.protocol.url_fetch import UrlPolicy, _address_refusal, fetch_image, host_allowed
+from sam3_core.protocol.url_fetch import (
+    UrlPolicy,
+    _resolve,
+    address_refusal,
+    fetch_image,
+    host_allowed,
+)
 
 BODY = b"\x89PNG fake image bytes" * 10
 
@@ -128,14 +134,66 @@ class TestRefusals:
         ],
     )
     def test_address_classes(self, address, reason):
-        refusal = _address_refusal(ipaddress.ip_address(address), allow_private=False)
+        refusal = address_refusal(ipaddress.ip_address(address), allow_private=False)
         assert refusal is not None and reason in refusal
-        assert _address_refusal(ipaddress.ip_address("93.184.216.34"), allow_private=False) is None
+        assert address_refusal(ipaddress.ip_address("93.184.216.34"), allow_private=False) is None
 
     def test_metadata_stays_refused_when_private_networks_are_allowed(self):
-        refusal = _address_refusal(ipaddress.ip_address("169.254.169.254"), allow_private=True)
+        refusal = address_refusal(ipaddress.ip_address("169.254.169.254"), allow_private=True)
         assert refusal and "metadata" in refusal
-        assert _address_refusal(ipaddress.ip_address("10.0.0.1"), allow_private=True) is None
+        assert address_refusal(ipaddress.ip_address("10.0.0.1"), allow_private=True) is None
+
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "64:ff9b::a9fe:a9fe",  # NAT64, well-known prefix
+            "64:ff9b::169.254.170.2",
+            "64:ff9b:1:a9fe:a9:fe00::",  # NAT64 local-use, /48 layout
+            "64:ff9b:1:a9:fe:a9fe::",  # NAT64 local-use, /56 layout
+            "64:ff9b:1:0:a9:fea9:fe00:0",  # NAT64 local-use, /64 layout
+            "64:ff9b:1::a9fe:aa17",  # NAT64 local-use, /96 layout (EKS Pod Identity)
+            "::a9fe:a9fe",  # IPv4-compatible
+            "::ffff:169.254.169.254",  # IPv4-mapped
+            "2002:a9fe:a9fe::1",  # 6to4
+            "2001:0:a9fe:a9fe:0:f227:3fff:fdd2",  # Teredo: server 169.254.169.254
+            "2001:0:4136:e378:8000:63bf:5601:5601",  # Teredo: client 169.254.169.254
+            "169.254.170.2",  # ECS task credentials
+            "169.254.170.23",  # EKS Pod Identity
+            "fd00:ec2::23",
+        ],
+    )
+    @pytest.mark.parametrize("allow_private", [False, True])
+    def test_credential_endpoints_in_any_form_are_refused(self, address, allow_private):
+        refusal = address_refusal(ipaddress.ip_address(address), allow_private=allow_private)
+        assert refusal is not None and "metadata or credential" in refusal, refusal
+
+    @pytest.mark.parametrize(
+        ("address", "reason"),
+        [
+            ("64:ff9b::7f00:1", "embeds 127.0.0.1, a loopback"),
+            ("64:ff9b::10.0.0.1", "embeds 10.0.0.1, a private"),
+            ("::7f00:1", "embeds 127.0.0.1"),
+            ("2002:c0a8:0001::1", "embeds 192.168.0.1, a private"),
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", "embeds 127.0.0.1"),
+            ("64:ff9b:1::5db8:d822", "local-use NAT64"),
+        ],
+    )
+    def test_embedded_ipv4_is_judged_as_itself(self, address, reason):
+        refusal = address_refusal(ipaddress.ip_address(address), allow_private=False)
+        assert refusal is not None and reason in refusal, refusal
+
+    def test_public_ipv4_behind_nat64_and_6to4_is_allowed(self):
+        for address in ("64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1111"):
+            assert address_refusal(ipaddress.ip_address(address), allow_private=False) is None
+        local_nat64 = ipaddress.ip_address("64:ff9b:1::5db8:d822")
+        assert address_refusal(local_nat64, allow_private=True) is None
+
+    def test_resolution_to_an_embedded_metadata_address_is_refused(self, monkeypatch):
+        """Offline: name resolution is faked and refused before any connection."""
+        answer = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("64:ff9b::a9fe:a9fe", 80, 0, 0))]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *_, **__: answer)
+        with pytest.raises(UrlInputError, match=r"embeds 169\.254\.169\.254"):
+            _resolve("images.example.com", 80, policy(allow_private_networks=True))
 
     def test_host_patterns(self):
         allowed = ("example.com", "*.cdn.example.org")
