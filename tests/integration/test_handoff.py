@@ -156,6 +156,7 @@ def test_a_replica_killed_around_its_hand_off_costs_at_most_a_404(service: Local
     killer.start()
     survivors = deploy(service, replicas=2)
     killer.join()
+    assert killed, "no replica was killed (it exited first, or none was seen stopping)"
     outcomes = {}
     for image_id in ids:
         response = by_id(service, image_id)
