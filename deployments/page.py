@@ -23,7 +23,7 @@ PAGE_PREFIX = "/page"
 DOCS_ASSETS_PREFIX = "/static-offline-docs"
 
 # Paths served without an API key (exact paths, and prefixes ending in "/").
-OPEN_PATHS = ("/healthz", "/")
+OPEN_PATHS = ("/healthz", "/readyz", "/")
 OPEN_PREFIXES = (f"{PAGE_PREFIX}/", f"{DOCS_ASSETS_PREFIX}/")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from sam3_core.concept_prompts import ConceptPrompt, ExemplarBox, legacy_prompt
 from sam3_core.prompts import PromptSet
@@ -144,7 +144,7 @@ class ConceptSegmentRequest(_Body):
     )
     text: str | None = Field(None, description="Legacy single prompt: its text.")
     boxes: list[ExemplarBox] | None = Field(None, description="Legacy single prompt: boxes.")
-    box_labels: list[bool | int] | None = Field(
+    box_labels: list[StrictBool | StrictInt] | None = Field(
         None, description="Legacy single prompt: box labels."
     )
 
@@ -170,6 +170,10 @@ class PromptResult(BaseModel):
 class ConceptSegmentResponse(BaseModel):
     prompt_results: list[PromptResult]
     time: float = Field(description="Seconds spent in the service.")
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
 
 
 class ErrorResponse(BaseModel):
