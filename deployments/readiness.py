@@ -48,7 +48,9 @@ def not_ready_reason(
     if status is None:
         return "the segmenter deployment is not deployed yet"
     if status.status in _FAILED and status.running == 0:
-        detail = f": {status.message}" if status.message else ""
+        # Serve's message ends with the replica's exception, after its traceback.
+        lines = [line for line in status.message.splitlines() if line.strip()]
+        detail = f": {lines[-1].strip()[:500]}" if lines else ""
         return f"the segmenter deployment is {status.status}{detail}"
     if status.running == 0:
         return f"no segmenter replica is running yet (the deployment is {status.status})"

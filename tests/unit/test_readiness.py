@@ -25,9 +25,14 @@ class TestNotReadyReason:
             (status("HEALTHY", 2), 0, "has not heard of a running segmenter"),
             (status("HEALTHY", 2), 1, "1 of 2 running segmenters are in the ingress's ring"),
             (
-                status("DEPLOY_FAILED", 0, "SAM3_CHECKPOINT=/x is not a file"),
+                status(
+                    "DEPLOY_FAILED",
+                    0,
+                    "The deployment failed to start 3 times in a row. Error:\nTraceback ...\n"
+                    "  File x\nWeightsError: SAM3_DEVICE=cuda but CUDA is not available\n",
+                ),
                 0,
-                "DEPLOY_FAILED: SAM3_CHECKPOINT=/x is not a file",
+                "DEPLOY_FAILED: WeightsError: SAM3_DEVICE=cuda but CUDA is not available",
             ),
         ],
     )
