@@ -96,7 +96,10 @@ class Readiness:
         return SegmenterStatus(_name(overview.status), running, overview.message)
 
     async def __call__(self) -> str | None:
-        status = await anyio.to_thread.run_sync(self._status)  # a call to Serve's controller
+        try:
+            status = await anyio.to_thread.run_sync(self._status)  # asks Serve's controller
+        except Exception as error:  # a controller restarting: not ready, not a 500
+            return f"Ray Serve's controller did not answer: {type(error).__name__}: {error}"
         reason = not_ready_reason(status, self._routed, self._ready_before)
         self._ready_before = self._ready_before or reason is None
         return reason
