@@ -39,7 +39,7 @@ from deployments.page import (
     SecurityHeaders,
     add_page,
 )
-from deployments.request_body import JsonRoute
+from deployments.request_body import JsonRoute, describe_problems, kept_body
 from deployments.settings import IngressSettings
 from sam3_core.calls import ImageRequest
 from sam3_core.errors import (
@@ -54,7 +54,7 @@ from sam3_core.errors import (
     WeightsError,
 )
 from sam3_core.images import check_image_id, content_id
-from sam3_core.protocol.bodies import ErrorResponse
+from sam3_core.protocol.bodies import ErrorResponse, ReadyResponse
 from sam3_core.protocol.image_input import read_image_input
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ STATUS = {
     WeightsError: 503,
 }
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)}
 _POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
@@ -100,10 +100,13 @@ def create_api(
     owners: Owners,
     settings: IngressSettings,
     observe: Callable[[str, dict[str, float]], None] | None = None,
+    readiness: Callable[[], Awaitable[str | None]] | None = None,
 ) -> FastAPI:
     """The ASGI app: a route per operation, error mapping, body limit and API keys, the
     annotation page at `/` and the docs at `/docs` (their assets served from the package).
-    `observe(operation, timings)` gets each answered request's stages (metrics)."""
+    `observe(operation, timings)` gets each answered request's stages (metrics);
+    `readiness()` says why the owners cannot serve yet, None when they can (without it:
+    always ready, as an engine in this process is)."""
     app = FastAPIOffline(
         title="sam3-serve",
         summary="Interactive SAM3 segmentation: embed an image once, then click.",
@@ -169,9 +172,22 @@ def create_api(
             route_class_override=JsonRoute,
         )
 
-    @app.get("/healthz", summary="Liveness of the ingress.")
+    @app.get("/healthz", summary="Liveness of the ingress (before the segmenters are up).")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: 200 once the segmenters are up and routed to, 503 and why before.",
+        response_model=ReadyResponse,
+        responses={503: {"model": ErrorResponse}},
+    )
+    async def readyz() -> ReadyResponse | JSONResponse:
+        reason = None if readiness is None else await readiness()
+        if reason is None:
+            return ReadyResponse(status="ready")
+        retry = str(settings.retry_after_seconds)
+        return error_response(503, "not_ready", reason, **{"Retry-After": retry})
 
     add_page(app)
 
@@ -188,12 +204,9 @@ def create_api(
         return error_response(status, error.code, error.message, **headers)
 
     @app.exception_handler(RequestValidationError)
-    async def schema_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        problems = [
-            f"{'.'.join(str(part) for part in e['loc'][1:]) or 'body'}: {e['msg']}"
-            for e in error.errors()[:10]
-        ]
-        return error_response(422, "invalid_request", "; ".join(problems))
+    async def schema_error(http: Request, error: RequestValidationError) -> JSONResponse:
+        message = describe_problems(error.errors(), kept_body(http.scope))
+        return error_response(422, "invalid_request", message)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

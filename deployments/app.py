@@ -3,7 +3,10 @@
     segmenter (GPU where there is one; one replica owns each image) <- ingress (CPU, HTTP)
 
 `args:` are validated here, before any replica starts: a typo in `serve_config.yaml` fails
-`serve run` / `serve deploy` with a message naming it. Replica counts and autoscaling come
+`serve run` / `serve deploy` with a message naming it. Where the replicas start on this
+machine with this process's environment (`serve run` on a laptop), the settings they would
+start with are checked too, a missing checkpoint file included: said once, here, rather than
+in a traceback of every replica Serve retries. Replica counts and autoscaling come
 from `serve_config.yaml`'s `deployments:` section; the other deployment options have their
 defaults in `DEPLOYMENT_DEFAULTS`, which that file, README.md and k8s/ repeat (a test checks).
 """
@@ -11,6 +14,8 @@ defaults in `DEPLOYMENT_DEFAULTS`, which that file, README.md and k8s/ repeat (a
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 import ray
@@ -25,6 +30,7 @@ from deployments.peers import BOARD, HandoffBoard
 from deployments.segmenter import SegmenterReplica
 from deployments.settings import IngressSettings, SegmenterSettings
 from sam3_core.settings import EngineSettings
+from sam3_core.weights import HOW_TO_GET_WEIGHTS, HUB_PREFIX
 
 logger = logging.getLogger("ray.serve")
 
@@ -151,6 +157,41 @@ def _from_overrides_only(settings: type[BaseSettings]) -> type[BaseSettings]:
     return Overrides
 
 
+# Checkpoints that are not a path: the hub, and checkpoints shipped with the package.
+NOT_A_PATH = (HUB_PREFIX, "demo:")
+
+
+def replicas_share_this_environment() -> bool:
+    """Whether the replicas will start on this machine with this process's environment: a
+    Ray cluster of this machine alone, outside Kubernetes (where the head, which builds the
+    app, has neither the GPU workers' environment nor their volumes)."""
+    if not ray.is_initialized() or "KUBERNETES_SERVICE_HOST" in os.environ:
+        return False
+    here = ray.util.get_node_ip_address()
+    return all(node["NodeManagerAddress"] == here for node in ray.nodes() if node["Alive"])
+
+
+def check_replica_settings(engine: dict[str, Any]) -> None:
+    """The settings a replica would start with (its environment and `engine`'s overrides),
+    and that its weights can be found. Raises ValueError with what to change."""
+    try:
+        settings = EngineSettings(**_part(engine, EngineSettings))
+        for other in (IngressSettings, SegmenterSettings):
+            other(**_part(engine, other))
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ValueError(
+            f"a replica cannot start with these settings: {problems} (each is a SAM3_* "
+            "variable, or a key of args.engine in serve_config.yaml)"
+        ) from None
+    checkpoint = settings.checkpoint
+    if checkpoint and not checkpoint.startswith(NOT_A_PATH):
+        if not Path(checkpoint).expanduser().is_file():
+            raise ValueError(f"SAM3_CHECKPOINT={checkpoint} is not a file. {HOW_TO_GET_WEIGHTS}")
+    elif not checkpoint and not settings.random_weights:
+        raise ValueError(HOW_TO_GET_WEIGHTS)
+
+
 def resolve_gpus(requested: float | Literal["auto"]) -> float:
     if requested != "auto":
         return float(requested)
@@ -161,6 +202,8 @@ def resolve_gpus(requested: float | Literal["auto"]) -> float:
 def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     """The application, from the `args:` of `serve_config.yaml`."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    if replicas_share_this_environment():
+        check_replica_settings(args.engine)
     gpus = resolve_gpus(args.segmenter_gpus)
     logger.info(
         "sam3-serve: segmenter replicas get %s GPU(s) each (%s), router %s",

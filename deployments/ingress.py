@@ -12,6 +12,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.api import create_api
 from deployments.metrics import StageMetrics
 from deployments.owners import RayOwners
+from deployments.readiness import Readiness
 from deployments.settings import IngressSettings
 
 
@@ -25,6 +26,10 @@ class Ingress:
         self.settings = IngressSettings(**settings)
         self.owners = RayOwners(segmenter, digest_first=affinity)
         self.metrics = StageMetrics()
+        # Only the consistent-hash router keeps a ring (`affinity`).
+        self.readiness = Readiness(segmenter, keeps_ring=affinity)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.owners, self.settings, observe=self.metrics.observe)
+        return create_api(
+            self.owners, self.settings, observe=self.metrics.observe, readiness=self.readiness
+        )

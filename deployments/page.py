@@ -33,7 +33,7 @@ DOCS_ASSETS_PREFIX = "/static-offline-docs"
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 # Paths served without an API key (exact paths, and prefixes ending in "/").
-OPEN_PATHS = ("/healthz", "/", *DOCS_PATHS)
+OPEN_PATHS = ("/healthz", "/readyz", "/", *DOCS_PATHS)
 OPEN_PREFIXES = (f"{PAGE_PREFIX}/", f"{DOCS_ASSETS_PREFIX}/")
 
 # Every response: no MIME sniffing, no framing, no referrer sent on.

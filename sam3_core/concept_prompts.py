@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from sam3_core.errors import InvalidPromptError
-from sam3_core.prompts import check_coordinate
+from sam3_core.prompts import ClosedModel, check_coordinate, outside_image
 
 # sam3's query text for box exemplars without a text (`Sam3Processor.add_geometric_prompt`).
 VISUAL_QUERY_TEXT = "visual"
 
 
-class ExemplarBox(BaseModel):
+class ExemplarBox(ClosedModel):
     """`{x, y, width, height}` (x, y: top-left) or `{x0, y0, x1, y1}`, in pixels."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    noun: ClassVar[str] = "an exemplar box"
 
     x: float | None = None
     y: float | None = None
@@ -54,17 +54,17 @@ class ExemplarBox(BaseModel):
         return (self.x0, self.y0, self.x1, self.y1)  # type: ignore[return-value]
 
 
-class ConceptPrompt(BaseModel):
+class ConceptPrompt(ClosedModel):
     """One concept: a text, box exemplars, or both. One result per prompt."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    noun: ClassVar[str] = "a concept prompt"
 
     type: str | None = Field(None, description="Hint only: 'text' or 'visual'.")
     text: str | None = Field(None, description="The concept, e.g. 'car'.")
     boxes: list[ExemplarBox] | None = Field(
         None, description="Exemplar boxes: {x, y, width, height} (top-left) or {x0, y0, x1, y1}."
     )
-    box_labels: list[bool | int] | None = Field(
+    box_labels: list[StrictBool | StrictInt] | None = Field(
         None, description="One per box: 1 (or true) positive, 0 (or false) negative."
     )
     output_prob_thresh: float | None = Field(
@@ -153,6 +153,20 @@ def validate_concept_prompts(
                 check_coordinate(value, f"{where}.boxes[{j}].{name}")
             if x1 <= x0 or y1 <= y0:
                 raise InvalidPromptError(f"{where}.boxes[{j}]: width and height must be > 0")
+
+
+def check_exemplars_inside(prompts: list[ConceptPrompt], orig_hw: tuple[int, int]) -> None:
+    """Every exemplar box overlaps the image (one that crosses an edge is kept as sent).
+    Raises InvalidPromptError naming the box and the image's size."""
+    for i, prompt in enumerate(prompts):
+        for j, box in enumerate(prompt.boxes or ()):
+            if outside_image(box.xyxy(), orig_hw):
+                x0, y0, x1, y1 = box.xyxy()
+                raise InvalidPromptError(
+                    f"prompts[{i}].boxes[{j}]: x0, y0, x1, y1 = {x0:g}, {y0:g}, {x1:g}, {y1:g} "
+                    f"misses the image ({orig_hw[1]}x{orig_hw[0]} pixels); box x, y is its "
+                    "top-left corner here"
+                )
 
 
 def _check_fraction(value: float, field: str) -> None:

@@ -34,7 +34,11 @@ from sam3_core.calls import (
     SegmentRequest,
 )
 from sam3_core.concept_model import ConceptQueries, TextEmbedding, cross_prompt_nms, instances
-from sam3_core.concept_prompts import exemplar_arrays, validate_concept_prompts
+from sam3_core.concept_prompts import (
+    check_exemplars_inside,
+    exemplar_arrays,
+    validate_concept_prompts,
+)
 from sam3_core.errors import (
     ConceptsDisabledError,
     MaskBudgetError,
@@ -43,7 +47,12 @@ from sam3_core.images import image_size, load_rgb
 from sam3_core.memory import default_cache_budget, release_freed_memory
 from sam3_core.model import ImageEmbedding, InteractiveSam3
 from sam3_core.pictures import ImageKey, Pictures
-from sam3_core.prompts import DecoderGroup, decoder_groups, validate_prompt_set
+from sam3_core.prompts import (
+    DecoderGroup,
+    check_inside_image,
+    decoder_groups,
+    validate_prompt_set,
+)
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
@@ -204,6 +213,8 @@ class Segmenter:
         timings: dict[str, float] = {}
         image_id, key, cached, outcome = self.pictures.resolve(request, timings)
         self._check_mask_budget(prompts.prediction_count, cached.embedding.orig_hw)
+        # Here, not from the header above: EXIF orientation may swap its sides.
+        check_inside_image(prompts, cached.embedding.orig_hw)
         prior = None
         logits_cache: CacheOutcome | None = None
         if request.load_logits_from_cache and not settings.disable_logits_cache:
@@ -294,6 +305,7 @@ class Segmenter:
         timings: dict[str, float] = {}
         image_id, _, cached, outcome = self.pictures.resolve(request, timings)
         embedding = cached.embedding
+        check_exemplars_inside(prompts, embedding.orig_hw)
         assert embedding.trunk is not None, "a model with concepts keeps the trunk output"
         started = time.perf_counter()
         with self._autocast():

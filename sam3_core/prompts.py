@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from sam3_core.errors import InvalidPromptError
 
@@ -27,10 +27,30 @@ SENTINEL_POINT = (0.0, 0.0)
 MAX_COORDINATE = 1e9
 
 
-class Box(BaseModel):
+class ClosedModel(BaseModel):
+    """A prompt object: a key it does not know is a mistake (`"point"` for `"points"`), refused
+    with the keys it takes, not ignored (which would answer a mask for no prompt at all)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    noun: ClassVar[str] = "an object"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = [key for key in value if key not in cls.model_fields]
+            if unknown:
+                raise ValueError(
+                    f"unknown field {', '.join(map(repr, unknown))}; "
+                    f"{cls.noun} takes {', '.join(cls.model_fields)}"
+                )
+        return value
+
+
+class Box(ClosedModel):
     """A box in original-image pixels; `x, y` is its centre (Roboflow's convention)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    noun: ClassVar[str] = "a box"
 
     x: float
     y: float
@@ -46,20 +66,21 @@ class Box(BaseModel):
         )
 
 
-class Point(BaseModel):
+class Point(ClosedModel):
     """A click in original-image pixels; `positive=False` marks background."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    noun: ClassVar[str] = "a point"
 
     x: float
     y: float
-    positive: bool
+    # JSON true or false only: "yes" or 0 is more likely a mistake than a label.
+    positive: StrictBool
 
 
-class Prompt(BaseModel):
+class Prompt(ClosedModel):
     """One object: a box, points, both, or neither (then: the most prominent mask)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    noun: ClassVar[str] = "a prompt"
 
     box: Box | None = None
     points: list[Point] | None = None
@@ -78,13 +99,13 @@ class Prompt(BaseModel):
         return self.box is None and not self.points
 
 
-class PromptSet(BaseModel):
+class PromptSet(ClosedModel):
     """The prompts of one request, in order; the response has one prediction per prompt.
 
     Accepts `{"prompts": [...]}`, a bare list of prompts, or a single prompt object.
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    noun: ClassVar[str] = "the prompt set"
 
     prompts: list[Prompt] = Field(default_factory=list)
 
@@ -146,6 +167,45 @@ def check_coordinate(value: float, field: str) -> None:
         raise InvalidPromptError(f"{field}: must be a finite number")
     if abs(value) > MAX_COORDINATE:
         raise InvalidPromptError(f"{field}: must be within ±{MAX_COORDINATE:g} pixels")
+
+
+def check_inside_image(prompt_set: PromptSet, orig_hw: tuple[int, int]) -> None:
+    """Points must lie on the image (edges included) and boxes must overlap it; a box that
+    crosses an edge is an ordinary drag past it and is kept as sent. Raises
+    InvalidPromptError naming the field and the image's size."""
+    for i, prompt in enumerate(prompt_set.prompts):
+        for j, point in enumerate(prompt.points or ()):
+            check_on_image(point.x, point.y, orig_hw, f"prompts[{i}].points[{j}]")
+        if prompt.box is not None and outside_image(prompt.box.xyxy(), orig_hw):
+            raise InvalidPromptError(
+                f"prompts[{i}].box: {_describe_box(prompt.box.xyxy())} misses the image "
+                f"({_describe_size(orig_hw)}); box x, y is its centre"
+            )
+
+
+def check_on_image(x: float, y: float, orig_hw: tuple[int, int], where: str) -> None:
+    height, width = orig_hw
+    for name, value, extent in (("x", x, width), ("y", y, height)):
+        if not 0 <= value <= extent:
+            raise InvalidPromptError(
+                f"{where}.{name}: {value:g} is outside the image ({_describe_size(orig_hw)}: "
+                f"{name} from 0 to {extent})"
+            )
+
+
+def outside_image(xyxy: tuple[float, float, float, float], orig_hw: tuple[int, int]) -> bool:
+    """Whether a box has no area in common with the image."""
+    x0, y0, x1, y1 = xyxy
+    height, width = orig_hw
+    return x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height
+
+
+def _describe_box(xyxy: tuple[float, float, float, float]) -> str:
+    return "x0, y0, x1, y1 = " + ", ".join(f"{v:g}" for v in xyxy)
+
+
+def _describe_size(orig_hw: tuple[int, int]) -> str:
+    return f"{orig_hw[1]}x{orig_hw[0]} pixels"
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """The JSON bodies of the SAM3 API (SPEC §3, §8), compatible with Roboflow's inference server
-and the `inference-sdk` client: unknown keys such as `api_key` or `model_id` are ignored."""
+and the `inference-sdk` client: unknown top-level keys such as `api_key` or `model_id` are
+ignored; inside a prompt object an unknown key is a mistake, refused (`prompts.ClosedModel`)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from sam3_core.concept_prompts import ConceptPrompt, ExemplarBox, legacy_prompt
 from sam3_core.prompts import PromptSet
@@ -148,7 +149,7 @@ class ConceptSegmentRequest(_Body):
     )
     text: str | None = Field(None, description="Legacy single prompt: its text.")
     boxes: list[ExemplarBox] | None = Field(None, description="Legacy single prompt: boxes.")
-    box_labels: list[bool | int] | None = Field(
+    box_labels: list[StrictBool | StrictInt] | None = Field(
         None, description="Legacy single prompt: box labels."
     )
 
@@ -174,6 +175,10 @@ class PromptResult(BaseModel):
 class ConceptSegmentResponse(BaseModel):
     prompt_results: list[PromptResult]
     time: float = Field(description="Seconds spent in the service.")
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
 
 
 class ErrorResponse(BaseModel):

@@ -276,12 +276,12 @@ def test_export_coco_and_png_mask(annotator, photo, served, tmp_path):
     assert np.array_equal(masks[0], api_mask(served, photo, first))
     assert np.array_equal(masks[1], api_mask(served, photo, second, multimask_output=False))
 
-    png = np.asarray(Image.open(annotator.download("export-png", tmp_path)))
+    exported = Image.open(annotator.download("export-png", tmp_path))
+    assert exported.mode == "L"  # one channel: the object numbers
     expected = np.zeros((HEIGHT, WIDTH), np.uint8)
     expected[masks[0] > 0] = 1
     expected[masks[1] > 0] = 2
-    assert png.shape[:2] == (HEIGHT, WIDTH)
-    assert np.array_equal(png[..., 0], expected)
+    assert np.array_equal(np.asarray(exported), expected)
 
 
 def test_rle_decoder_matches_pycocotools(annotator):

@@ -236,12 +236,57 @@ class TestErrors:
         response = api.post("/sam3/visual_segment", json={"image_id": image_id, "prompts": CLICK})
         assert response.status_code == 200 and response.headers["x-sam3-embedding-cache"] == "hit"
 
+    def test_a_click_outside_the_image_is_400_by_id_and_inline(self, api):
+        """The ingress does not know the image's size; its owner does, from the embedding."""
+        image_id = api.post(
+            "/sam3/embed_image", json={"image": {"type": "base64", "value": B64}}
+        ).json()["image_id"]
+        outside = [{"points": [{"x": 5000, "y": -20, "positive": True}]}]
+        for body in (
+            {"image_id": image_id, "prompts": outside},
+            {"image": {"type": "base64", "value": B64}, "prompts": outside},
+        ):
+            response = api.post("/sam3/visual_segment", json=body)
+            assert response.status_code == 400
+            assert response.json() == {
+                "message": "prompts[0].points[0].x: 5000 is outside the image (120x90 pixels: "
+                "x from 0 to 120)",
+                "code": "invalid_prompt",
+            }
+        box_past_an_edge = [{"box": {"x": 110, "y": 45, "width": 40, "height": 30}}]
+        response = api.post(
+            "/sam3/visual_segment", json={"image_id": image_id, "prompts": box_past_an_edge}
+        )
+        assert response.status_code == 200, response.text
+
+    def test_what_roboflow_clients_send_stays_accepted(self, api):
+        """The inference-sdk 1.8.3's `sam3_visual_segment` body (its prompts wrapped in
+        {"prompts": [...]}, api_key, format, multimask_output) and Roboflow's own integration
+        test's body, which has no prompts at all: one prediction, the most prominent mask."""
+        image = {"type": "base64", "value": B64}
+        sdk = {
+            "api_key": "unused",
+            "image": image,
+            "multimask_output": True,
+            "format": "json",
+            "prompts": {
+                "prompts": [
+                    {"points": [{"x": 20, "y": 30, "positive": True}]},
+                    {"box": {"x": 70, "y": 45, "width": 40, "height": 30}},
+                ]
+            },
+        }
+        response = api.post("/sam3/visual_segment", json=sdk)
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 2
+        roboflow_test = api.post("/sam3/visual_segment", json={"image": image})
+        assert len(roboflow_test.json()["predictions"]) == 1
+
 
 def test_openapi_documents_the_routes(api):
     spec = api.get("/openapi.json").json()
     assert {"/sam3/embed_image", "/sam3/visual_segment", "/healthz"} <= set(spec["paths"])
     responses = spec["paths"]["/sam3/visual_segment"]["post"]["responses"]
-    assert {"200", "400", "404", "413", "422", "503"} <= set(responses)
+    assert {"200", "400", "404", "413", "415", "422", "503"} <= set(responses)
     assert api.get("/docs").status_code == 200
 
 

@@ -163,6 +163,17 @@ class TestConceptSegment:
         assert set(response.json()) == {"message", "code"}
         assert message in response.json()["message"]
 
+    def test_an_exemplar_box_off_the_image_is_400(self, api):
+        api.post(
+            "/sam3/embed_image", json={"image": {"type": "base64", "value": B64}, "image_id": "p"}
+        )
+        off = {"x": 200, "y": 10, "width": 20, "height": 20}  # the image is 120x90
+        body = {"image_id": "p", "prompts": [{"boxes": [off], "box_labels": [1]}]}
+        response = api.post("/sam3/concept_segment", json=body)
+        assert response.status_code == 400
+        message = response.json()["message"]
+        assert message.startswith("prompts[0].boxes[0]: ") and "120x90 pixels" in message
+
     def test_interactive_only_deployment_says_so(self, make_segmenter):
         api, _ = make_client(make_segmenter(concepts=False))
         body = {"image": {"type": "base64", "value": B64}, "text": "cat"}

@@ -9,7 +9,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.app import DEPLOYMENT_DEFAULTS, ROUTERS, build_app
+from deployments import app as app_module
+from deployments.app import (
+    DEPLOYMENT_DEFAULTS,
+    ROUTERS,
+    build_app,
+    check_replica_settings,
+    replicas_share_this_environment,
+)
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
@@ -146,3 +153,52 @@ def test_digest_first_clicks_only_with_affinity():
     for router, affinity in (("consistent_hash", True), ("round_robin", False)):
         (_, _, passed) = deployments({"segmenter_gpus": 0, "router": router})["Ingress"].init_args
         assert passed is affinity
+
+
+class TestReplicaSettingsAtBuildTime:
+    """Where the replicas start with the builder's environment (`serve run` on one machine),
+    a setting they cannot start with fails the build, said once."""
+
+    @pytest.fixture(autouse=True)
+    def clean_environment(self, monkeypatch):
+        for name in ("SAM3_CHECKPOINT", "SAM3_RANDOM_WEIGHTS", "SAM3_MAX_PROMPTS"):
+            monkeypatch.delenv(name, raising=False)
+
+    def test_a_missing_checkpoint_file_is_named_with_how_to_get_weights(self, tmp_path):
+        missing = tmp_path / "sam3.pt"
+        with pytest.raises(ValueError, match=f"SAM3_CHECKPOINT={missing} is not a file") as raised:
+            check_replica_settings({"checkpoint": str(missing)})
+        assert "hf download facebook/sam3" in str(raised.value)
+        missing.write_bytes(b"")
+        check_replica_settings({"checkpoint": str(missing)})
+
+    @pytest.mark.parametrize("checkpoint", ["hf://facebook/sam3", "demo:shapes"])
+    def test_checkpoints_that_are_not_paths_pass(self, monkeypatch, checkpoint):
+        monkeypatch.setenv("SAM3_CHECKPOINT", checkpoint)
+        check_replica_settings({})
+
+    def test_no_weights_at_all(self):
+        with pytest.raises(ValueError, match="No SAM3 weights configured"):
+            check_replica_settings({})
+        check_replica_settings({"random_weights": "tiny"})
+
+    def test_a_bad_value_in_the_environment(self, monkeypatch):
+        monkeypatch.setenv("SAM3_MAX_PROMPTS", "0")
+        with pytest.raises(ValueError, match="cannot start with these settings: max_prompts"):
+            check_replica_settings({"random_weights": "tiny"})
+
+    def test_the_builder_checks_only_where_the_replicas_share_its_environment(
+        self, monkeypatch, tmp_path
+    ):
+        args = {"segmenter_gpus": 0, "engine": {"checkpoint": str(tmp_path / "none.pt")}}
+        assert not replicas_share_this_environment()  # no Ray cluster here
+        build_app(args)
+        monkeypatch.setattr(app_module, "replicas_share_this_environment", lambda: True)
+        with pytest.raises(ValueError, match="is not a file"):
+            build_app(args)
+
+    def test_kubernetes_pods_never_check(self, monkeypatch):
+        """The head builds the app; the checkpoint is on the GPU workers' volume."""
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+        monkeypatch.setattr(app_module.ray, "is_initialized", lambda: True)
+        assert not replicas_share_this_environment()

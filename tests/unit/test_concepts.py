@@ -174,7 +174,9 @@ class TestOneTrunkPassPerImage:
             click = engine.segment(
                 SegmentRequest(
                     image_id=image_id,
-                    prompts=PromptSet.model_validate({"points": [{"x": 9, "y": 9, "positive": 1}]}),
+                    prompts=PromptSet.model_validate(
+                        {"points": [{"x": 9, "y": 9, "positive": True}]}
+                    ),
                 )
             )
             boxes = engine.concept_segment(

@@ -5,9 +5,9 @@ from pydantic import ValidationError
 from sam3_core.errors import InvalidPromptError
 from sam3_core.prompts import (
     Box,
-    Point,
     Prompt,
     PromptSet,
+    check_inside_image,
     decoder_groups,
     is_strict_subset,
     validate_prompt_set,
@@ -35,9 +35,35 @@ class TestAcceptedForms:
         assert PromptSet.model_validate(None).prompts == []
         assert PromptSet.model_validate({"prompts": None}).prompts == []
 
-    def test_unknown_keys_are_ignored(self):
-        parsed = PromptSet.model_validate({"prompts": [{"points": [{**P1, "label": 3}]}], "x": 1})
-        assert parsed.prompts[0].points == [Point(x=10, y=20, positive=True)]
+    @pytest.mark.parametrize(
+        ("bad", "unknown", "takes"),
+        [
+            ({"point": [P1]}, "'point'", "a prompt takes box, points"),  # the typo, one prompt
+            ([{"points": [P1], "boxes": [BOX]}], "'boxes'", "a prompt takes box, points"),
+            ({"prompts": [{"points": [{**P1, "label": 3}]}]}, "'label'", "a point takes x, y"),
+            ({"prompts": [{"box": {**BOX, "w": 4}}]}, "'w'", "a box takes x, y, width, height"),
+            ({"prompts": [], "prompt": [{"points": [P1]}]}, "'prompt'", "prompt set takes"),
+        ],
+    )
+    def test_unknown_keys_are_refused_naming_the_known_ones(self, bad, unknown, takes):
+        """A typo used to answer a mask for no prompt at all: it is refused, not ignored."""
+        with pytest.raises(ValidationError) as raised:
+            PromptSet.model_validate(bad)
+        (error,) = raised.value.errors()
+        assert unknown in error["msg"] and takes in error["msg"]
+
+    @pytest.mark.parametrize("positive", ["yes", "true", 1, 0, None, [True]])
+    def test_positive_is_a_json_boolean_only(self, positive):
+        with pytest.raises(ValidationError) as raised:
+            PromptSet.model_validate([{"points": [{**P1, "positive": positive}]}])
+        assert raised.value.errors()[0]["type"] == "bool_type"
+
+    def test_the_json_schema_says_the_prompt_objects_are_closed(self):
+        """What the OpenAPI document tells clients (and schemathesis) matches what is refused."""
+        defs = PromptSet.model_json_schema()["$defs"]
+        assert all(defs[name]["additionalProperties"] is False for name in ("Box", "Point"))
+        assert defs["Prompt"]["additionalProperties"] is False
+        assert defs["Point"]["properties"]["positive"]["type"] == "boolean"
 
     @pytest.mark.parametrize(
         "bad",
@@ -77,6 +103,43 @@ class TestValidation:
         with pytest.raises(InvalidPromptError, match=r"prompts\[0\].points: 3 points"):
             validate_prompt_set(prompt_set({"points": [P1, P2, P3]}), max_prompts=2, max_points=2)
         validate_prompt_set(prompt_set({"points": [P1, P2]}), max_prompts=1, max_points=2)
+
+
+class TestInsideImage:
+    """A 640x480 image: (H, W) = (480, 640)."""
+
+    @pytest.mark.parametrize(
+        "prompt",
+        [
+            {
+                "points": [
+                    {"x": 0, "y": 0, "positive": True},
+                    {"x": 640, "y": 480, "positive": False},
+                ]
+            },
+            {"box": {"x": 630, "y": 10, "width": 100, "height": 50}},  # a drag past the edge
+            {"box": {"x": 320, "y": 240, "width": 2000, "height": 2000}},  # around the image
+            {},
+        ],
+    )
+    def test_points_on_the_image_and_boxes_overlapping_it_pass(self, prompt):
+        check_inside_image(prompt_set(prompt), (480, 640))
+
+    @pytest.mark.parametrize(
+        ("prompt", "named"),
+        [
+            ({"points": [P1, {"x": 5000, "y": -20, "positive": True}]}, "prompts[0].points[1].x"),
+            ({"points": [{"x": 10, "y": -0.5, "positive": True}]}, "prompts[0].points[0].y"),
+            ({"points": [{"x": 640.5, "y": 1, "positive": False}]}, "prompts[0].points[0].x"),
+            ({"box": {"x": 700, "y": 10, "width": 100, "height": 50}}, "prompts[0].box"),
+            ({"box": {"x": 10, "y": -30, "width": 10, "height": 50}}, "prompts[0].box"),
+        ],
+    )
+    def test_outside_is_refused_with_the_field_and_the_image_size(self, prompt, named):
+        with pytest.raises(InvalidPromptError) as raised:
+            check_inside_image(prompt_set(prompt), (480, 640))
+        message = raised.value.message
+        assert message.startswith(named + ":") and "640x480 pixels" in message
 
 
 class TestDecoderGroups:

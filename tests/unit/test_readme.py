@@ -93,3 +93,43 @@ def test_the_layout_table_names_every_module():
         if path.name not in ("__init__.py",) and f"`{path.name}`" not in row
     ]
     assert not missing, f"README.md's Layout table lacks {missing}"
+
+
+def block(marker: str) -> str:
+    found = re.search(rf"<!-- {marker} -->\n```bash\n(.+?)\n```", README, re.S)
+    assert found, f"README.md has no {marker} block"
+    return found.group(1)
+
+
+def test_the_cpu_try_out_comes_first_and_installs_cpu_torch():
+    run = block("run-command")
+    cpu_torch = run.index("download.pytorch.org/whl/cpu")
+    assert cpu_torch < run.index("pip install -e .") < run.index("serve run")
+    assert README.index("<!-- run-command -->") < README.index("about 6.5 GB")
+
+
+def test_the_readiness_step_asks_the_readiness_route_and_says_how_to_stop(api):
+    """The README's readiness command is a GET of a route the service has, answering what
+    the README shows once ready; the section says Ctrl-C stops the service."""
+    (url,) = re.findall(r"curl -s localhost:8000(/\S+)", block("readiness-command"))
+    answer = api.get(url)
+    assert answer.status_code == 200
+    assert f"# {answer.text}" in block("readiness-command")
+    section = README[README.index("<!-- readiness-command -->") :]
+    assert "Ctrl-C" in section[: section.index("## Use it from a browser")]
+
+
+def test_server_timing_lists_every_stage():
+    from deployments.operations import STAGES
+
+    (listed,) = re.findall(
+        r"`Server-Timing` with the request's stages in ms \((.+?)\)", README, re.S
+    )
+    assert [stage for stage in STAGES if f"`{stage}`" not in listed] == []
+
+
+def test_kubernetes_call_it_names_every_route(api):
+    kubernetes = (ROOT / "docs" / "kubernetes.md").read_text()
+    section = kubernetes[kubernetes.index("## Call it") :].split("\n## ")[0]
+    paths = [p for p in api.get("/openapi.json").json()["paths"]]
+    assert [p for p in paths if f"`{p.split('{')[0]}" not in section and p not in section] == []
