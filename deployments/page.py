@@ -25,7 +25,12 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import FileResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import sam3_core.demo
+
 WEB = Path(__file__).with_name("web")
+# Held-out scenes of shapes for the demo model, shipped beside it (`sam3_core.demo` imports
+# no torch).
+SAMPLES = Path(sam3_core.demo.__file__).with_name("samples")
 PAGE_PREFIX = "/page"
 # fastapi_offline.FastAPIOffline's default mount of Swagger UI's and ReDoc's files.
 DOCS_ASSETS_PREFIX = "/static-offline-docs"
@@ -83,6 +88,8 @@ class _Revalidated(StaticFiles):
 
 def add_page(app: FastAPI) -> None:
     """Serve the page: `index.html` at `/`, the rest of `deployments/web/` under `/page/`."""
+    # Before the page's mount, which would otherwise answer for these paths.
+    app.mount(f"{PAGE_PREFIX}/samples", _Revalidated(directory=SAMPLES), name="page-samples")
     app.mount(PAGE_PREFIX, _Revalidated(directory=WEB), name="page")
 
     @app.get("/", include_in_schema=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sam3_core.architecture import ARCHITECTURES, FULL, Architecture
+from sam3_core.demo.weights import DEMO_PREFIX, demo_checkpoint_path
 from sam3_core.errors import WeightsError
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import clip_vocabulary
@@ -56,8 +57,10 @@ _KEY_MAP = (
 HOW_TO_GET_WEIGHTS = (
     "No SAM3 weights configured. Set SAM3_CHECKPOINT to the path of sam3.pt (request access at "
     "https://huggingface.co/facebook/sam3, then `hf download facebook/sam3 sam3.pt`), or to "
-    "hf://facebook/sam3 to download it at start-up with the token in HF_TOKEN. For tests and "
-    "smoke runs only, SAM3_RANDOM_WEIGHTS=tiny (or full) serves random weights."
+    "hf://facebook/sam3 to download it at start-up with the token in HF_TOKEN. To try the "
+    "service without them, SAM3_CHECKPOINT=demo:shapes serves a small demo model trained on "
+    "synthetic shapes (not SAM3). For tests and smoke runs only, SAM3_RANDOM_WEIGHTS=tiny "
+    "(or full) serves random weights."
 )
 
 
@@ -93,7 +96,26 @@ def checkpoint_of_sam3_model(state: Mapping[str, torch.Tensor]) -> dict[str, tor
     }
 
 
+def _architecture_of(checkpoint: Mapping, default: Architecture) -> Architecture:
+    name = checkpoint.get("architecture", None)
+    if name is None:
+        return default
+    if name not in ARCHITECTURES:
+        raise WeightsError(
+            f"the checkpoint's architecture {name!r} is none of {list(ARCHITECTURES)}"
+        )
+    return ARCHITECTURES[name]
+
+
 def _checkpoint_path(spec: str) -> Path:
+    if spec.startswith(DEMO_PREFIX):
+        path = demo_checkpoint_path(spec)
+        if not path.is_file():
+            raise WeightsError(
+                f"SAM3_CHECKPOINT={spec}: no such demo model (there is demo:shapes, a demo model "
+                "trained on synthetic shapes)"
+            )
+        return path
     if spec.startswith(HUB_PREFIX):
         from huggingface_hub import hf_hub_download
 
@@ -126,7 +148,9 @@ def load_checkpoint(model: InteractiveSam3, checkpoint: Mapping[str, torch.Tenso
 def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -> InteractiveSam3:
     """Build the model the settings ask for, on the device they name, in eval mode.
 
-    A checkpoint is a released SAM3 one (`checkpoint_arch` is there for tests).
+    A checkpoint is a released SAM3 one (`checkpoint_arch` is there for tests), or one that
+    names its architecture (`"architecture": "tiny"` beside `"model"`, as the demo model's
+    `demo:shapes` does).
     """
     device = resolve_device(settings.device)
     started = time.perf_counter()
@@ -136,13 +160,17 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
     }
     if settings.checkpoint:
         path = _checkpoint_path(settings.checkpoint)
-        model = InteractiveSam3(checkpoint_arch, **options)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:
             raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
+        arch = _architecture_of(checkpoint, checkpoint_arch)
+        model = InteractiveSam3(arch, **options)
         load_checkpoint(model, checkpoint)
         source = str(path)
+        if "description" in checkpoint:
+            source = f"{path}: {checkpoint['description']}"
+            logger.warning("SAM3_CHECKPOINT=%s is a %s", settings.checkpoint, source)
     elif settings.random_weights:
         arch = ARCHITECTURES[settings.random_weights]
         with torch.random.fork_rng(devices=[]):
@@ -166,3 +194,18 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
         time.perf_counter() - started,
     )
     return model
+
+
+def sam3_state_dict(model: InteractiveSam3) -> dict[str, torch.Tensor]:
+    """`model`'s tensors under a released sam3 checkpoint's key names (`detector.*`,
+    `tracker.*`): the inverse of `interactive_state_dict`, so that a checkpoint made here
+    (the demo model's) loads through the same code as `sam3.pt`."""
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        for source, target in _KEY_MAP:
+            if key.startswith(target):
+                state[source + key[len(target) :]] = tensor
+                break
+        else:
+            raise WeightsError(f"no sam3 checkpoint key for the model's tensor {key}")
+    return state

@@ -1,0 +1,137 @@
+"""The demo model (SAM3_CHECKPOINT=demo:shapes, trained on synthetic shapes, not SAM3) through
+the real stack over HTTP: masks that follow the shapes clicked, boxed and refined on held-out
+scenes, where random weights fail the same thresholds (tests/unit/test_demo_weights.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from bench.harness import LocalCluster
+from bench.samples import image_body
+from sam3_core.demo.evaluate import corrective_click, iou
+from sam3_core.demo.scenes import Scene, held_out_scenes
+from tests.integration.serving import deploy
+
+pytestmark = pytest.mark.ray
+
+DEMO_ENGINE = {"checkpoint": "demo:shapes", "device": "cpu", "concepts": False}
+# On these 8 held-out scenes the shipped model measures 0.765 (centre clicks) and 0.771
+# (boxes); random weights ~0.03 (bench/demo.py).
+MIN_CLICK_MIOU = 0.72
+MIN_BOX_MIOU = 0.72
+
+
+@pytest.fixture(scope="module")
+def demo_service(service: LocalCluster) -> LocalCluster:
+    deploy(service, replicas=1, args={"engine": DEMO_ENGINE})
+    return service
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[Scene]:
+    return held_out_scenes(8)
+
+
+def png(scene: Scene) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(scene.image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def point(x: float, y: float, positive: bool = True) -> dict:
+    return {"x": x, "y": y, "positive": positive}
+
+
+def segment(service: LocalCluster, scene_id: str, scene: Scene, prompts: list[dict], **options):
+    body = {
+        "image": image_body(png(scene)),
+        "image_id": scene_id,
+        "prompts": prompts,
+        "format": "rle",
+        **options,
+    }
+    response = service.post("/sam3/visual_segment", body)
+    assert response.status_code == 200, response.text[:300]
+    return [coco_mask.decode(p["masks"]).astype(bool) for p in response.json()["predictions"]]
+
+
+def test_centre_clicks_and_boxes_give_the_shapes(demo_service, scenes):
+    clicks, boxes = [], []
+    for n, scene in enumerate(scenes):
+        centres = [scene.centre_click(i) for i in range(len(scene.kinds))]
+        masks = segment(
+            demo_service, f"demo-{n}", scene, [{"points": [point(*c)]} for c in centres]
+        )
+        clicks += [iou(m, t) for m, t in zip(masks, scene.masks, strict=True)]
+        box_prompts = [
+            {"box": {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "width": x1 - x0, "height": y1 - y0}}
+            for x0, y0, x1, y1 in scene.boxes.tolist()
+        ]
+        masks = segment(demo_service, f"demo-{n}", scene, box_prompts)
+        boxes += [iou(m, t) for m, t in zip(masks, scene.masks, strict=True)]
+    assert np.mean(clicks) > MIN_CLICK_MIOU, clicks
+    assert np.mean(boxes) > MIN_BOX_MIOU, boxes
+
+
+def test_a_corrective_click_seeded_by_the_cached_logits_improves_the_mask(demo_service, scenes):
+    first, refined = [], []
+    for n, scene in enumerate(scenes):
+        for i in range(len(scene.kinds)):
+            click = point(*scene.centre_click(i))
+            (mask,) = segment(
+                demo_service, f"refine-{n}", scene, [{"points": [click]}], save_logits_to_cache=True
+            )
+            x, y, label = corrective_click(mask, scene.masks[i])
+            (better,) = segment(
+                demo_service,
+                f"refine-{n}",
+                scene,
+                [{"points": [click, point(x, y, bool(label))]}],
+                load_logits_from_cache=True,
+                multimask_output=False,
+            )
+            first.append(iou(mask, scene.masks[i]))
+            refined.append(iou(better, scene.masks[i]))
+    # Measured: 0.765 -> 0.802.
+    assert np.mean(refined) > np.mean(first) + 0.02, (np.mean(first), np.mean(refined))
+
+
+def test_a_negative_click_removes_a_neighbour(demo_service, scenes):
+    """Clicks on two shapes give both; a negative click on one of them, refining with the
+    cached logits, takes (much of) it out and keeps the other."""
+    kept, removed, both = [], [], []
+    for n, scene in enumerate(scenes):
+        a, b = 0, 1
+        pa, pb = scene.centre_click(a), scene.centre_click(b)
+        (union,) = segment(
+            demo_service,
+            f"neg-{n}",
+            scene,
+            [{"points": [point(*pa), point(*pb)]}],
+            save_logits_to_cache=True,
+        )
+        (after,) = segment(
+            demo_service,
+            f"neg-{n}",
+            scene,
+            [{"points": [point(*pa), point(*pb), point(*pb, positive=False)]}],
+            load_logits_from_cache=True,
+            multimask_output=False,
+        )
+        both.append(covered(union, scene.masks[b]))
+        removed.append(covered(after, scene.masks[b]))
+        kept.append(covered(after, scene.masks[a]))
+    # Measured: the two clicks cover 0.70 of the neighbour, the negative click leaves 0.43
+    # of it (it empties it in 3 scenes of 8) and keeps 0.80 of the first shape.
+    assert np.mean(both) > 0.6, both
+    assert np.mean(removed) < np.mean(both) - 0.2, (both, removed)
+    assert np.mean(kept) > 0.7, kept
+
+
+def covered(mask: np.ndarray, shape: np.ndarray) -> float:
+    return float((mask & shape).sum() / shape.sum())
