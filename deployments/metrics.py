@@ -13,6 +13,7 @@ from ray.serve import metrics
 
 if TYPE_CHECKING:  # the ingress imports this module and must not import the engine (torch)
     from sam3_core.engine import EngineStats
+    from sam3_core.memory import MemoryPlan
 
 LATENCY_BUCKETS_S = [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60]
 STAGE_BUCKETS_S = [0.0002, 0.0005, 0.001, *LATENCY_BUCKETS_S]
@@ -121,9 +122,27 @@ class SegmenterMetrics:
             description="Resident memory the replica alone holds: RSS less shared pages "
             "(Ray's object store, which requests' image bytes pass through, and libraries).",
         )
+        self.memory_share = metrics.Gauge(
+            "sam3_memory_share",
+            description="Share of the node's (or GPU's) memory this replica plans with.",
+        )
+        self.memory_pool = metrics.Gauge(
+            "sam3_memory_pool_bytes",
+            description="The memory the replicas of this replica's node (or GPU) share.",
+        )
+        self.memory_planned = metrics.Gauge(
+            "sam3_memory_planned_bytes",
+            description="What this replica may hold in all: held at start (model), activation "
+            "reserve, and every cache's budget.",
+        )
         self.stages = StageMetrics()
         self._process = psutil.Process()
         self._last: EngineStats | None = None
+
+    def record_memory(self, plan: MemoryPlan) -> None:
+        self.memory_share.set(plan.share)
+        self.memory_pool.set(plan.pool)
+        self.memory_planned.set(plan.total)
 
     def record_stats(self, stats: EngineStats) -> None:
         """Advance the counters to the engine's cumulative values; set the gauges."""

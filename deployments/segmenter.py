@@ -26,6 +26,7 @@ import torch
 from ray import serve
 
 from deployments.handoff import Handoff
+from deployments.memory_share import with_memory_share
 from deployments.metrics import SegmenterMetrics
 from deployments.operations import OPERATIONS, Operation, Reply, run
 from deployments.peers import RayPeers
@@ -45,12 +46,15 @@ class SegmenterReplica:
     and `serve_config.yaml`."""
 
     def __init__(self, engine_settings: dict[str, Any], threads: int) -> None:
-        self.engine = Segmenter.from_settings(EngineSettings(**engine_settings))
+        settings = with_memory_share(EngineSettings(**engine_settings))
+        self.engine = Segmenter.from_settings(settings)
         replica_id = serve.get_replica_context().replica_id
         self.replica = replica_id.unique_id
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sam3")
         self.metrics = SegmenterMetrics()
         self.metrics.record_stats(self.engine.stats())
+        if self.engine.memory is not None:
+            self.metrics.record_memory(self.engine.memory)
         self.handoff = Handoff(
             self.engine,
             self.replica,

@@ -44,7 +44,7 @@ from sam3_core.errors import (
     MaskBudgetError,
 )
 from sam3_core.images import image_size, load_rgb
-from sam3_core.memory import default_cache_budget, release_freed_memory
+from sam3_core.memory import MemoryPlan, plan_memory, release_freed_memory
 from sam3_core.model import ImageEmbedding, InteractiveSam3
 from sam3_core.pictures import ImageKey, Pictures
 from sam3_core.prompts import (
@@ -123,8 +123,18 @@ class Segmenter:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.logits = LogitsCache(settings.max_logits_cache_size, settings.logits_cache_bytes)
+        self.memory: MemoryPlan | None = None
+        if settings.embedding_cache_bytes is None:
+            self.memory = plan_memory(
+                model.device,
+                share=settings.memory_share or 1.0,
+                activation_reserve=settings.activation_reserve_bytes,
+                logits_cache=0 if settings.disable_logits_cache else settings.logits_cache_bytes,
+                text_cache=settings.text_cache_bytes if model.concepts is not None else 0,
+                pool=settings.memory_bytes,
+            )
         self.embeddings = EmbeddingCache(
-            max_bytes=settings.embedding_cache_bytes or default_cache_budget(model.device),
+            max_bytes=settings.embedding_cache_bytes or self.memory.embedding_cache,
             max_entries=settings.max_embedding_cache_size,
             # Logits belong to one picture: (key, content digest), never to a key alone.
             on_evict=lambda key, entry: self.logits.drop_image((key, entry.content_digest)),
@@ -147,6 +157,23 @@ class Segmenter:
             self.embeddings.max_entries,
             self._store_dtype,
         )
+        if self.memory is not None:
+            logger.info(
+                "memory: %.3g of %.0f MiB: held %.0f, activations %.0f, logits %.0f, texts "
+                "%.0f, embeddings %.0f MiB",
+                self.memory.share,
+                self.memory.pool / 2**20,
+                *(
+                    part / 2**20
+                    for part in (
+                        self.memory.held,
+                        self.memory.activation_reserve,
+                        self.memory.logits_cache,
+                        self.memory.text_cache,
+                        self.memory.embedding_cache,
+                    )
+                ),
+            )
         if settings.warmup or (settings.warmup is None and on_gpu):
             self.warm_up()
 

@@ -1,28 +1,101 @@
-"""The process's memory: how much the embedding cache may use by default, and handing freed
-memory back to the operating system."""
+"""The process's memory: what its caches may use (its share of the node's memory, or of its
+GPU's, with everything counted), and handing freed memory back to the operating system."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import psutil
 import torch
 
-# Share of free device memory (CUDA) or available RAM (CPU) the embedding cache may use
-# when SAM3_EMBEDDING_CACHE_BYTES is unset.
-DEFAULT_CACHE_SHARE = {"cuda": 0.5, "cpu": 0.25}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# The embedding cache never gets less, whatever the plan says (it could hold no image).
+MIN_EMBEDDING_CACHE_BYTES = 64 * 2**20
+
+logger = logging.getLogger(__name__)
 
 
-def default_cache_budget(device: torch.device) -> int:
-    """Half the free GPU memory left after the model is loaded, or a quarter of free RAM."""
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one replica's share of its device's memory is spent. Everything it holds counts:
+    `held` (the model and runtime, measured at start), the working memory reserved for
+    requests in flight, and each cache's byte budget; the embedding cache gets the rest.
+
+    With `share` = 1 / (replicas that can run on the node, or on the GPU) and the same `pool`
+    for all of them (the node's memory as Ray counts it, or the GPU's), the plans of the
+    replicas sharing a device add up to at most its memory, whatever order they start in.
+    """
+
+    pool: int
+    share: float
+    held: int
+    activation_reserve: int
+    logits_cache: int
+    text_cache: int
+    embedding_cache: int
+
+    @property
+    def total(self) -> int:
+        """What the replica may hold in all: at most `share` x `pool` (unless the embedding
+        cache had to be raised to its floor, which start-up logs)."""
+        return (
+            self.held
+            + self.activation_reserve
+            + self.logits_cache
+            + self.text_cache
+            + self.embedding_cache
+        )
+
+
+def plan_memory(
+    device: torch.device,
+    *,
+    share: float,
+    activation_reserve: int,
+    logits_cache: int,
+    text_cache: int,
+    pool: int | None = None,
+) -> MemoryPlan:
+    """This replica's plan: its share of `pool`, less what it holds already, the activation
+    reserve and the logits and text caches, is the embedding cache's budget.
+
+    `pool`: the memory the replicas on this node (or GPU) share; None: the GPU's total
+    memory, or on the CPU what is free (within the container's limit) plus what this process
+    holds (right for one process alone)."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * DEFAULT_CACHE_SHARE["cuda"])
-    return int(available_memory() * DEFAULT_CACHE_SHARE["cpu"])
+        _, total = torch.cuda.mem_get_info(device)
+        held = torch.cuda.memory_reserved(device)
+        pool = total if pool is None else pool
+    else:
+        held = psutil.Process().memory_info().rss
+        pool = available_memory() + held if pool is None else pool
+    rest = int(pool * share) - held - activation_reserve - logits_cache - text_cache
+    plan = MemoryPlan(
+        pool=pool,
+        share=share,
+        held=held,
+        activation_reserve=activation_reserve,
+        logits_cache=logits_cache,
+        text_cache=text_cache,
+        embedding_cache=max(rest, MIN_EMBEDDING_CACHE_BYTES),
+    )
+    if rest < MIN_EMBEDDING_CACHE_BYTES:
+        logger.warning(
+            "memory: this replica's share (%.3g of %.0f MiB) does not cover what it holds "
+            "(%.0f MiB), its activation reserve and its logits and text caches; the "
+            "embedding cache gets %.0f MiB anyway: run fewer replicas per node or GPU, or "
+            "lower SAM3_LOGITS_CACHE_BYTES / SAM3_ACTIVATION_RESERVE_BYTES",
+            share,
+            pool / 2**20,
+            held / 2**20,
+            MIN_EMBEDDING_CACHE_BYTES / 2**20,
+        )
+    return plan
 
 
 def available_memory() -> int:

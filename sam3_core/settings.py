@@ -79,6 +79,26 @@ class EngineSettings(RequestLimits):
         gt=0,
         description="Byte budget of the embedding cache; unset: chosen from device memory.",
     )
+    memory_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Share of the node's memory (or of its GPU's) this process may use: "
+        "model, activation reserve and every cache. Unset: 1 outside Ray; under Ray Serve, 1 / "
+        "the segmenter replicas that can run on the node (or the GPU).",
+    )
+    memory_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="The memory the replicas of a node (or a GPU) share. Unset: under Ray "
+        "Serve the node's memory as Ray counts it (or the GPU's); outside Ray, free RAM plus "
+        "what the process holds (or the GPU's memory).",
+    )
+    activation_reserve_bytes: int = Field(
+        1024 * MiB,
+        ge=0,
+        description="Working memory of requests in flight, kept out of the caches' budget.",
+    )
     max_embedding_cache_size: int = Field(100, ge=1, description="Count limit (Roboflow's).")
     embedding_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",

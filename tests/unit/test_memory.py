@@ -5,6 +5,62 @@ import torch
 
 from sam3_core import memory
 
+GiB = 1024**3
+
+
+class TestPlan:
+    """Every part of a replica's memory counts, and replicas sharing a node add up."""
+
+    def test_four_replicas_sharing_a_node_fit_it(self, monkeypatch):
+        """What the shipped config's autoscaling maximum (4 CPU replicas) does on one node:
+        each holds its model (2 GiB), and all plan from the node's memory as Ray counts it."""
+        node = 20 * GiB
+        monkeypatch.setattr(memory.psutil, "Process", lambda: _Rss(2 * GiB))
+        plans = [
+            memory.plan_memory(
+                torch.device("cpu"),
+                share=1 / 4,
+                activation_reserve=GiB,
+                logits_cache=512 * 2**20,
+                text_cache=64 * 2**20,
+                pool=node,
+            )
+            for _ in range(4)
+        ]
+        assert sum(p.total for p in plans) <= node
+        for plan in plans:
+            assert plan.held == 2 * GiB and plan.logits_cache and plan.text_cache
+            assert plan.embedding_cache == node // 4 - (2 + 1 + 0.5 + 1 / 16) * GiB
+
+    def test_a_share_too_small_is_said_and_the_cache_keeps_a_floor(self, monkeypatch, caplog):
+        monkeypatch.setattr(memory, "available_memory", lambda: 2 * GiB)
+        plan = memory.plan_memory(
+            torch.device("cpu"), share=0.1, activation_reserve=GiB, logits_cache=0, text_cache=0
+        )
+        assert plan.embedding_cache == memory.MIN_EMBEDDING_CACHE_BYTES
+        assert "does not cover" in caplog.text
+
+    def test_the_engine_counts_its_caches(self, make_segmenter):
+        settings = {"memory_share": 0.5, "activation_reserve_bytes": 2**28}
+        with_concepts = make_segmenter(embedding_cache_bytes=None, **settings)
+        plan = with_concepts.memory
+        assert plan.share == 0.5 and plan.activation_reserve == 2**28
+        assert plan.logits_cache == with_concepts.settings.logits_cache_bytes
+        assert plan.text_cache == with_concepts.settings.text_cache_bytes
+        assert with_concepts.embeddings.max_bytes == plan.embedding_cache
+        interactive = make_segmenter(embedding_cache_bytes=None, concepts=False, **settings)
+        assert interactive.memory.text_cache == 0
+        fixed = make_segmenter(embedding_cache_bytes=2**26)
+        assert fixed.memory is None and fixed.embeddings.max_bytes == 2**26
+
+
+class _Rss:
+    def __init__(self, rss: int) -> None:
+        self.rss = rss
+
+    def memory_info(self) -> _Rss:
+        return self
+
 
 class TestDefaultBudget:
     def test_a_container_limit_bounds_the_cpu_budget(self, tmp_path, monkeypatch):
@@ -12,7 +68,11 @@ class TestDefaultBudget:
         (tmp_path / "memory.max").write_text("4294967296\n")  # 4 GiB pod limit
         (tmp_path / "memory.current").write_text(str(1024**3))  # 1 GiB used
         assert memory.available_memory() == 3 * 1024**3
-        assert memory.default_cache_budget(torch.device("cpu")) == 3 * 1024**3 // 4
+        plan = memory.plan_memory(
+            torch.device("cpu"), share=1.0, activation_reserve=0, logits_cache=0, text_cache=0
+        )
+        assert plan.pool == 3 * 1024**3 + plan.held
+        assert plan.embedding_cache == 3 * 1024**3 and plan.total == plan.pool
 
     def test_no_limit_means_free_ram(self, tmp_path, monkeypatch):
         monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)

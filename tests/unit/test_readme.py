@@ -60,6 +60,15 @@ def test_the_two_commands():
         assert block and command in block.group(1)
 
 
+def test_the_fast_tier_leaves_out_ray_and_the_browser():
+    block = re.search(r"<!-- fast-test-command -->\n```bash\n(.+?)\n```", README, re.S)
+    assert block and '-m "not ray and not browser and not slow"' in block.group(1)
+    # Every test that starts Ray lives in tests/integration, every module there is marked.
+    for module in (ROOT / "tests" / "integration").glob("test_*.py"):
+        assert "pytest.mark.ray" in module.read_text(), module.name
+    assert "pytest.mark.browser" in (ROOT / "tests" / "integration" / "test_page.py").read_text()
+
+
 def test_every_limit_is_in_the_operations_guide():
     missing = [env_name(f) for f in LIMITS if f"`{env_name(f)}`" not in OPERATIONS]
     assert not missing, f"docs/operations.md's limits table lacks {missing}"
