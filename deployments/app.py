@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import DeploymentActorConfig
+from ray.serve.exceptions import RayServeException
 
 from deployments.ingress import Ingress
 from deployments.peers import BOARD, HandoffBoard
@@ -157,6 +158,19 @@ def _from_overrides_only(settings: type[BaseSettings]) -> type[BaseSettings]:
     return Overrides
 
 
+class SettingsError(RayServeException, ValueError):
+    """A setting the application cannot start with. Serve reports a `RayServeException` from
+    the builder as the application's failure message as it is, once: any other exception is
+    retried three times (each printing its traceback) before the app fails."""
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e.get('ctx', {}).get('error', e['msg'])}"
+        for e in error.errors()
+    )
+
+
 # Checkpoints that are not a path: the hub, and checkpoints shipped with the package.
 NOT_A_PATH = (HUB_PREFIX, "demo:")
 
@@ -179,17 +193,16 @@ def check_replica_settings(engine: dict[str, Any]) -> None:
         for other in (IngressSettings, SegmenterSettings):
             other(**_part(engine, other))
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise ValueError(
-            f"a replica cannot start with these settings: {problems} (each is a SAM3_* "
+        raise SettingsError(
+            f"a replica cannot start with these settings: {_problems(error)} (each is a SAM3_* "
             "variable, or a key of args.engine in serve_config.yaml)"
         ) from None
     checkpoint = settings.checkpoint
     if checkpoint and not checkpoint.startswith(NOT_A_PATH):
         if not Path(checkpoint).expanduser().is_file():
-            raise ValueError(f"SAM3_CHECKPOINT={checkpoint} is not a file. {HOW_TO_GET_WEIGHTS}")
+            raise SettingsError(f"SAM3_CHECKPOINT={checkpoint} is not a file. {HOW_TO_GET_WEIGHTS}")
     elif not checkpoint and not settings.random_weights:
-        raise ValueError(HOW_TO_GET_WEIGHTS)
+        raise SettingsError(HOW_TO_GET_WEIGHTS)
 
 
 def resolve_gpus(requested: float | Literal["auto"]) -> float:
@@ -201,7 +214,11 @@ def resolve_gpus(requested: float | Literal["auto"]) -> float:
 
 def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     """The application, from the `args:` of `serve_config.yaml`."""
-    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    if not isinstance(args, AppArgs):
+        try:
+            args = AppArgs.model_validate(args or {})
+        except ValidationError as error:
+            raise SettingsError(f"serve_config.yaml args: {_problems(error)}") from None
     if replicas_share_this_environment():
         check_replica_settings(args.engine)
     gpus = resolve_gpus(args.segmenter_gpus)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from deployments import app as app_module
 from deployments.app import (
     DEPLOYMENT_DEFAULTS,
     ROUTERS,
+    SettingsError,
     build_app,
     check_replica_settings,
     replicas_share_this_environment,
@@ -52,7 +52,7 @@ def test_the_load_bound_and_the_replicas_engine_threads_reach_the_router():
     config = deployments({"segmenter_gpus": 0, "load_factor": 1.5, "segmenter_threads": 3})
     kwargs = config["Segmenter"]._deployment_config.request_router_config.request_router_kwargs
     assert (kwargs["load_factor"], kwargs["min_load"]) == (1.5, 3)
-    with pytest.raises(ValidationError, match="load_factor"):
+    with pytest.raises(SettingsError, match="load_factor"):
         build_app({"load_factor": 0.5})
 
 
@@ -69,12 +69,12 @@ def test_segmenter_replica_settings_pass_with_the_engines():
     built = deployments({"segmenter_gpus": 0, "engine": {"handoff_timeout_seconds": 5}})
     segmenter_settings, _ = built["Segmenter"].init_args
     assert segmenter_settings == {"handoff_timeout_seconds": 5}
-    with pytest.raises(ValidationError, match="handoff_timeout_seconds"):
+    with pytest.raises(SettingsError, match="handoff_timeout_seconds"):
         build_app({"segmenter_gpus": 0, "engine": {"handoff_timeout_seconds": 0}})
 
 
 def test_unknown_args_are_refused():
-    with pytest.raises(ValidationError, match="segmenter_gpu"):
+    with pytest.raises(SettingsError, match="segmenter_gpu"):
         build_app({"segmenter_gpu": 1})
 
 
@@ -88,7 +88,7 @@ def test_unknown_args_are_refused():
     ],
 )
 def test_engine_settings_are_checked_when_the_app_is_built(engine, names):
-    with pytest.raises(ValidationError, match=names):
+    with pytest.raises(SettingsError, match=names):
         build_app({"segmenter_gpus": 0, "engine": engine})
 
 

@@ -114,7 +114,7 @@ def test_the_cpu_try_out_comes_first_and_installs_cpu_torch():
     run = block("run-command")
     cpu_torch = run.index("download.pytorch.org/whl/cpu")
     assert cpu_torch < run.index("pip install -e .") < run.index("serve run")
-    assert README.index("<!-- run-command -->") < README.index("On a GPU machine")
+    assert README.index("<!-- run-command -->") < README.index("On a GPU machine, install")
 
 
 def test_the_readiness_step_asks_the_readiness_route_and_says_how_to_stop(api):
