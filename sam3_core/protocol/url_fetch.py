@@ -127,7 +127,8 @@ def _open(
         return pool.urlopen(
             "GET",
             path,
-            headers={**headers, "Host": host_header, "Accept": "image/*"},
+            # Label Studio (Django REST framework) answers 406 to image/* alone.
+            headers={**headers, "Host": host_header, "Accept": "image/*, */*;q=0.8"},
             redirect=False,
             preload_content=False,
             assert_same_host=False,
