@@ -147,7 +147,8 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
     ) -> Reply:
         """`operation` on the task's image: by digest when known, with the bytes when not
         (or no longer) cached on its owner."""
-        reference = (task.get("data") or {}).get(config.image_key)
+        data = task.get("data")
+        reference = data.get(config.image_key) if isinstance(data, dict) else None
         if not isinstance(reference, str) or not reference:
             raise InvalidImageError(f"the task has no image in data.{config.image_key}")
         digest = images.known(tenant, reference)

@@ -52,8 +52,8 @@ class PredictRequest(_Body):
     def regions(self) -> list[dict[str, Any]]:
         """The interactive request's smart regions; empty for a pre-annotation."""
         context = self.params.context or self.context or {}
-        result = context.get("result") or []
-        return [region for region in result if isinstance(region, dict)]
+        result = context.get("result")
+        return [r for r in result if isinstance(r, dict)] if isinstance(result, list) else []
 
 
 class SetupRequest(_Body):
@@ -131,19 +131,21 @@ def interaction(regions: list[dict[str, Any]]) -> Interaction | None:
         kind = str(region.get("type", "")).lower()
         if kind not in (KEYPOINTS, RECTANGLES):
             continue
-        value = region.get("value") or {}
+        value = region.get("value")
+        if not isinstance(value, dict):
+            raise InvalidPromptError(f"a {kind} region needs a value object")
         try:
             width, height = int(region["original_width"]), int(region["original_height"])
             x, y = float(value["x"]) * width / 100, float(value["y"]) * height / 100
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidPromptError(
                 f"a {kind} region needs original_width, original_height and value.x, value.y"
             ) from exc
         if width <= 0 or height <= 0:
             raise InvalidPromptError("original_width and original_height must be positive")
         size = (width, height)
-        names = value.get(kind) or []
-        label = str(names[0]) if names else label
+        names = value.get(kind)
+        label = str(names[0]) if isinstance(names, list) and names else label
         positive = region.get("is_positive", True) is not False
         if kind == KEYPOINTS:
             points.append(Point(x=x, y=y, positive=positive))
@@ -155,7 +157,7 @@ def interaction(regions: list[dict[str, Any]]) -> Interaction | None:
             )
         try:
             w, h = float(value["width"]) * width / 100, float(value["height"]) * height / 100
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidPromptError("a rectanglelabels region needs value.width, height") from exc
         # SAM takes one box per object: the latest rectangle, as Label Studio's SAM backends.
         box = Box(x=x + w / 2, y=y + h / 2, width=w, height=h)

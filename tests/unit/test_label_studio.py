@@ -162,6 +162,10 @@ def test_bad_bodies_are_4xx(client):
     )
     assert no_image.status_code == 400 and "data.picture" in no_image.json()["message"]
     assert client.post("/label-studio/predict", json={"tasks": 3}).status_code == 422
+    odd_data = {"tasks": [{"data": [1]}], "label_config": CONFIG, "params": {}}
+    assert client.post("/label-studio/predict", json=odd_data).status_code == 400
+    elsewhere = predict(client, image="//169.254.169.254/latest", regions=[keypoint(5, 5)])
+    assert elsewhere.status_code == 400 and elsewhere.json()["code"] == "url_input_refused"
     assert client.post("/label-studio/webhook", content=b"not json").status_code == 200
 
 

@@ -139,12 +139,22 @@ class TestInteraction:
             interaction([region("rectanglelabels", False, x=1, y=1, width=2, height=2)])
         with pytest.raises(InvalidPromptError, match="original_width"):
             interaction([{"type": "keypointlabels", "value": {"x": 1}}])
+        for value in ([1], "x", None):
+            with pytest.raises(InvalidPromptError, match="value object"):
+                interaction([{"type": "keypointlabels", "value": value}])
+        huge = {**region("keypointlabels", x=1, y=1), "original_width": float("inf")}
+        with pytest.raises(InvalidPromptError, match="original_width"):
+            interaction([huge])
+        odd_label = region("keypointlabels", x=1, y=1)
+        odd_label["value"]["keypointlabels"] = {"a": 1}
+        assert interaction([odd_label]).label is None
 
     def test_context_in_params_or_top_level(self):
         regions = [region("keypointlabels", x=1, y=1)]
         assert PredictRequest(params={"context": {"result": regions}}).regions() == regions
         assert PredictRequest(context={"result": regions}).regions() == regions
         assert PredictRequest(params={"context": None}).regions() == []
+        assert PredictRequest(params={"context": {"result": 5}}).regions() == []
 
 
 def test_brush_result_shape():
