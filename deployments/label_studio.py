@@ -257,6 +257,8 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
     async def health() -> dict[str, str]:
         return {"status": "UP", "model_class": MODEL_CLASS}
 
+    # Label Studio's protocol, not the service's API: documented in docs/label_studio.md and
+    # left out of the OpenAPI document (whose routes are the service's own, fuzzed as such).
     tags = ["Label Studio ML backend"]
     for path in ("/", "/health"):
         app.add_api_route(
@@ -264,6 +266,7 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
             health,
             methods=["GET"],
             tags=tags,
+            include_in_schema=False,
             summary="Label Studio's health check.",
         )
     app.router.add_api_route(
@@ -271,6 +274,7 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
         predict,
         methods=["POST"],
         tags=tags,
+        include_in_schema=False,
         summary="Brush masks for Label Studio: a click's mask, or every instance of the "
         "project's labels.",
         route_class_override=JsonRoute,
@@ -280,6 +284,7 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
         setup,
         methods=["POST"],
         tags=tags,
+        include_in_schema=False,
         route_class_override=JsonRoute,
         summary="Called when a project connects sam3-serve; checks its labelling config.",
     )
@@ -288,6 +293,7 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
         webhook,
         methods=["POST"],
         tags=tags,
+        include_in_schema=False,
         route_class_override=JsonRoute,
         summary="Label Studio's training events: acknowledged (the model is not trained).",
     )

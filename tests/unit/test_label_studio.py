@@ -92,6 +92,8 @@ def test_health_setup_webhook(client):
     assert hook.status_code == 201 and hook.json()["status"] == "ok"
     other = client.post("/label-studio/webhook", json={"action": "PROJECT_UPDATED"})
     assert other.status_code == 200 and other.json() == {"status": "Unknown event"}
+    # Label Studio's protocol stays out of the service's own OpenAPI document.
+    assert not [p for p in client.get("/openapi.json").json()["paths"] if "label-studio" in p]
 
 
 def test_clicks_refine_one_embedding_fetched_once(client, engine):
