@@ -22,6 +22,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from deployments.label_studio import add_label_studio
 from deployments.middleware import (
     ApiKeyAuth,
     RequestBodyLimit,
@@ -190,6 +191,7 @@ def create_api(
         return error_response(503, "not_ready", reason, **{"Retry-After": retry})
 
     add_page(app)
+    add_label_studio(app, owners, settings)
 
     @app.exception_handler(Sam3Error)
     async def engine_error(_: Request, error: Sam3Error) -> JSONResponse:

@@ -10,6 +10,8 @@ client can make the ingress hold no more than that per request.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import time
@@ -91,9 +93,10 @@ def tenant_of(scope: Scope) -> str | None:
 
 class ApiKeyAuth:
     """Every path but `open_paths` and those under `open_prefixes` needs one of `keys`:
-    `Authorization: Bearer <key>`, an `api_key` query parameter, or an `api_key` field of a
-    JSON body of at most `max_body_key_bytes`. Keys are compared in constant time and never
-    logged; the request's tenant (`tenant_of`) is its key's digest."""
+    `Authorization: Bearer <key>` (or basic auth with the key as password), an `api_key`
+    query parameter, or an `api_key` field of a JSON body of at most `max_body_key_bytes`.
+    Keys are compared in constant time and never logged; the request's tenant (`tenant_of`)
+    is its key's digest."""
 
     def __init__(
         self,
@@ -162,6 +165,13 @@ class ApiKeyAuth:
         authorization = dict(scope["headers"]).get(b"authorization")
         if authorization is not None:
             scheme, _, token = authorization.partition(b" ")
+            if scheme.lower() == b"basic":
+                # Label Studio sends its ML backend's credentials as basic auth: the key is
+                # the password (the user name is not checked).
+                try:
+                    return base64.b64decode(token.strip(), validate=True).partition(b":")[2]
+                except (binascii.Error, ValueError):
+                    return b""
             return token.strip() if scheme.lower() == b"bearer" else b""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if "api_key" in query:

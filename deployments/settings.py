@@ -44,6 +44,22 @@ class IngressSettings(RequestLimits):
     url_timeout_seconds: float = Field(10.0, gt=0, description="Whole-fetch time limit.")
     url_max_redirects: int = Field(3, ge=0, description="Redirects followed (each re-checked).")
 
+    # Label Studio's ML-backend protocol (/label-studio).
+    label_studio_url: str | None = Field(
+        None,
+        description="Label Studio's address, where task images on its own paths "
+        "(/data/upload/...) are fetched from.",
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        None, description="Label Studio's API token, sent when fetching its images."
+    )
+    label_studio_score_threshold: float = Field(
+        0.5, ge=0, le=1, description="Pre-annotation: keep instances scoring at least this."
+    )
+    label_studio_max_images: int = Field(
+        10000, ge=1, description="Label Studio image paths remembered by digest, per ingress."
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

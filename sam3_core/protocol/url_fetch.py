@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -149,7 +150,9 @@ def _resolve(host: str, port: int, policy: UrlPolicy) -> IPAddress:
     return addresses[0]
 
 
-def _open(url: str, policy: UrlPolicy, deadline: float) -> urllib3.BaseHTTPResponse:
+def _open(
+    url: str, policy: UrlPolicy, deadline: float, headers: Mapping[str, str]
+) -> urllib3.BaseHTTPResponse:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise UrlInputError(f"only http and https URLs are fetched, not {parts.scheme!r}")
@@ -187,7 +190,8 @@ def _open(url: str, policy: UrlPolicy, deadline: float) -> urllib3.BaseHTTPRespo
         return pool.urlopen(
             "GET",
             path,
-            headers={"Host": host_header, "Accept": "image/*"},
+            # Label Studio (Django REST framework) answers 406 to image/* alone.
+            headers={**headers, "Host": host_header, "Accept": "image/*, */*;q=0.8"},
             redirect=False,
             preload_content=False,
             assert_same_host=False,
@@ -196,11 +200,15 @@ def _open(url: str, policy: UrlPolicy, deadline: float) -> urllib3.BaseHTTPRespo
         raise UrlInputError(f"cannot fetch {host}: {exc}") from exc
 
 
-def fetch_image(url: str, policy: UrlPolicy) -> bytes:
-    """GET an image URL under `policy`; raises UrlInputError or ImageTooLargeError."""
+def fetch_image(url: str, policy: UrlPolicy, headers: Mapping[str, str] | None = None) -> bytes:
+    """GET an image URL under `policy`; raises UrlInputError or ImageTooLargeError.
+    `headers` (credentials of the image's server) go to the URL's own origin only, never
+    to another origin a redirect points at."""
     deadline = time.monotonic() + policy.timeout_seconds
+    origin = _origin(url)
     for _ in range(policy.max_redirects + 1):
-        response = _open(url, policy, deadline)
+        sent = (headers or {}) if _origin(url) == origin else {}
+        response = _open(url, policy, deadline, sent)
         try:
             if response.status in _REDIRECTS:
                 location = response.headers.get("Location")
@@ -214,6 +222,15 @@ def fetch_image(url: str, policy: UrlPolicy) -> bytes:
         finally:
             response.release_conn()
     raise UrlInputError(f"more than {policy.max_redirects} redirects")
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme, parts.hostname, port
 
 
 def _read_limited(response: urllib3.BaseHTTPResponse, max_bytes: int, deadline: float) -> bytes:

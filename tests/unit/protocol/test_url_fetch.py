@@ -25,9 +25,11 @@ BODY = b"\x89PNG fake image bytes" * 10
 
 class Handler(BaseHTTPRequestHandler):
     hosts_seen: list[str] = []
+    credentials_seen: list[str | None] = []
 
     def do_GET(self):
         Handler.hosts_seen.append(self.headers.get("Host", ""))
+        Handler.credentials_seen.append(self.headers.get("Authorization"))
         if self.path == "/image.png":
             self._send(200, BODY)
         elif self.path == "/big":
@@ -228,6 +230,18 @@ class TestWhenExplicitlyAllowed:
         assert fetch_image(url, policy(allow_private_networks=True)) == BODY
         assert lookups == ["images.example"]  # resolved once, never again by the HTTP client
         assert Handler.hosts_seen == [f"images.example:{port}"]
+
+    def test_credentials_go_to_the_first_origin_only(self, server):
+        port = server.split(":")[1]
+        allowed = policy(allow_private_networks=True)
+        secret = {"Authorization": "Token s"}
+        Handler.credentials_seen.clear()
+        assert fetch_image(f"http://{server}/redirect-to//image.png", allowed, secret) == BODY
+        assert Handler.credentials_seen == ["Token s", "Token s"]  # same origin
+        Handler.credentials_seen.clear()
+        other = f"http://localhost:{port}/image.png"  # same server, another origin
+        assert fetch_image(f"http://{server}/redirect-to/{other}", allowed, secret) == BODY
+        assert Handler.credentials_seen == ["Token s", None]
 
     def test_redirects_are_followed_and_each_hop_checked(self, server):
         allowed = policy(allow_private_networks=True)

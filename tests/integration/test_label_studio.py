@@ -1,0 +1,177 @@
+"""sam3-serve as the ML backend of a real Label Studio (PyPI `label-studio`, its own venv,
+SQLite): a project with a brush config and smart tools, a task with an uploaded image, the
+backend connected through Label Studio's API, clicks and a pre-annotation asked for through
+Label Studio, and the masks read back from what it stores, decoded by its own SDK.
+
+The service runs in-process behind uvicorn (`local_service`), not on the Ray cluster: the
+subject here is the protocol, and the engine's counters show embeds directly; routing by
+image is the Ray suite's, and the last test here runs the routes on the Ray cluster. On
+random weights the masks are noise and only their structure is checked; with the demo model
+(`SAM3_CHECKPOINT=demo:shapes`) the click's mask must land on the square.
+
+Label Studio's venv is installed once per machine (~1.5 min; bench/label_studio.py) and it
+starts in 0.5-4 min on 2 busy cores. Without a package index the test is skipped, except
+under CI, where it fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from bench import label_studio
+from bench.local_service import free_port, local_service
+from bench.samples import encode_image
+from sam3_core.engine import Segmenter
+from sam3_core.settings import EngineSettings
+from sam3_core.weights import load_model
+from tests.conftest import tiny_settings
+from tests.integration.serving import deploy
+
+DEMO = os.environ.get("SAM3_CHECKPOINT") == "demo:shapes"
+HEIGHT, WIDTH = 96, 128
+SQUARE = (slice(20, 60), slice(16, 56))  # rows, columns
+CIRCLE_CENTRE, CIRCLE_RADIUS = (48, 94), 20
+
+
+def shapes() -> tuple[bytes, np.ndarray]:
+    """A dark picture with a light square and a circle; and the square's mask."""
+    pixels = np.full((HEIGHT, WIDTH, 3), 30, np.uint8)
+    square = np.zeros((HEIGHT, WIDTH), bool)
+    square[SQUARE] = True
+    rows, cols = np.ogrid[:HEIGHT, :WIDTH]
+    circle = (rows - CIRCLE_CENTRE[0]) ** 2 + (cols - CIRCLE_CENTRE[1]) ** 2 <= CIRCLE_RADIUS**2
+    pixels[square] = (220, 60, 40)
+    pixels[circle] = (40, 90, 220)
+    return encode_image(pixels), square
+
+
+def keypoint(row: float, col: float, positive: bool = True, label: str = "square") -> dict:
+    """A smart keypoint as Label Studio's page sends it (position in percent)."""
+    return {
+        "id": f"kp{row}-{col}",
+        "type": "keypointlabels",
+        "from_name": "point",
+        "to_name": "image",
+        "original_width": WIDTH,
+        "original_height": HEIGHT,
+        "image_rotation": 0,
+        "is_positive": positive,
+        "origin": "manual",
+        "value": {"x": col / WIDTH * 100, "y": row / HEIGHT * 100, "width": 1,
+                  "keypointlabels": [label]},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    try:
+        label_studio.venv()
+    except (subprocess.CalledProcessError, OSError) as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"Label Studio {label_studio.VERSION} cannot be installed: {error}")
+        pytest.skip(f"Label Studio {label_studio.VERSION} cannot be installed: {error}")
+    with label_studio.running(tmp_path_factory.mktemp("label-studio"), free_port()) as studio:
+        yield studio
+
+
+@pytest.fixture(scope="module")
+def engine() -> Segmenter:
+    if DEMO:
+        settings = EngineSettings(checkpoint="demo:shapes", device="cpu")
+    else:  # random weights; a few instances per label, so pre-annotation has masks to store
+        settings = tiny_settings(max_concept_instances=3)
+    return Segmenter(load_model(settings), settings)
+
+
+def test_label_studio_clicks_and_pre_annotation(studio, engine):
+    png, square = shapes()
+    threshold = 0.5 if DEMO else 0.0
+    with local_service(
+        engine,
+        label_studio_url=studio.url,
+        label_studio_api_key=studio.token,
+        label_studio_score_threshold=threshold,
+    ) as service:
+        project = studio.create_project("sam3-serve")
+        task = studio.import_image(project, "shapes.png", png)
+        assert task["data"]["image"].startswith("/data/upload/")
+        backend = studio.connect(project, f"{service}/label-studio")
+        assert backend["readable_state"] == "Connected", backend
+        assert backend["model_version"] == "sam3-serve"
+
+        # A click on the square, then a negative one on the circle: one object, refined.
+        first = studio.interactive(backend["id"], task["id"], [keypoint(40, 36)])
+        regions = [keypoint(40, 36), keypoint(*CIRCLE_CENTRE, positive=False)]
+        second = studio.interactive(backend["id"], task["id"], regions)
+        for answer in (first, second):
+            (result,) = answer["result"]
+            assert result["type"] == "brushlabels"
+            assert result["value"]["brushlabels"] == ["square"]
+            assert (result["from_name"], result["to_name"]) == ("brush", "image")
+        stats = engine.stats()
+        assert stats.embedding_cache_misses == 1  # embedded once, whatever the clicks
+        assert stats.logits_cache_hits >= 1  # the second click refined the first
+
+        # The annotator accepts the mask: Label Studio stores it, its SDK decodes it.
+        annotation = studio.annotate(task["id"], second["result"])
+        (stored,) = studio.annotation(annotation["id"])["result"]
+        (mask,) = studio.decode_brush([stored])
+        assert mask.shape == (HEIGHT, WIDTH)
+        assert stored["value"]["rle"] == second["result"][0]["value"]["rle"]
+        if DEMO:
+            overlap = (mask & square).sum() / (mask | square).sum()
+            assert overlap > 0.5, f"the click's mask covers the square at IoU {overlap:.2f}"
+
+        # Pre-annotation: every instance of each label, stored by Label Studio as a prediction.
+        studio.retrieve_predictions(project, [task["id"]])
+        (prediction,) = studio.predictions(task["id"])
+        assert prediction["model_version"] == "sam3-serve"
+        results = prediction["result"]
+        assert results, "no instance stored"
+        if not DEMO:
+            assert len(results) == 2 * 3  # both labels, SAM3_MAX_CONCEPT_INSTANCES each
+        assert {r["value"]["brushlabels"][0] for r in results} <= {"square", "circle"}
+        assert all(r["score"] >= threshold for r in results)
+        for decoded in studio.decode_brush(results):
+            assert decoded.shape == (HEIGHT, WIDTH)
+        if DEMO:
+            squares = [m for m, r in zip(studio.decode_brush(results), results, strict=True)
+                       if r["value"]["brushlabels"] == ["square"]]  # fmt: skip
+            assert any((m & square).sum() / (m | square).sum() > 0.5 for m in squares)
+        assert engine.stats().embedding_cache_misses == 1  # concepts on the same embedding
+
+
+@pytest.mark.ray
+def test_the_adapter_on_the_ray_cluster(service):
+    """The same routes through Ray's proxy and the segmenter replicas: Label Studio's clicks
+    and its pre-annotation reach the image's one owner, which embeds it once (a `data:` URI
+    task, so no Label Studio is needed: the ingress sends its digest first)."""
+    deploy(service, 2)
+    png, _ = shapes()
+    image = "data:image/png;base64," + base64.b64encode(png).decode()
+    task = {"id": 7, "data": {"image": image}}
+
+    def predict(regions: list[dict] | None) -> tuple[dict, dict]:
+        body = {
+            "tasks": [task],
+            "label_config": label_studio.BRUSH_CONFIG,
+            "params": {"context": {"result": regions} if regions else None},
+        }
+        response = service.post("/label-studio/predict", body)
+        assert response.status_code == 200, response.text
+        return response.json(), response.headers
+
+    _, first = predict([keypoint(40, 36)])
+    second_body, second = predict([keypoint(40, 36), keypoint(*CIRCLE_CENTRE, positive=False)])
+    _, concepts = predict(None)
+    assert first["x-sam3-embedding-cache"] == "miss"
+    assert second["x-sam3-embedding-cache"] == concepts["x-sam3-embedding-cache"] == "hit"
+    assert second["x-sam3-logits-cache"] == "hit"
+    assert first["x-sam3-replica"] == second["x-sam3-replica"] == concepts["x-sam3-replica"]
+    (result,) = second_body["results"][0]["result"]
+    assert result["type"] == "brushlabels" and result["original_width"] == WIDTH
