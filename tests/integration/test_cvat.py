@@ -22,6 +22,8 @@ from bench.samples import encode_image, random_pixels
 from sam3_core.engine import Segmenter
 from tests.conftest import tiny_settings
 
+pytestmark = pytest.mark.slow  # a service on a socket; out of the fast tier
+
 NUCLIO = Path(__file__).parents[2] / "integrations" / "cvat" / "nuclio"
 HEIGHT, WIDTH = 72, 96
 PNG = encode_image(random_pixels(11, HEIGHT, WIDTH))

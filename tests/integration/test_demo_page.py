@@ -17,7 +17,7 @@ from tests.integration.serving import deploy
 from tests.integration.test_demo_model import DEMO_ENGINE
 from tests.integration.test_page import Annotator, browser  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ from sam3_core.weights import load_model
 from tests.conftest import tiny_settings
 from tests.integration.serving import deploy
 
+pytestmark = pytest.mark.slow  # installs and starts a real Label Studio
+
 DEMO = os.environ.get("SAM3_CHECKPOINT") == "demo:shapes"
 HEIGHT, WIDTH = 96, 128
 SQUARE = (slice(20, 60), slice(16, 56))  # rows, columns

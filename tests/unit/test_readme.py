@@ -63,10 +63,14 @@ def test_the_two_commands():
 def test_the_fast_tier_leaves_out_ray_and_the_browser():
     block = re.search(r"<!-- fast-test-command -->\n```bash\n(.+?)\n```", README, re.S)
     assert block and '-m "not ray and not browser and not slow"' in block.group(1)
-    # Every test that starts Ray lives in tests/integration, every module there is marked.
+    # Every test that starts Ray, a browser or another service lives in tests/integration,
+    # and every module there is marked out of the fast tier.
     for module in (ROOT / "tests" / "integration").glob("test_*.py"):
-        assert "pytest.mark.ray" in module.read_text(), module.name
-    assert "pytest.mark.browser" in (ROOT / "tests" / "integration" / "test_page.py").read_text()
+        text = module.read_text()
+        marks = ("ray", "browser", "slow")
+        assert any(f"pytest.mark.{mark}" in text for mark in marks), module.name
+        if "from bench.browser import" in text or "def browser(" in text or "Annotator" in text:
+            assert "pytest.mark.browser" in text, f"{module.name} drives Chromium: mark it browser"
 
 
 def test_every_limit_is_in_the_operations_guide():
