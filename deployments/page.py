@@ -27,6 +27,19 @@ OPEN_PATHS = ("/healthz", "/")
 OPEN_PREFIXES = (f"{PAGE_PREFIX}/", f"{DOCS_ASSETS_PREFIX}/")
 
 
+# ---- Browser decoding (onnxruntime-web in a Web Worker) ---------------------------------
+# WASM threads need SharedArrayBuffer, which a browser grants only to a cross-origin isolated
+# page (COOP + COEP, on the page and everything it loads); onnxruntime-web compiles its WASM
+# ('wasm-unsafe-eval') and starts its threads as workers. Merge with any other security
+# headers here: these are what the local decoder needs.
+DECODER_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Content-Security-Policy": "script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:",
+}
+# ------------------------------------------------------------------------------------------
+
+
 class _Revalidated(StaticFiles):
     """Static files a browser revalidates (ETag) on every load, so an upgraded service's
     page never runs with modules cached from the previous version."""
@@ -34,6 +47,7 @@ class _Revalidated(StaticFiles):
     def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
         response.headers["Cache-Control"] = "no-cache"
+        response.headers.update(DECODER_HEADERS)
         return response
 
 
@@ -43,4 +57,6 @@ def add_page(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            WEB / "index.html", headers={"Cache-Control": "no-cache", **DECODER_HEADERS}
+        )

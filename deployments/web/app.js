@@ -8,6 +8,7 @@
 
 import { Api, ApiError } from "./api.js";
 import { cocoDocument, download, indexMaskPng } from "./export.js";
+import { LocalDecoder } from "./local-decoder.js";
 import { decodeRle, maskStats } from "./rle.js";
 import { View } from "./view.js";
 
@@ -35,6 +36,11 @@ const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
 const view = new View(canvas);
 const api = new Api({ onCall: showCall });
+const decodeParam = new URLSearchParams(location.search).get("decode");
+const local = new LocalDecoder(api, {
+  encoding: decodeParam === "int8" ? "int8" : "float16",
+  disabled: decodeParam === "server" ? "the page's address asks for it (?decode=server)" : null,
+});
 
 /**
  * @typedef {object} ObjectRecord
@@ -198,11 +204,13 @@ function ensureEmbedded() {
     showProgress("Sending the image…", 0);
     setStatus(`embed_image: sending ${image.name} to be embedded…`);
     render();
-    state.embedding = api
-      .embed(image.dataUrl, null, (fraction) => {
+    const embed = () =>
+      api.embed(image.dataUrl, null, (fraction) => {
         uploaded = fraction >= 1;
         if (!uploaded) showProgress(`Sending the image… ${Math.round(fraction * 100)} %`, fraction);
-      })
+      });
+    state.embedding = embedLocally(image, () => (uploaded = true))
+      .then((id) => id ?? embed())
       .then((id) => {
         image.id = id;
         if (state.image === image) {
@@ -225,6 +233,31 @@ function ensureEmbedded() {
   return state.embedding;
 }
 
+/**
+ * The image embedded for decoding in this browser: its id, or null where the browser cannot
+ * decode (the page then embeds it for the service's decoder; `image.serverReason` says why).
+ */
+async function embedLocally(image, onSent) {
+  if (!(await local.start())) {
+    image.serverReason = local.reason;
+    return null;
+  }
+  onSent();
+  try {
+    return await local.load(image);
+  } catch (error) {
+    image.serverReason = `the embedding did not load: ${error.message}`;
+    return null;
+  }
+}
+
+/** The decode-path hook and the status line's note on who decoded the last mask. */
+function showDecodePath(path, note) {
+  $("decode-path").textContent = path;
+  $("decode-path").title = note;
+  setStatus(`${$("status").textContent} · ${note}`);
+}
+
 // ---- prompts -------------------------------------------------------------------------
 
 function toPrompt(record) {
@@ -245,10 +278,26 @@ async function refine(record) {
     // One proposal for a refinement (the earlier logits settle the ambiguity); three for a
     // lone click, of which the service returns the best.
     const multimask = !record.box && record.points.length === 1;
+    if (!image.serverReason) {
+      try {
+        const hit = local.holds(image.id);
+        const decoded = await local.segment(image, record, multimask);
+        record.rle = decoded.rle;
+        record.score = decoded.score;
+        record.error = null;
+        const cache = hit ? "embedding in the browser" : "embedding fetched";
+        setStatus(`${image.name}: ${cache}`);
+        showDecodePath("browser", `decoded in the browser in ${Math.round(decoded.ms)} ms`);
+        return;
+      } catch (error) {
+        image.serverReason = `the browser's decode failed: ${error.message}`;
+      }
+    }
     const prediction = await api.segment(image, toPrompt(record), multimask);
     record.rle = prediction.masks;
     record.score = prediction.confidence;
     record.error = null;
+    showDecodePath("server", `decoded by the service: ${image.serverReason}`);
   } catch (error) {
     record.error = error.message;
     showError(error);
