@@ -5,6 +5,7 @@ for the same inputs, and the service's decoder where the browser cannot decode."
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import uvicorn
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 from pycocotools import mask as coco_mask
+from pycocotools.coco import COCO
 
 from bench.browser import chromium, chromium_path
 from bench.samples import random_pixels
@@ -178,9 +180,7 @@ def test_browser_masks_equal_onnxruntime_in_python(tab, url, images, engine):
             "multimask": False,
         },
     ]
-    data_url = (
-        "data:image/png;base64," + __import__("base64").b64encode(images[1].read_bytes()).decode()
-    )
+    data_url = "data:image/png;base64," + base64.b64encode(images[1].read_bytes()).decode()
     answers = page.evaluate(
         """async ([dataUrl, prompts]) => {
           const { LocalDecoder } = await import("./page/local-decoder.js");
@@ -224,3 +224,87 @@ def test_browser_masks_equal_onnxruntime_in_python(tab, url, images, engine):
         differ = browser_mask != expected
         assert not (differ & (np.abs(logits) > 1e-3)).any(), int(differ.sum())
         assert json.dumps(answer["rle"]["size"]) == json.dumps([HEIGHT, WIDTH])
+
+
+def test_a_dataset_next_previous_prefetch_and_reload(tab, url, images):
+    page = tab.page
+    page.goto(url + "/")
+    page.get_by_test_id("image-input").set_input_files(images)
+    index = page.get_by_test_id("image-index")
+    expect(index).to_have_text("1 / 3")
+    # The first image's embedding, then the next one's, fetched before it is shown.
+    deadline = time.monotonic() + 120
+    while tab.requests.count("embedding") < 2:
+        assert time.monotonic() < deadline, tab.requests
+        page.wait_for_timeout(100)
+    cx, cy = tab.centre()
+    page.mouse.click(cx, cy)
+    tab.wait_objects(1)
+    page.get_by_test_id("next-image").click()
+    expect(index).to_have_text("2 / 3")
+    tab.wait_objects(0)
+    page.mouse.click(cx + 30, cy)
+    tab.wait_objects(1)
+    # The next image's first click: its embedding was in the browser already.
+    expect(page.get_by_test_id("status")).to_have_text(re.compile(r"embedding in the browser"))
+    expect(page.get_by_test_id("decode-path")).to_have_text("browser")
+    page.keyboard.press("PageUp")
+    expect(index).to_have_text("1 / 3")
+    tab.wait_objects(1)
+    page.keyboard.press("PageDown")
+    page.keyboard.press("PageDown")
+    expect(index).to_have_text("3 / 3")
+    assert tab.requests.count("embedding") == 3, tab.requests
+    assert "visual_segment" not in tab.requests
+
+    # A reload mid-work: every image and every object back, from IndexedDB.
+    page.wait_for_timeout(400)  # the autosave's debounce
+    page.reload()
+    expect(index).to_have_text("3 / 3", timeout=30_000)
+    page.get_by_test_id("prev-image").click()
+    expect(index).to_have_text("2 / 3")
+    tab.wait_objects(1)
+    page.get_by_test_id("prev-image").click()
+    tab.wait_objects(1)
+
+
+def test_a_dataset_coco_file_and_continuing_from_it(tab, url, images, tmp_path):
+    page = tab.page
+    page.goto(url + "/")
+    page.get_by_test_id("image-input").set_input_files(images)
+    index = page.get_by_test_id("image-index")
+    expect(index).to_have_text("1 / 3")
+    expect(page.locator("#progress")).to_be_hidden(timeout=120_000)  # embedded
+    cx, cy = tab.centre()
+    page.mouse.click(cx, cy)
+    tab.wait_objects(1)
+    page.keyboard.press("Escape")
+    page.mouse.click(cx - 50, cy + 20)
+    tab.wait_objects(2)
+    page.get_by_test_id("next-image").click()
+    expect(index).to_have_text("2 / 3")
+    page.mouse.click(cx + 20, cy - 20)
+    tab.wait_objects(1)
+    with page.expect_download() as download:
+        page.get_by_test_id("export-coco").click()
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert path.name == "dataset.coco.json"
+
+    coco = COCO(str(path))
+    names = {image["id"]: image["file_name"] for image in coco.dataset["images"]}
+    per_image = {names[i]: len(coco.getAnnIds(imgIds=[i])) for i in names}
+    assert per_image == {"image-0.png": 2, "image-1.png": 1}
+    for annotation in coco.dataset["annotations"]:
+        mask = coco.annToMask(annotation)
+        assert mask.shape == (HEIGHT, WIDTH) and mask.sum() == annotation["area"]
+
+    # Cleared, then the images and the COCO file opened again: the work continues.
+    page.get_by_test_id("clear-dataset").click()
+    expect(index).to_have_text("0 / 0")
+    page.get_by_test_id("image-input").set_input_files([*images, path])
+    expect(index).to_have_text("1 / 3")
+    expect(page.get_by_test_id("status")).to_have_text(re.compile(r"3 objects on 2 of the 3"))
+    tab.wait_objects(2)
+    page.get_by_test_id("next-image").click()
+    tab.wait_objects(1)
