@@ -11,8 +11,9 @@ export class LocalDecoder {
    * @param {import("./api.js").Api} api for its base URL, key and request log
    * @param {{encoding?: string}} [options] the embedding's wire form: float16 or int8
    */
-  constructor(api, { encoding = "float16", disabled = null } = {}) {
+  constructor(api, { encoding = "float16", disabled = null, threads = null } = {}) {
     this.api = api;
+    this.maxThreads = threads ?? Math.min(MAX_THREADS, navigator.hardwareConcurrency || 1);
     this.encoding = encoding;
     this.disabled = disabled; // why not to try at all, or null
     this.reason = null; // why the browser cannot decode, or null
@@ -59,8 +60,7 @@ export class LocalDecoder {
     };
     const response = await this.#fetch("decoder.onnx", { method: "GET" });
     const onnx = await response.arrayBuffer();
-    const threads = Math.min(MAX_THREADS, navigator.hardwareConcurrency || 1);
-    const answer = await this.#post({ type: "init", onnx, threads }, [onnx]);
+    const answer = await this.#post({ type: "init", onnx, threads: this.maxThreads }, [onnx]);
     this.threads = answer.threads;
   }
 
