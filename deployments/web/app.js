@@ -127,9 +127,12 @@ function describe(call) {
   return [parts.join(" · "), false];
 }
 
+const PREFETCHED = "prefetched for the next image";
+
 function showCall(call) {
   const [text, isError] = describe(call);
-  setStatus(text, isError);
+  // A prefetch runs behind the image being annotated: its answer goes to the log only.
+  if (isError || call.note !== PREFETCHED) setStatus(text, isError);
   if (call.status === 401) $("api-key").focus();
   const item = document.createElement("li");
   item.textContent = `${call.status} ${text}`;
@@ -260,7 +263,8 @@ async function prefetch(index) {
     if ((await local.start()) && !entry.serverReason) {
       return local.load(entry, { prefetch: true });
     }
-    return api.embed(entry.dataUrl, null);
+    const body = { image: { type: "base64", value: entry.dataUrl } };
+    return (await api.call("embed_image", body, { note: PREFETCHED })).body.image_id;
   })().then(
     (id) => (entry.id = id),
     () => null,

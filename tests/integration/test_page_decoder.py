@@ -304,7 +304,10 @@ def test_a_dataset_coco_file_and_continuing_from_it(tab, url, images, tmp_path):
     expect(index).to_have_text("0 / 0")
     page.get_by_test_id("image-input").set_input_files([*images, path])
     expect(index).to_have_text("1 / 3")
-    expect(page.get_by_test_id("status")).to_have_text(re.compile(r"3 objects on 2 of the 3"))
+    listed = page.get_by_test_id("dataset-list").locator("li")
+    expect(listed).to_have_text(
+        ["image-0.png · 2 objects", "image-1.png · 1 object", "image-2.png · to do"]
+    )
     tab.wait_objects(2)
     page.get_by_test_id("next-image").click()
     tab.wait_objects(1)
