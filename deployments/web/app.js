@@ -209,7 +209,9 @@ function keep() {
 async function openFiles(fileList) {
   const files = [...fileList];
   const isJson = (file) => /\.json$/i.test(file.name) || file.type === "application/json";
-  const images = files.filter((file) => !isJson(file));
+  // A folder brings whatever it holds: its images only (a file of no known type is tried).
+  const isImage = (file) => file.type.startsWith("image/") || file.type === "";
+  const images = files.filter((file) => !isJson(file) && isImage(file));
   if (images.length) {
     images.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
     clearTimeout(saving);
