@@ -42,7 +42,7 @@ from deployments.page import (
 )
 from deployments.request_body import JsonRoute, describe_problems, kept_body
 from deployments.settings import IngressSettings
-from sam3_core.calls import ImageRequest
+from sam3_core.calls import DecoderFile, ImageRequest
 from sam3_core.errors import (
     ConceptsDisabledError,
     ImageNotCachedError,
@@ -72,6 +72,8 @@ STATUS = {
     WeightsError: 503,
 }
 
+DECODER_PATH = "/sam3/decoder.onnx"
+ONNX_MEDIA_TYPE = "application/octet-stream"
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)}
 _POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
@@ -163,15 +165,36 @@ def create_api(
         return endpoint
 
     for operation in OPERATIONS:
+        binary = {200: {"content": {operation.media_type: {}}}}
         app.router.add_api_route(
             operation.path,
             route(operation),
             methods=["POST"],
             response_model=operation.response,
-            responses=_ERRORS,
+            responses={**_ERRORS, **({} if operation.response else binary)},
             summary=operation.summary,
             route_class_override=JsonRoute,
         )
+
+    decoder_file: list[DecoderFile] = []  # the last one a replica sent
+
+    @app.get(
+        DECODER_PATH,
+        summary="The served weights' interactive decoder as ONNX, for /sam3/embedding's "
+        "arrays (ETag: the weights' digest).",
+        responses={200: {"content": {ONNX_MEDIA_TYPE: {}}}, 304: {"description": "unchanged"}},
+        response_class=Response,
+    )
+    async def decoder_onnx(http: Request) -> Response:
+        known = decoder_file[0].etag if decoder_file else None
+        answer = await owners.decoder(known)
+        if answer.onnx is not None:
+            decoder_file[:] = [answer]
+        current = decoder_file[0]
+        headers = {"ETag": f'"{current.etag}"', "Cache-Control": "private, no-cache"}
+        if http.headers.get("if-none-match") == headers["ETag"]:
+            return Response(status_code=304, headers=headers)
+        return Response(current.onnx, media_type=ONNX_MEDIA_TYPE, headers=headers)
 
     @app.get("/healthz", summary="Liveness of the ingress (before the segmenters are up).")
     async def healthz() -> dict[str, str]:

@@ -21,6 +21,8 @@ from pydantic import BaseModel
 from sam3_core.calls import (
     ConceptRequest,
     ConceptSegmentation,
+    EmbeddingRequest,
+    EmbeddingResult,
     EmbedRequest,
     EmbedResult,
     ImageRequest,
@@ -30,11 +32,13 @@ from sam3_core.calls import (
 )
 from sam3_core.concept_prompts import validate_concept_prompts
 from sam3_core.prompts import validate_prompt_set
+from sam3_core.protocol import embedding as embedding_wire
 from sam3_core.protocol.bodies import (
     ConceptSegmentRequest,
     ConceptSegmentResponse,
     EmbedImageRequest,
     EmbedImageResponse,
+    ImageEmbeddingRequest,
     ImageInput,
     VisualSegmentRequest,
     VisualSegmentResponse,
@@ -128,16 +132,19 @@ class Operation(Generic[BodyT, RequestT, ResultT]):
         request: the engine request for a body whose image the ingress has read already.
         reply: the reply's body, media type and headers for the engine's result, on the
             replica.
+        response: the JSON reply's model; None for a binary reply, documented by
+            `media_type` alone.
     """
 
     name: str
     path: str
     summary: str
     body: type[BodyT]
-    response: type[BaseModel]
+    response: type[BaseModel] | None
     request: Callable[[BodyT, ImageRequest], RequestT]
     reply: Callable[[RequestT, ResultT], Encoded]
     check: Callable[[BodyT, RequestLimits], None] = lambda body, limits: None
+    media_type: str = JSON
 
 
 def run(
@@ -181,6 +188,13 @@ class Encoded:
 
 def _embed_reply(_: EmbedRequest, result: EmbedResult) -> Encoded:
     return Encoded(b'{"image_id":' + json.dumps(result.image_id).encode() + b"}")
+
+
+def _embedding_reply(request: EmbeddingRequest, result: EmbeddingResult) -> Encoded:
+    body = embedding_wire.write_embedding(
+        result.arrays, result.orig_hw, request.encoding, extra={"decoder": result.decoder}
+    )
+    return Encoded(body, embedding_wire.MEDIA_TYPE)
 
 
 def _segment_request(body: VisualSegmentRequest, image: ImageRequest) -> SegmentRequest:
@@ -269,6 +283,18 @@ EMBED = Operation(
     request=lambda _, image: EmbedRequest(**image.image_fields()),
     reply=_embed_reply,
 )
+EMBEDDING = Operation(
+    name="embedding",
+    path="/sam3/embedding",
+    summary="The interactive decoder's inputs for an image (embedded if needed), to decode "
+    "clicks in the client with /sam3/decoder.onnx; binary, laid out as "
+    "sam3_core/protocol/embedding.py describes.",
+    body=ImageEmbeddingRequest,
+    response=None,
+    request=lambda body, image: EmbeddingRequest(**image.image_fields(), encoding=body.encoding),
+    reply=_embedding_reply,
+    media_type=embedding_wire.MEDIA_TYPE,
+)
 SEGMENT = Operation(
     name="segment",
     path="/sam3/visual_segment",
@@ -290,4 +316,4 @@ CONCEPT_SEGMENT = Operation(
     reply=_concept_reply,
     check=_check_concepts,
 )
-OPERATIONS: tuple[Operation, ...] = (EMBED, SEGMENT, CONCEPT_SEGMENT)
+OPERATIONS: tuple[Operation, ...] = (EMBED, SEGMENT, CONCEPT_SEGMENT, EMBEDDING)

@@ -13,7 +13,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.operations import Operation, Reply, run
-from sam3_core.calls import ImageRequest
+from sam3_core.calls import DecoderFile, ImageRequest
 from sam3_core.errors import ImageBytesNeededError, Sam3Error
 
 # Failures after which the same request, sent again, can succeed: the owner replica was
@@ -42,6 +42,10 @@ class Owners(Protocol):
 
     async def call(self, operation: Operation, request: ImageRequest) -> Reply: ...
 
+    async def decoder(self, known_etag: str | None) -> DecoderFile:
+        """The served decoder as ONNX, from any replica (all serve the same weights)."""
+        ...
+
 
 class RayOwners:
     """The segmenter deployment's replicas, reached through `handle`; its request router
@@ -63,6 +67,9 @@ class RayOwners:
                 return _reply_or_raise(outcome)
         return _reply_or_raise(await _unavailable_as_503(method.remote(request)))
 
+    async def decoder(self, known_etag: str | None) -> DecoderFile:
+        return await _unavailable_as_503(self.handle.decoder_onnx.remote(known_etag))
+
 
 class LocalOwners:
     """One engine (`sam3_core.Segmenter`) in this process, the owner of every image; the
@@ -74,6 +81,9 @@ class LocalOwners:
 
     async def call(self, operation: Operation, request: ImageRequest) -> Reply:
         return await anyio.to_thread.run_sync(run, self.engine, operation, request, self.replica)
+
+    async def decoder(self, known_etag: str | None) -> DecoderFile:
+        return await anyio.to_thread.run_sync(self.engine.decoder_onnx, known_etag)
 
 
 def owner_key(request: ImageRequest) -> str:
@@ -88,7 +98,7 @@ def _reply_or_raise(outcome: Reply | Sam3Error) -> Reply:
     return outcome
 
 
-async def _unavailable_as_503(response: DeploymentResponse) -> Reply | Sam3Error:
+async def _unavailable_as_503(response: DeploymentResponse) -> Any:
     """The reply, with Ray's retryable failures translated into `ServiceUnavailableError`."""
     try:
         return await response

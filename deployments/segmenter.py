@@ -32,7 +32,7 @@ from deployments.operations import OPERATIONS, Operation, Reply, run
 from deployments.peers import RayPeers
 from deployments.ring import RINGS, deployment_name
 from deployments.settings import SegmenterSettings
-from sam3_core.calls import ImageRequest
+from sam3_core.calls import DecoderFile, ImageRequest
 from sam3_core.engine import Segmenter
 from sam3_core.errors import ImageBytesNeededError, Sam3Error
 from sam3_core.settings import EngineSettings
@@ -105,6 +105,13 @@ class SegmenterReplica:
         """A request another replica sent on to this one, its image's owner (a helper that
         could not get the image's picture, `deployments.handoff`)."""
         return await self._serve(_BY_NAME[operation], request, forwarded=True)
+
+    async def decoder_onnx(self, known_etag: str | None) -> DecoderFile:
+        """This replica's decoder as ONNX (exported on first call), unless the ingress holds
+        `known_etag` already."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.engine.decoder_onnx, known_etag
+        )
 
     def __del__(self) -> Awaitable[None] | None:
         """Serve calls this when it stops the replica, and awaits what it returns (within

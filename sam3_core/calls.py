@@ -46,6 +46,14 @@ class EmbedRequest(ImageRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
+class EmbeddingRequest(ImageRequest):
+    """The interactive decoder's inputs for an image (embedding it if needed), for a client
+    that decodes itself; `encoding` is the wire form (`sam3_core.protocol.embedding`)."""
+
+    encoding: Literal["float16", "int8", "float32"] = "float16"
+
+
+@dataclass(frozen=True, kw_only=True)
 class SegmentRequest(ImageRequest):
     """Masks for points and boxes: one per prompt of `prompts`, in order."""
 
@@ -100,6 +108,31 @@ class ImageResult:
 @dataclass(frozen=True, kw_only=True)
 class EmbedResult(ImageResult):
     """The image is cached under `image_id`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingResult(ImageResult):
+    """An image's decoder inputs.
+
+    Attributes:
+        arrays: the graph's `image_embed`, `high_res_feats_0`, `high_res_feats_1`, each
+            (1, C, H, W) float32 (`sam3_core.onnx_decoder`).
+        orig_hw: (H, W) of the image.
+        decoder: the decoder's settings and its ONNX file's `etag`, for the client.
+    """
+
+    arrays: dict[str, np.ndarray]
+    orig_hw: tuple[int, int]
+    decoder: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DecoderFile:
+    """The served weights' interactive decoder as ONNX; `onnx` is None where the asker
+    holds this `etag` already."""
+
+    etag: str
+    onnx: bytes | None
 
 
 @dataclass(frozen=True, kw_only=True)

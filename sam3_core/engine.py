@@ -28,6 +28,9 @@ from sam3_core.calls import (
     ConceptRequest,
     ConceptSegmentation,
     Decoded,
+    DecoderFile,
+    EmbeddingRequest,
+    EmbeddingResult,
     EmbedRequest,
     EmbedResult,
     Segmentation,
@@ -46,6 +49,7 @@ from sam3_core.errors import (
 from sam3_core.images import image_size, load_rgb
 from sam3_core.memory import MemoryPlan, plan_memory, release_freed_memory
 from sam3_core.model import ImageEmbedding, InteractiveSam3
+from sam3_core.onnx_decoder import DecoderExport
 from sam3_core.pictures import ImageKey, Pictures
 from sam3_core.prompts import (
     DecoderGroup,
@@ -150,6 +154,7 @@ class Segmenter:
             max_image_id_length=settings.max_image_id_length,
         )
         self._counter_lock = threading.Lock()
+        self.decoder = DecoderExport(model)
         self._logits_hits = self._logits_misses = 0
         logger.info(
             "embedding cache: %.0f MiB, %d images at most (stored as %s)",
@@ -216,6 +221,32 @@ class Segmenter:
         timings: dict[str, float] = {}
         image_id, _, _, outcome = self.pictures.resolve(request, timings)
         return EmbedResult(image_id=image_id, embedding_cache=outcome, timings=timings)
+
+    def embedding(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """The image's decoder inputs (embedding it if needed), for a client that decodes
+        clicks itself with `decoder_onnx`."""
+        timings: dict[str, float] = {}
+        image_id, _, cached, outcome = self.pictures.resolve(request, timings)
+        embedding = cached.embedding
+        arrays = {
+            "image_embed": embedding.image_embed,
+            "high_res_feats_0": embedding.high_res_feats[0],
+            "high_res_feats_1": embedding.high_res_feats[1],
+        }
+        return EmbeddingResult(
+            image_id=image_id,
+            embedding_cache=outcome,
+            timings=timings,
+            arrays={name: t.float().cpu().numpy() for name, t in arrays.items()},
+            orig_hw=embedding.orig_hw,
+            decoder=self.decoder.settings,
+        )
+
+    def decoder_onnx(self, known_etag: str | None = None) -> DecoderFile:
+        """The served decoder as ONNX (exported on first use); no bytes where the caller
+        holds `known_etag` already."""
+        etag = self.decoder.etag
+        return DecoderFile(etag=etag, onnx=None if known_etag == etag else self.decoder.onnx())
 
     def segment(self, request: SegmentRequest) -> Segmentation:
         """Masks for every prompt of `request`: `prepare`, `decode`, `finish` in a row."""

@@ -7,8 +7,17 @@
 // without asking again. Labels, colours and visibility are kept apart, per object id.
 
 import { Api, ApiError } from "./api.js";
+import { datasetCoco, objectsFromCoco } from "./dataset.js";
 import { cocoDocument, download, indexMaskPng } from "./export.js";
+import { LocalDecoder } from "./local-decoder.js";
 import { decodeRle, maskStats } from "./rle.js";
+import {
+  clearDataset,
+  loadDataset,
+  saveAnnotations,
+  saveCurrent,
+  saveFiles,
+} from "./storage.js";
 import { View } from "./view.js";
 
 const PALETTE = [
@@ -35,6 +44,11 @@ const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
 const view = new View(canvas);
 const api = new Api({ onCall: showCall });
+const decodeParam = new URLSearchParams(location.search).get("decode");
+const local = new LocalDecoder(api, {
+  encoding: decodeParam === "int8" ? "int8" : "float16",
+  disabled: decodeParam === "server" ? "the page's address asks for it (?decode=server)" : null,
+});
 
 /**
  * @typedef {object} ObjectRecord
@@ -48,7 +62,9 @@ const api = new Api({ onCall: showCall });
  */
 
 const state = {
-  image: null, // {name, dataUrl, id, width, height, bitmap}
+  image: null, // the dataset's open entry: {name, blob, dataUrl, id, width, height, bitmap, saved}
+  dataset: [], // every image opened together, in order
+  index: 0,
   /** @type {ObjectRecord[][]} */
   history: [[]],
   at: 0,
@@ -111,9 +127,12 @@ function describe(call) {
   return [parts.join(" · "), false];
 }
 
+const PREFETCHED = "prefetched for the next image";
+
 function showCall(call) {
   const [text, isError] = describe(call);
-  setStatus(text, isError);
+  // A prefetch runs behind the image being annotated: its answer goes to the log only.
+  if (isError || call.note !== PREFETCHED) setStatus(text, isError);
   if (call.status === 401) $("api-key").focus();
   const item = document.createElement("li");
   item.textContent = `${call.status} ${text}`;
@@ -148,36 +167,169 @@ function readDataUrl(file) {
   });
 }
 
-async function openFile(file) {
-  if (!file) return;
-  let bitmap;
-  try {
-    bitmap = await createImageBitmap(file);
-  } catch {
-    setStatus(`${file.name}: this browser cannot display the file as an image`, true);
-    return;
-  }
-  const dataUrl = await readDataUrl(file);
-  state.image = {
-    name: file.name,
-    dataUrl,
-    id: null,
-    width: bitmap.width,
-    height: bitmap.height,
-    bitmap,
-  };
-  state.history = [[]];
+/** A dataset entry: an image file and, once shown, its pixels, id and objects. */
+function newEntry(name, blob, saved = null) {
+  return { name, blob, dataUrl: null, id: null, width: 0, height: 0, bitmap: null, saved };
+}
+
+/** The open image's objects as plain data (the history's current step; undo is not kept). */
+function snapshot() {
+  const current = objects().map((object) => ({ ...object, pending: false }));
+  const ids = new Set(current.map((object) => object.id));
+  const meta = [...state.meta].filter(([id]) => ids.has(id)).map(([id, m]) => [id, { ...m }]);
+  return { objects: current, meta, nextId: state.nextId };
+}
+
+function restore(saved) {
+  state.history = [saved?.objects.map((object) => ({ ...object })) ?? []];
   state.at = 0;
+  state.meta = new Map((saved?.meta ?? []).map(([id, m]) => [id, { ...m }]));
+  state.nextId = saved?.nextId ?? 1;
   state.selected = null;
-  state.meta.clear();
-  state.nextId = 1;
+  // The list's rows are bound to their object's meta: another image's object 1 is another.
+  for (const item of rows.values()) item.remove();
+  rows.clear();
+}
+
+let saving = null;
+/** Keep the open image's objects (in the entry, and in IndexedDB shortly after). */
+function keep() {
+  if (!state.image) return;
+  state.image.saved = snapshot();
+  const position = state.index;
+  const saved = state.image.saved;
+  clearTimeout(saving);
+  saving = setTimeout(() => saveAnnotations(position, saved).catch(showError), 150);
+}
+
+/**
+ * Open files: images become the dataset (replacing the one open, and kept in IndexedDB); a
+ * COCO JSON file adds its objects to the dataset's images of the same file name.
+ */
+async function openFiles(fileList) {
+  const files = [...fileList];
+  const isJson = (file) => /\.json$/i.test(file.name) || file.type === "application/json";
+  // A folder brings whatever it holds: its images only (a file of no known type is tried).
+  const isImage = (file) => file.type.startsWith("image/") || file.type === "";
+  const images = files.filter((file) => !isJson(file) && isImage(file));
+  if (images.length) {
+    images.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
+    clearTimeout(saving);
+    state.image = null;
+    state.dataset = images.map((file) => newEntry(file.name, file));
+    saveFiles(images).catch(showError);
+    await show(0);
+  }
+  for (const file of files.filter(isJson)) await continueFromCoco(file);
+}
+
+/** Show the dataset's image `index` with its objects; prefetch the next one's embedding. */
+async function show(index) {
+  if (index < 0 || index >= state.dataset.length) return;
+  keep();
+  const entry = state.dataset[index];
+  if (!entry.bitmap) {
+    try {
+      entry.bitmap = await createImageBitmap(entry.blob);
+    } catch {
+      setStatus(`${entry.name}: this browser cannot display the file as an image`, true);
+      return;
+    }
+    entry.width = entry.bitmap.width;
+    entry.height = entry.bitmap.height;
+  }
+  entry.dataUrl ??= await readDataUrl(entry.blob);
+  state.index = index;
+  state.image = entry;
+  restore(entry.saved);
   state.cursor = null;
   state.embedding = null;
-  view.setImage(state.image);
+  view.dimmed = false;
+  showProgress(null);
+  view.setImage(entry);
   view.fit();
-  $("image-info").textContent = `${file.name} · ${bitmap.width}×${bitmap.height}`;
+  $("image-info").textContent = `${entry.name} · ${entry.width}×${entry.height}`;
+  saveCurrent(index).catch(showError);
   render();
-  ensureEmbedded().catch(showError);
+  ensureEmbedded()
+    .then(() => prefetch(index + 1))
+    .catch(showError);
+}
+
+/** The next image's embedding fetched while this one is annotated: its first click is instant. */
+async function prefetch(index) {
+  const entry = state.dataset[index];
+  if (!entry || entry.id || entry.prefetch) return;
+  entry.dataUrl ??= await readDataUrl(entry.blob);
+  entry.prefetch = (async () => {
+    if ((await local.start()) && !entry.serverReason) {
+      return local.load(entry, { prefetch: true });
+    }
+    const body = { image: { type: "base64", value: entry.dataUrl } };
+    return (await api.call("embed_image", body, { note: PREFETCHED })).body.image_id;
+  })().then(
+    (id) => (entry.id = id),
+    () => null,
+  );
+}
+
+async function continueFromCoco(file) {
+  let found;
+  try {
+    found = objectsFromCoco(JSON.parse(await file.text()));
+  } catch (error) {
+    setStatus(`${file.name}: not a COCO JSON file (${error.message})`, true);
+    return;
+  }
+  keep();
+  let count = 0;
+  let images = 0;
+  state.dataset.forEach((entry, position) => {
+    const objects = found.get(entry.name);
+    if (!objects) return;
+    const saved = entry.saved ?? { objects: [], meta: [], nextId: 1 };
+    for (const object of objects) {
+      const id = saved.nextId++;
+      const { rle, score, box, label } = object;
+      saved.objects.push({ id, points: [], box, rle, score, pending: false, error: null });
+      saved.meta.push([id, { label, colour: PALETTE[(id - 1) % PALETTE.length], visible: true }]);
+      count += 1;
+    }
+    images += 1;
+    entry.saved = saved;
+    saveAnnotations(position, saved).catch(showError);
+  });
+  if (state.image) restore(state.image.saved);
+  render();
+  setStatus(`${file.name}: ${count} objects on ${images} of the ${state.dataset.length} images`);
+}
+
+async function clearAll() {
+  clearTimeout(saving);
+  await clearDataset();
+  for (const entry of state.dataset) if (entry.id) local.forget(entry.id);
+  state.dataset = [];
+  state.image = null;
+  restore(null);
+  view.setImage(null);
+  $("image-info").textContent = "no image";
+  render();
+  setStatus("Cleared: the images and their objects are no longer kept in this browser.");
+}
+
+async function restoreKept() {
+  let kept;
+  try {
+    kept = await loadDataset();
+  } catch (error) {
+    setStatus(`This browser cannot keep the work (IndexedDB: ${error.message})`, true);
+    return;
+  }
+  if (!kept.files.length || state.dataset.length) return;
+  state.dataset = kept.files.map((file) => newEntry(file.name, file.blob, file.annotations));
+  await show(Math.min(kept.current, state.dataset.length - 1));
+  const total = state.dataset.reduce((n, entry) => n + (entry.saved?.objects.length ?? 0), 0);
+  setStatus(`Restored ${state.dataset.length} images and ${total} objects kept in this browser.`);
 }
 
 /** The image's id once the service has embedded it (embedding it first if need be). */
@@ -198,11 +350,13 @@ function ensureEmbedded() {
     showProgress("Sending the image…", 0);
     setStatus(`embed_image: sending ${image.name} to be embedded…`);
     render();
-    state.embedding = api
-      .embed(image.dataUrl, null, (fraction) => {
+    const embed = () =>
+      api.embed(image.dataUrl, null, (fraction) => {
         uploaded = fraction >= 1;
         if (!uploaded) showProgress(`Sending the image… ${Math.round(fraction * 100)} %`, fraction);
-      })
+      });
+    state.embedding = embedLocally(image, () => (uploaded = true))
+      .then((id) => id ?? embed())
       .then((id) => {
         image.id = id;
         if (state.image === image) {
@@ -225,6 +379,32 @@ function ensureEmbedded() {
   return state.embedding;
 }
 
+/**
+ * The image embedded for decoding in this browser: its id, or null where the browser cannot
+ * decode (the page then embeds it for the service's decoder; `image.serverReason` says why).
+ */
+async function embedLocally(image, onSent) {
+  if (image.prefetch && (await image.prefetch)) return image.id;
+  if (!(await local.start())) {
+    image.serverReason = local.reason;
+    return null;
+  }
+  onSent();
+  try {
+    return await local.load(image);
+  } catch (error) {
+    image.serverReason = `the embedding did not load: ${error.message}`;
+    return null;
+  }
+}
+
+/** The decode-path hook and the status line's note on who decoded the last mask. */
+function showDecodePath(path, note) {
+  $("decode-path").textContent = path;
+  $("decode-path").title = note;
+  setStatus(`${$("status").textContent} · ${note}`);
+}
+
 // ---- prompts -------------------------------------------------------------------------
 
 function toPrompt(record) {
@@ -245,10 +425,26 @@ async function refine(record) {
     // One proposal for a refinement (the earlier logits settle the ambiguity); three for a
     // lone click, of which the service returns the best.
     const multimask = !record.box && record.points.length === 1;
+    if (!image.serverReason) {
+      try {
+        const hit = local.holds(image.id);
+        const decoded = await local.segment(image, record, multimask);
+        record.rle = decoded.rle;
+        record.score = decoded.score;
+        record.error = null;
+        const cache = hit ? "embedding in the browser" : "embedding fetched";
+        setStatus(`${image.name}: ${cache}`);
+        showDecodePath("browser", `decoded in the browser in ${Math.round(decoded.ms)} ms`);
+        return;
+      } catch (error) {
+        image.serverReason = `the browser's decode failed: ${error.message}`;
+      }
+    }
     const prediction = await api.segment(image, toPrompt(record), multimask);
     record.rle = prediction.masks;
     record.score = prediction.confidence;
     record.error = null;
+    showDecodePath("server", `decoded by the service: ${image.serverReason}`);
   } catch (error) {
     record.error = error.message;
     showError(error);
@@ -365,9 +561,27 @@ function exportable() {
 
 function exportCoco() {
   if (!state.image) return setStatus("Open an image first.", true);
-  const document_ = cocoDocument(state.image, exportable());
-  const blob = new Blob([JSON.stringify(document_)], { type: "application/json" });
-  download(blob, `${stem()}.coco.json`);
+  let document_;
+  let name = `${stem()}.coco.json`;
+  if (state.dataset.length > 1) {
+    keep();
+    document_ = datasetCoco(
+      state.dataset.map((entry) => {
+        const meta = new Map(entry.saved?.meta ?? []);
+        const kept = (entry.saved?.objects ?? []).filter((object) => object.rle);
+        const size = kept[0]?.rle.size ?? [0, 0];
+        const image = { name: entry.name, width: entry.width || size[1], height: entry.height || size[0] };
+        return {
+          image,
+          objects: kept.map((object) => ({ ...object, label: meta.get(object.id)?.label ?? "object" })),
+        };
+      }),
+    );
+    name = "dataset.coco.json";
+  } else {
+    document_ = cocoDocument(state.image, exportable());
+  }
+  download(new Blob([JSON.stringify(document_)], { type: "application/json" }), name);
 }
 
 async function exportPng() {
@@ -378,6 +592,8 @@ async function exportPng() {
 // ---- rendering ---------------------------------------------------------------------------
 
 function render() {
+  keep();
+  renderDataset();
   view.draw({
     objects: objects(),
     meta: state.meta,
@@ -391,6 +607,29 @@ function render() {
   $("redo").disabled = state.at === state.history.length - 1;
   for (const id of ["new-object", "export-coco", "export-png"]) $(id).disabled = !state.image;
   $("concept-submit").disabled = !state.image || state.findingConcept;
+}
+
+function renderDataset() {
+  const count = state.dataset.length;
+  $("image-index").textContent = count ? `${state.index + 1} / ${count}` : "0 / 0";
+  $("prev-image").disabled = !count || state.index === 0;
+  $("next-image").disabled = !count || state.index === count - 1;
+  $("clear-dataset").disabled = !count;
+  const list = $("dataset-list");
+  while (list.children.length > count) list.lastElementChild.remove();
+  state.dataset.forEach((entry, position) => {
+    let item = list.children[position];
+    if (!item) {
+      item = document.createElement("li");
+      item.addEventListener("click", () => show(Number(item.dataset.position)).catch(showError));
+      list.append(item);
+    }
+    const done = entry.saved?.objects.filter((object) => object.rle).length ?? 0;
+    item.dataset.position = String(position);
+    item.textContent = `${entry.name} · ${done ? `${done} object${done > 1 ? "s" : ""}` : "to do"}`;
+    item.classList.toggle("selected", position === state.index);
+    item.classList.toggle("done", done > 0);
+  });
 }
 
 const rows = new Map(); // object id -> its <li>
@@ -581,7 +820,13 @@ document.addEventListener("keydown", (event) => {
     return;
   }
   if (command || event.altKey) return;
-  if (event.key === "Delete" || event.key === "Backspace") {
+  if (event.key === "PageDown" || event.key === "]") {
+    event.preventDefault();
+    show(state.index + 1).catch(showError);
+  } else if (event.key === "PageUp" || event.key === "[") {
+    event.preventDefault();
+    show(state.index - 1).catch(showError);
+  } else if (event.key === "Delete" || event.key === "Backspace") {
     event.preventDefault();
     deleteObject(state.selected);
   } else if (key === "n") {
@@ -600,10 +845,17 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
-$("image-input").addEventListener("change", (event) => {
-  openFile(event.target.files[0]);
-  event.target.value = "";
-});
+for (const id of ["image-input", "folder-input"]) {
+  $(id).addEventListener("change", (event) => {
+    openFiles(event.target.files).catch(showError);
+    event.target.value = "";
+  });
+}
+$("next-image").addEventListener("click", () => show(state.index + 1).catch(showError));
+$("prev-image").addEventListener("click", () => show(state.index - 1).catch(showError));
+$("clear-dataset").addEventListener("click", () => clearAll().catch(showError));
+// Another tab or a closing tab: what is kept is what was last changed.
+addEventListener("pagehide", () => keep());
 
 const stage = $("stage");
 for (const type of ["dragenter", "dragover"]) {
@@ -621,7 +873,7 @@ stage.addEventListener("drop", (event) => {
   event.preventDefault();
   stage.classList.remove("dropping");
   $("drop-hint").hidden = true;
-  openFile(event.dataTransfer.files[0]);
+  openFiles(event.dataTransfer.files).catch(showError);
 });
 // A file dropped beside the canvas must not replace the page.
 window.addEventListener("dragover", (event) => event.preventDefault());
@@ -655,3 +907,4 @@ new ResizeObserver(() => {
 }).observe(stage);
 view.fit();
 render();
+restoreKept().catch(showError);

@@ -47,6 +47,15 @@ class EmbedImageRequest(_Body):
     )
 
 
+class ImageEmbeddingRequest(EmbedImageRequest):
+    """`POST /sam3/embedding`: as `embed_image`, and the wire form of the arrays."""
+
+    encoding: Literal["float16", "int8", "float32"] = Field(
+        "float16",
+        description="float16 (default), int8 (per-channel scales: half the bytes), or float32.",
+    )
+
+
 class EmbedImageResponse(BaseModel):
     image_id: str
     time: float = Field(description="Seconds spent in the service.")

@@ -137,7 +137,7 @@ def annotator(browser: Browser, served: LocalCluster) -> Iterator[Annotator]:
     context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True)
     page = context.new_page()
     annotator = Annotator(page, served.url)
-    page.goto(served.url + "/")
+    page.goto(served.url + "/?decode=server")  # test_page_decoder.py: the browser decodes
     yield annotator
     context.close()
     assert not annotator.errors, annotator.errors
@@ -463,7 +463,7 @@ def test_api_key_mode(browser, served, photo):
     context = browser.new_context(viewport={"width": 1366, "height": 768})
     page = context.new_page()
     annotator = Annotator(page, served.url)
-    response = page.goto(served.url + "/")
+    response = page.goto(served.url + "/?decode=server")
     assert response.status == 200
     page.get_by_test_id("image-input").set_input_files(photo)
     annotator.expect_status(r"embed_image: 401 unauthorized")

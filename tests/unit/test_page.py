@@ -19,6 +19,13 @@ TEST_IDS = (
     "object-list",
     "export-coco",
     "status",
+    "next-image",
+    "prev-image",
+    "image-index",
+    "decode-path",
+    "folder-input",
+    "dataset-list",
+    "clear-dataset",
 )
 
 
@@ -41,9 +48,21 @@ class TestPageAndDocs:
             assert response.status_code == 200, url
         assert api.get("/page/app.js").headers["content-type"].startswith("text/javascript")
 
+    def test_the_page_and_its_files_are_cross_origin_isolated(self, api):
+        """WASM threads (the local decoder) need COOP + COEP on the page and its files."""
+        for url in ("/", "/page/app.js", "/page/decode-worker.js", "/page/vendor/ort.wasm.min.mjs"):
+            response = api.get(url)
+            assert response.status_code == 200, url
+            assert response.headers["cross-origin-opener-policy"] == "same-origin"
+            assert response.headers["cross-origin-embedder-policy"] == "require-corp"
+            assert "'wasm-unsafe-eval'" in response.headers["content-security-policy"]
+        wasm = api.get("/page/vendor/ort-wasm-simd-threaded.wasm")
+        assert wasm.headers["content-type"] == "application/wasm"
+
     def test_the_page_loads_nothing_from_other_hosts(self):
-        """No CDN: it must work in a cluster without internet."""
-        for path in WEB.iterdir():
+        """No CDN: it must work in a cluster without internet. (vendor/ holds onnxruntime-web's
+        files, checked against its npm package by test_web_vendor.py.)"""
+        for path in filter(Path.is_file, WEB.iterdir()):
             text = path.read_text()
             for url in linked(text):
                 assert not urlsplit(url).netloc and not url.startswith("//"), (path.name, url)
@@ -58,7 +77,8 @@ class TestPageAndDocs:
         )
         patterns = re.findall(r'"([^"]+)"', globs)
         shipped = {path for pattern in patterns for path in WEB.parent.glob(pattern)}
-        assert shipped == set(WEB.iterdir()) and WEB / "index.html" in shipped
+        files = {p for p in WEB.rglob("*") if p.is_file() and "node_modules" not in p.parts}
+        assert {p for p in shipped if p.is_file()} == files and WEB / "index.html" in shipped
 
     @pytest.mark.parametrize("path", ["/docs", "/redoc"])
     def test_docs_load_their_assets_from_the_service(self, api, path):

@@ -1,0 +1,186 @@
+"""Click-to-mask in Chromium: the page's local decoder (onnxruntime-web in a Web Worker)
+against the service's decoder (`/sam3/visual_segment`), side by side in one run, with the
+bytes an image costs on the wire and the requests a click sends.
+
+    python -m bench.browser_decode                      # narrow and full size
+    python -m bench.browser_decode --arch narrow --clicks 10
+
+Random weights (the sizes are what matter here). The API is served in-process (uvicorn on
+127.0.0.1, one engine, no Ray: the server path's figure is its floor, without the Ray
+proxy's and handle's milliseconds). Hole filling is off on both paths: on random weights'
+noise masks scikit-image's labelling dominates a server decode (a cost real masks do not
+have), and the page's own hole filling is a few milliseconds at 288x288. Writes
+bench/results/browser_decode.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+import uvicorn
+
+from bench.browser import chromium, chromium_path
+from bench.samples import encode_image, random_pixels
+from deployments.api import create_api
+from deployments.owners import LocalOwners
+from deployments.settings import IngressSettings
+from sam3_core.engine import Segmenter
+from sam3_core.settings import EngineSettings
+from sam3_core.weights import load_model
+
+RESULTS = Path(__file__).parent / "results" / "browser_decode.json"
+HEIGHT, WIDTH = 768, 1024
+
+LOCAL = """async ([dataUrl, points, threads]) => {
+  const { LocalDecoder } = await import("./page/local-decoder.js");
+  const api = { base: document.baseURI, key: "", onCall: () => {} };
+  const local = new LocalDecoder(api, { threads });
+  let started = performance.now();
+  if (!(await local.start())) throw new Error(local.reason);
+  const startMs = performance.now() - started;
+  started = performance.now();
+  const id = await local.load({ id: null, dataUrl });
+  const loadMs = performance.now() - started;
+  await local.decode(id, { points: [points[0]], box: null }, true);  // warm-up
+  const ms = [];
+  const workerMs = [];
+  for (const p of points) {
+    const t = performance.now();
+    const answer = await local.decode(id, { points: [p], box: null }, true);
+    ms.push(performance.now() - t);
+    workerMs.push(answer.decodeMs);
+  }
+  return { id, ms, workerMs, startMs, loadMs, threads: local.threads };
+}"""
+
+SERVER = """async ([id, points]) => {
+  const ms = [];
+  for (const p of [points[0], ...points]) {
+    const t = performance.now();
+    const response = await fetch("sam3/visual_segment", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        image_id: id, prompts: [{ points: [p] }], format: "rle", multimask_output: true,
+      }),
+    });
+    await response.json();
+    ms.push(performance.now() - t);
+  }
+  return ms.slice(1);  // the first was the warm-up
+}"""
+
+
+@contextmanager
+def serving(engine: Segmenter) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_api(LocalOwners(engine), IngressSettings())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "n": len(values),
+        "p50_ms": statistics.median(values),
+        "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+    }
+
+
+def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict:
+    settings = EngineSettings(random_weights=arch, max_hole_area=0, concepts=False, device="cpu")
+    engine = Segmenter(load_model(settings), settings)
+    png = encode_image(random_pixels(5, HEIGHT, WIDTH))
+    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+    points = [
+        {"x": 40 + (i * 97) % (WIDTH - 80), "y": 30 + (i * 61) % (HEIGHT - 60), "positive": True}
+        for i in range(clicks)
+    ]
+    with serving(engine) as url:
+        started = time.perf_counter()
+        onnx = requests.get(url + "/sam3/decoder.onnx", timeout=600).content
+        export_s = time.perf_counter() - started
+        context = browser.new_context()
+        page = context.new_page()
+        sent: list[str] = []
+        page.on("request", lambda r: sent.append(r.url) if "/sam3/" in r.url else None)
+        page.goto(url + "/")
+        isolated = page.evaluate("crossOriginIsolated")
+        local = page.evaluate(LOCAL, [data_url, points, threads])
+        local_requests = len(sent)
+        server_ms = page.evaluate(SERVER, [local["id"], points])
+        server_requests = len(sent) - local_requests
+        context.close()
+        sizes = {
+            encoding: len(
+                requests.post(
+                    url + "/sam3/embedding",
+                    json={"image_id": local["id"], "encoding": encoding},
+                    timeout=600,
+                ).content
+            )
+            for encoding in ("float32", "float16", "int8")
+        }
+    return {
+        "arch": arch,
+        "image": [HEIGHT, WIDTH],
+        "cross_origin_isolated": isolated,
+        "wasm_threads": local["threads"],
+        "decoder_onnx_bytes": len(onnx),
+        "decoder_export_seconds": export_s,
+        "decoder_start_ms": local["startMs"],
+        "embedding_load_ms": local["loadMs"],
+        "embedding_bytes": sizes,
+        "local": summary(local["ms"]),
+        "local_worker": summary(local["workerMs"]),
+        "server": summary(server_ms),
+        # Requests to the service while the clicks were decoded locally (decoder and
+        # embedding are fetched before), and per click through the service.
+        "requests_per_click_local": (local_requests - 2) / (clicks + 1),
+        "requests_per_click_server": server_requests / (clicks + 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", nargs="+", default=["narrow", "full"])
+    parser.add_argument("--clicks", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    path = chromium_path()
+    if path is None:
+        raise SystemExit("no chromium on the PATH (apt-get install chromium)")
+    results = {"cpus": os.cpu_count(), "clicks": args.clicks}
+    if args.out.exists():
+        results = {**json.loads(args.out.read_text()), **results}
+    with chromium(path) as browser:
+        for arch in args.arch:
+            results[arch] = measure(arch, args.clicks, browser)
+            print(json.dumps(results[arch], indent=1))
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

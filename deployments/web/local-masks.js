@@ -1,0 +1,158 @@
+// What the server does after its decoder, done in the page for a mask decoded locally
+// (sam3_core/model.py `InteractiveSam3.decode`, sam3's `SAM2Transforms.postprocess_masks`):
+// pick the proposal, fill small holes, upsample bilinearly to the image's size, threshold,
+// and encode as COCO RLE. Plain functions over typed arrays, so the Web Worker runs them.
+
+/**
+ * The proposal the server keeps, from the decoder's four (sam3_core/onnx_decoder.py
+ * `select_proposal`): the best of the three multimask ones; for one mask, token 0 unless its
+ * stability is below sam3's threshold, then the best of the three.
+ * @param {Float32Array} masks (4, L, L) low-res logits
+ * @param {Float32Array} scores (4,)
+ * @param {boolean} multimask
+ * @param {{stability_delta: number, stability_thresh: number}} settings
+ * @returns {{index: number, logits: Float32Array, score: number}}
+ */
+export function chooseProposal(masks, scores, multimask, settings) {
+  const area = masks.length / 4;
+  const proposal = (index) => ({
+    index,
+    logits: masks.subarray(index * area, (index + 1) * area),
+    score: scores[index],
+  });
+  let best = 1;
+  for (let i = 2; i < 4; i += 1) if (scores[i] > scores[best]) best = i;
+  if (!multimask) {
+    const single = masks.subarray(0, area);
+    const delta = settings.stability_delta;
+    let inner = 0;
+    let outer = 0;
+    for (let i = 0; i < area; i += 1) {
+      if (single[i] > delta) inner += 1;
+      if (single[i] > -delta) outer += 1;
+    }
+    const stability = outer > 0 ? Math.fround(inner / outer) : 1;
+    if (stability >= Math.fround(settings.stability_thresh)) return proposal(0);
+  }
+  return proposal(best);
+}
+
+/**
+ * sam3's hole filling: background regions (logit <= threshold, 8-connected, as
+ * scikit-image labels them) of at most `maxArea` pixels become foreground (threshold + 10).
+ * @param {Float32Array} logits (L, L), changed in place
+ */
+export function fillHoles(logits, side, threshold, maxArea) {
+  if (maxArea <= 0) return logits;
+  const seen = new Uint8Array(logits.length);
+  const stack = new Int32Array(logits.length);
+  const region = new Int32Array(logits.length);
+  for (let start = 0; start < logits.length; start += 1) {
+    if (seen[start] || logits[start] > threshold) continue;
+    let top = 0;
+    let size = 0;
+    stack[top++] = start;
+    seen[start] = 1;
+    while (top > 0) {
+      const at = stack[--top];
+      region[size++] = at;
+      const y = Math.floor(at / side);
+      const x = at - y * side;
+      for (let dy = -1; dy <= 1; dy += 1) {
+        const ny = y + dy;
+        if (ny < 0 || ny >= side) continue;
+        for (let dx = -1; dx <= 1; dx += 1) {
+          const nx = x + dx;
+          if (nx < 0 || nx >= side) continue;
+          const next = ny * side + nx;
+          if (!seen[next] && logits[next] <= threshold) {
+            seen[next] = 1;
+            stack[top++] = next;
+          }
+        }
+      }
+    }
+    if (size <= maxArea) {
+      const filled = Math.fround(threshold + 10);
+      for (let i = 0; i < size; i += 1) logits[region[i]] = filled;
+    }
+  }
+  return logits;
+}
+
+/** Source indices and weights of torch's bilinear resize (align_corners=False), in float32. */
+function axis(inSize, outSize) {
+  const ratio = Math.fround(inSize / outSize);
+  const low = new Int32Array(outSize);
+  const high = new Int32Array(outSize);
+  const w0 = new Float32Array(outSize);
+  const w1 = new Float32Array(outSize);
+  for (let i = 0; i < outSize; i += 1) {
+    let real = Math.fround(Math.fround(ratio * Math.fround(i + 0.5)) - 0.5);
+    if (real < 0) real = 0;
+    const index = Math.floor(real);
+    const lambda = Math.min(Math.max(Math.fround(real - index), 0), 1);
+    low[i] = index;
+    high[i] = index + (index < inSize - 1 ? 1 : 0);
+    w1[i] = lambda;
+    w0[i] = Math.fround(1 - lambda);
+  }
+  return { low, high, w0, w1 };
+}
+
+/**
+ * The low-res logits upsampled to (H, W), thresholded, as COCO RLE: computed column by
+ * column (RLE's order), without an H*W mask in memory.
+ * @param {Float32Array} logits (L, L)
+ * @returns {{size: number[], counts: string, area: number}}
+ */
+export function upsampleToRle(logits, side, height, width, threshold) {
+  const ys = axis(side, height);
+  const xs = axis(side, width);
+  const f = Math.fround;
+  const counts = [];
+  let run = 0;
+  let inside = false;
+  let area = 0;
+  for (let x = 0; x < width; x += 1) {
+    const x0 = xs.low[x];
+    const x1 = xs.high[x];
+    const a = xs.w0[x];
+    const b = xs.w1[x];
+    for (let y = 0; y < height; y += 1) {
+      const r0 = ys.low[y] * side;
+      const r1 = ys.high[y] * side;
+      const top = f(f(logits[r0 + x0] * a) + f(logits[r0 + x1] * b));
+      const bottom = f(f(logits[r1 + x0] * a) + f(logits[r1 + x1] * b));
+      const value = f(f(top * ys.w0[y]) + f(bottom * ys.w1[y]));
+      const on = value > threshold;
+      if (on !== inside) {
+        counts.push(run);
+        run = 0;
+        inside = on;
+      }
+      run += 1;
+      if (on) area += 1;
+    }
+  }
+  counts.push(run);
+  return { size: [height, width], counts: countsToString(counts), area };
+}
+
+/** pycocotools' rleToString: run lengths as its compressed string. */
+export function countsToString(counts) {
+  let text = "";
+  for (let i = 0; i < counts.length; i += 1) {
+    let x = counts[i];
+    if (i > 2) x -= counts[i - 2];
+    let more = true;
+    while (more) {
+      let c = x & 0x1f;
+      x >>= 5;
+      more = c & 0x10 ? x !== -1 : x !== 0;
+      if (more) c |= 0x20;
+      text += String.fromCharCode(c + 48);
+    }
+  }
+  return text;
+}

@@ -1,0 +1,268 @@
+"""The interactive decoder's ONNX face: sam3's prompt encoder and mask decoder exported for
+onnxruntime (the page's Web Worker runs it with onnxruntime-web), beside `InteractiveSam3`
+as segment-anything keeps `SamOnnxModel` beside `SamPredictor`.
+
+The graph takes one prompt of one image and answers all four proposals of the mask decoder
+and their scores; `select_proposal` picks one as `InteractiveSam3.decode` does (and the page
+mirrors it), and `postprocess` brings it to full size with sam3's own hole filling and
+upsampling.
+
+    onnx_bytes = export_decoder(model)
+    inputs = decoder_inputs(embedding, point_coords, point_labels)
+    low_res, scores = onnxruntime.InferenceSession(onnx_bytes).run(None, inputs)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import threading
+import warnings
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from sam3_core.model import ImageEmbedding, InteractiveSam3
+
+OPSET = 17
+# Bumped when the graph's inputs or outputs change: part of the ETag.
+GRAPH_VERSION = "1"
+INPUT_NAMES = (
+    "image_embed",
+    "high_res_feats_0",
+    "high_res_feats_1",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
+# sam3's logits clamp for the low-res masks it hands back (`_predict`).
+LOGITS_CLAMP = 32.0
+
+
+class Sam3OnnxDecoder(nn.Module):
+    """sam3's prompt encoder + mask decoder for one prompt, in export-friendly form.
+
+    Inputs (all float32):
+        image_embed: (1, C, g, g); high_res_feats_0: (1, C/8, 4g, 4g);
+        high_res_feats_1: (1, C/4, 2g, 2g): the cached embedding (`ImageEmbedding`).
+        point_coords: (1, N, 2) x/y in original-image pixels; a box is two points first,
+            labelled 2 and 3 (top-left, bottom-right).
+        point_labels: (1, N): 1 positive, 0 negative, 2/3 box corners, -1 padding.
+        mask_input: (1, 1, L, L) low-res logits of the previous decode (zeros if none).
+        has_mask_input: (1,) 1 where mask_input is used, else 0.
+        orig_im_size: (2,) the original image's (H, W).
+
+    Outputs:
+        low_res_masks: (1, 4, L, L) float32 logits of the four mask tokens (0 is the
+            single-mask token, 1-3 the multimask proposals), unclamped.
+        iou_predictions: (1, 4) float32 predicted IoU of each.
+    """
+
+    def __init__(self, model: InteractiveSam3) -> None:
+        super().__init__()
+        tracker = model.predictor.model
+        # Copies on the CPU in float32: exporting never touches the served model.
+        self.prompt_encoder = copy.deepcopy(tracker.sam_prompt_encoder).float().cpu().eval()
+        self.mask_decoder = copy.deepcopy(tracker.sam_mask_decoder).float().cpu().eval()
+        self.image_size = model.arch.image_size
+        self.register_buffer("dense_pe", self.prompt_encoder.get_dense_pe().detach().clone())
+
+    def forward(
+        self,
+        image_embed: torch.Tensor,
+        high_res_feats_0: torch.Tensor,
+        high_res_feats_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        orig_im_size: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # sam3's `transform_coords`: pixels -> [0, 1] -> model input pixels.
+        scale = self.image_size / orig_im_size.flip(0)
+        coords = point_coords * scale
+        # `_predict` always embeds points with one padding point (its boxes come as points).
+        sparse = self.prompt_encoder._embed_points(coords, point_labels, pad=True)
+        masked = self.prompt_encoder._embed_masks(mask_input)
+        unmasked = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = has_mask_input * masked + (1 - has_mask_input) * unmasked
+        masks, scores, _, _ = self.mask_decoder.predict_masks(
+            image_embeddings=image_embed,
+            image_pe=self.dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            repeat_image=False,
+            high_res_features=[high_res_feats_0, high_res_feats_1],
+        )
+        return masks, scores
+
+
+def decoder_digest(model: InteractiveSam3) -> str:
+    """SHA-256 over the decoder's weights and settings: the ONNX file's ETag."""
+    tracker = model.predictor.model
+    digest = hashlib.sha256(f"{GRAPH_VERSION}:{OPSET}:{model.arch}".encode())
+    digest.update(repr(decoder_settings(model)).encode())
+    for module in (tracker.sam_prompt_encoder, tracker.sam_mask_decoder):
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def decoder_settings(model: InteractiveSam3) -> dict[str, float | int]:
+    """What the page needs beside the graph to decode as the server does."""
+    predictor = model.predictor
+    mask_decoder = predictor.model.sam_mask_decoder
+    return {
+        "image_size": model.arch.image_size,
+        "low_res_size": model.arch.low_res_size,
+        "mask_threshold": float(predictor.mask_threshold),
+        "max_hole_area": float(predictor._transforms.max_hole_area),
+        "stability_delta": float(mask_decoder.dynamic_multimask_stability_delta),
+        "stability_thresh": float(mask_decoder.dynamic_multimask_stability_thresh),
+        "logits_clamp": LOGITS_CLAMP,
+    }
+
+
+def export_decoder(model: InteractiveSam3) -> bytes:
+    """The ONNX file (opset 17, TorchScript exporter) of `Sam3OnnxDecoder(model)`, with the
+    number of points dynamic."""
+    module = Sam3OnnxDecoder(model)
+    arch = model.arch
+    width = arch.feature_width
+    (s0, _), (s1, _), (s2, _) = arch.feature_sizes
+    example = (
+        torch.zeros(1, width, s2, s2),
+        torch.zeros(1, width // 8, s0, s0),
+        torch.zeros(1, width // 4, s1, s1),
+        torch.full((1, 2, 2), 10.0),
+        torch.tensor([[1.0, 0.0]]),
+        torch.zeros(1, 1, arch.low_res_size, arch.low_res_size),
+        torch.zeros(1),
+        torch.tensor([float(arch.image_size), float(arch.image_size)]),
+    )
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on sam3's shape asserts, which hold for one prompt of one image.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            example,
+            buffer,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    graph = onnx.load_from_string(buffer.getvalue())
+    # Other clients read the decoding settings from the file itself.
+    for key, value in decoder_settings(model).items():
+        graph.metadata_props.add(key=key, value=str(value))
+    return graph.SerializeToString()
+
+
+class DecoderExport:
+    """The model's decoder exported once, on first use (thread-safe), with its digest."""
+
+    def __init__(self, model: InteractiveSam3) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+        self._onnx: bytes | None = None
+        self.etag = decoder_digest(model)
+        self.settings = {**decoder_settings(model), "etag": self.etag}
+
+    def onnx(self) -> bytes:
+        with self._lock:
+            if self._onnx is None:
+                self._onnx = export_decoder(self._model)
+            return self._onnx
+
+
+def decoder_inputs(
+    embedding: ImageEmbedding | dict[str, np.ndarray],
+    point_coords: np.ndarray,
+    point_labels: np.ndarray,
+    mask_input: np.ndarray | None = None,
+    orig_hw: tuple[int, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """The graph's feed for one prompt.
+
+    Args:
+        embedding: an `ImageEmbedding`, or the arrays `protocol.embedding.read_embedding`
+            parsed (then `orig_hw` is needed).
+        point_coords: (N, 2) x/y in original pixels, box corners first.
+        point_labels: (N,) 1, 0, 2/3 (box corners).
+        mask_input: (L, L) low-res logits of the previous decode, or None.
+    """
+    if isinstance(embedding, ImageEmbedding):
+        arrays = {
+            "image_embed": embedding.image_embed,
+            "high_res_feats_0": embedding.high_res_feats[0],
+            "high_res_feats_1": embedding.high_res_feats[1],
+        }
+        arrays = {name: t.float().cpu().numpy() for name, t in arrays.items()}
+        orig_hw = embedding.orig_hw
+    else:
+        arrays = {name: embedding[name].astype(np.float32) for name in INPUT_NAMES[:3]}
+    assert orig_hw is not None, "orig_hw comes with the embedding"
+    side = arrays["high_res_feats_0"].shape[-1]
+    has_mask = mask_input is not None
+    return {
+        **arrays,
+        "point_coords": np.asarray(point_coords, np.float32).reshape(1, -1, 2),
+        "point_labels": np.asarray(point_labels, np.float32).reshape(1, -1),
+        "mask_input": (
+            np.asarray(mask_input, np.float32).reshape(1, 1, side, side)
+            if has_mask
+            else np.zeros((1, 1, side, side), np.float32)
+        ),
+        "has_mask_input": np.array([1.0 if has_mask else 0.0], np.float32),
+        "orig_im_size": np.array(orig_hw, np.float32),
+    }
+
+
+def select_proposal(
+    low_res_masks: np.ndarray,
+    scores: np.ndarray,
+    multimask_output: bool,
+    settings: dict[str, float | int],
+) -> tuple[np.ndarray, float]:
+    """The proposal `InteractiveSam3.decode` keeps, from the graph's four: the best of the
+    three multimask ones; or, for one mask, token 0 unless its stability is below sam3's
+    threshold (`_dynamic_multimask_via_stability`), then the best of the three.
+
+    Args:
+        low_res_masks: (1, 4, L, L) float32; scores: (1, 4) float32.
+
+    Returns:
+        (L, L) float32 logits (unclamped) and the proposal's score.
+    """
+    multi, multi_scores = low_res_masks[0, 1:], scores[0, 1:]
+    best = int(np.argmax(multi_scores))
+    if not multimask_output:
+        single = low_res_masks[0, 0]
+        delta = settings["stability_delta"]
+        area_u = int((single > -delta).sum())
+        stability = (single > delta).sum() / area_u if area_u > 0 else 1.0
+        if stability >= settings["stability_thresh"]:
+            return single, float(scores[0, 0])
+    return multi[best], float(multi_scores[best])
+
+
+def postprocess(
+    model: InteractiveSam3, low_res: np.ndarray, orig_hw: tuple[int, int]
+) -> np.ndarray:
+    """sam3's hole filling and upsampling of one proposal (L, L) to an (H, W) bool mask, as
+    `InteractiveSam3.decode` does."""
+    predictor = model.predictor
+    logits = torch.from_numpy(np.ascontiguousarray(low_res, np.float32))[None, None]
+    masks = predictor._transforms.postprocess_masks(logits, orig_hw)
+    return (masks[0, 0] > predictor.mask_threshold).numpy()
