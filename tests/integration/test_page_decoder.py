@@ -37,6 +37,8 @@ from sam3_core.protocol.embedding import read_embedding
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
+pytestmark = pytest.mark.browser
+
 HEIGHT, WIDTH = 240, 320
 
 
