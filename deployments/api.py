@@ -35,6 +35,8 @@ from deployments.owners import Owners, ServiceUnavailableError
 from deployments.page import DOCS_ASSETS_PREFIX, OPEN_PATHS, OPEN_PREFIXES, add_page
 from deployments.request_body import JsonRoute
 from deployments.settings import IngressSettings
+from deployments.video_api import add_video_routes
+from deployments.video_owners import VideoOwners
 from sam3_core.calls import ImageRequest
 from sam3_core.errors import (
     ConceptsDisabledError,
@@ -45,11 +47,15 @@ from sam3_core.errors import (
     InvalidPromptError,
     MaskBudgetError,
     Sam3Error,
+    SessionBusyError,
+    SessionNotFoundError,
+    VideoCapacityError,
     WeightsError,
 )
 from sam3_core.images import check_image_id, content_id
 from sam3_core.protocol.bodies import ErrorResponse
 from sam3_core.protocol.image_input import read_image_input
+from sam3_core.settings import VideoSettings
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +67,17 @@ STATUS = {
     ImageNotCachedError: 404,
     ImageTooLargeError: 413,
     MaskBudgetError: 413,
+    SessionNotFoundError: 404,
+    SessionBusyError: 409,
+    VideoCapacityError: 429,
     ServiceUnavailableError: 503,
     WeightsError: 503,
 }
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
+_VIDEO_ERRORS = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 429, 503)
+}
 _POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
@@ -94,10 +106,12 @@ def create_api(
     owners: Owners,
     settings: IngressSettings,
     observe: Callable[[str, dict[str, float]], None] | None = None,
+    video_owners: VideoOwners | None = None,
 ) -> FastAPI:
     """The ASGI app: a route per operation, error mapping, body limit and API keys, the
     annotation page at `/` and the docs at `/docs` (their assets served from the package).
-    `observe(operation, timings)` gets each answered request's stages (metrics)."""
+    `observe(operation, timings)` gets each answered request's stages (metrics). With
+    `video_owners`, the video routes (`deployments.video_api`) too."""
     app = FastAPIOffline(
         title="sam3-serve",
         summary="Interactive SAM3 segmentation: embed an image once, then click.",
@@ -162,6 +176,9 @@ def create_api(
             summary=operation.summary,
             route_class_override=JsonRoute,
         )
+
+    if video_owners is not None:
+        add_video_routes(app, video_owners, settings, VideoSettings(), _VIDEO_ERRORS)
 
     @app.get("/healthz", summary="Liveness of the ingress.")
     async def healthz() -> dict[str, str]:

@@ -13,6 +13,7 @@ from deployments.api import create_api
 from deployments.metrics import StageMetrics
 from deployments.owners import RayOwners
 from deployments.settings import IngressSettings
+from deployments.video_owners import RayVideoOwners
 
 
 @serve.ingress()
@@ -24,7 +25,13 @@ class Ingress:
     ) -> None:
         self.settings = IngressSettings(**settings)
         self.owners = RayOwners(segmenter, digest_first=affinity)
+        self.video_owners = RayVideoOwners(segmenter)
         self.metrics = StageMetrics()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.owners, self.settings, observe=self.metrics.observe)
+        return create_api(
+            self.owners,
+            self.settings,
+            observe=self.metrics.observe,
+            video_owners=self.video_owners,
+        )
