@@ -30,7 +30,15 @@ from deployments.middleware import (
     error_response,
     tenant_of,
 )
-from deployments.operations import JSON, OPERATIONS, STAGES, ImageBody, Operation, Reply
+from deployments.operations import (
+    JSON,
+    OPERATIONS,
+    REPLICA_HEADER,
+    STAGES,
+    ImageBody,
+    Operation,
+    Reply,
+)
 from deployments.owners import Owners, ServiceUnavailableError
 from deployments.page import DOCS_ASSETS_PREFIX, OPEN_PATHS, OPEN_PREFIXES, add_page
 from deployments.request_body import JsonRoute
@@ -190,6 +198,9 @@ def create_api(
     async def engine_error(_: Request, error: Sam3Error) -> JSONResponse:
         status = status_of(error)
         headers = {}
+        replica = getattr(error, "replica", None)  # the replica that refused (video requests)
+        if replica is not None:
+            headers[REPLICA_HEADER] = replica
         if isinstance(error, ServiceUnavailableError):
             retry = error.retry_after_s
             seconds = settings.retry_after_seconds if retry is None else math.ceil(retry)

@@ -127,6 +127,7 @@ class SegmenterReplica:
             )
         except Sam3Error as error:
             logger.info("video %s refused (%s): %s", call.operation, error.code, error.message)
+            error.replica = self.replica  # type: ignore[attr-defined]
             return error
         finally:
             self.video_metrics.record_stats(sessions.stats())
@@ -141,6 +142,7 @@ class SegmenterReplica:
         try:
             lines = await loop.run_in_executor(self._pool, stream_video, sessions, call)
         except Sam3Error as error:
+            error.replica = self.replica  # type: ignore[attr-defined]
             yield error
             return
         yield VideoReply(self.replica)

@@ -84,11 +84,19 @@ class LocalVideoOwners:
         return self._sessions
 
     async def call(self, call: VideoCall) -> VideoReply:
-        body = await anyio.to_thread.run_sync(run_video, self.sessions(), call)
+        try:
+            body = await anyio.to_thread.run_sync(run_video, self.sessions(), call)
+        except Sam3Error as error:
+            error.replica = self.replica  # type: ignore[attr-defined]
+            raise
         return VideoReply(self.replica, body)
 
     async def stream(self, call: VideoCall) -> tuple[str, AsyncIterator[bytes]]:
-        lines = await anyio.to_thread.run_sync(stream_video, self.sessions(), call)
+        try:
+            lines = await anyio.to_thread.run_sync(stream_video, self.sessions(), call)
+        except Sam3Error as error:
+            error.replica = self.replica  # type: ignore[attr-defined]
+            raise
         return self.replica, _in_threads(lines)
 
 

@@ -69,7 +69,7 @@ def test_sessions_per_replica_are_bounded(model) -> None:
 
 
 def test_byte_budget_refuses_a_video_that_does_not_fit(model) -> None:
-    sessions = sessions_of(model, video_session_bytes=sum(map(len, FRAMES)) + 10_000)
+    sessions = sessions_of(model, video_session_bytes=sum(map(len, FRAMES)) * 3 // 2)
     sessions.start_session(VideoSource(frames=FRAMES))
     with pytest.raises(VideoCapacityError, match="SAM3_VIDEO_SESSION_BYTES"):
         sessions.start_session(VideoSource(frames=FRAMES))
