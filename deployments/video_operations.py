@@ -114,7 +114,15 @@ def stream_video(sessions: Any, call: VideoCall) -> Iterator[bytes]:
     """`propagate_in_video`'s frames as NDJSON lines, each encoded as it is computed. The
     session is checked before the first frame (so that a refusal is an HTTP error)."""
     frames = sessions.propagate_in_video(call.key, **call.args)
-    return (frame_json(frame, call.mask_format) + b"\n" for frame in frames)
+    return _lines(frames, call.mask_format)
+
+
+def _lines(frames: Iterator[Any], mask_format: str) -> Iterator[bytes]:
+    try:
+        for frame in frames:
+            yield frame_json(frame, mask_format) + b"\n"
+    finally:
+        frames.close()  # closing the lines (a hang-up) stops the propagation at once
 
 
 def frame_json(frame: Any, mask_format: str) -> bytes:

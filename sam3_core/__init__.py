@@ -40,6 +40,10 @@ _EXPORTS = {
     "Segmentation": "sam3_core.calls",
     "Segmenter": "sam3_core.engine",
     "UrlInputError": "sam3_core.errors",
+    "VideoSessions": "sam3_core.video_sessions",
+    "VideoSettings": "sam3_core.settings",
+    "VideoSource": "sam3_core.video_sessions",
+    "SessionNotFoundError": "sam3_core.errors",
     "WeightsError": "sam3_core.errors",
 }
 __all__ = [
@@ -66,6 +70,10 @@ __all__ = [
     "Segmentation",
     "Segmenter",
     "UrlInputError",
+    "VideoSessions",
+    "VideoSettings",
+    "VideoSource",
+    "SessionNotFoundError",
     "WeightsError",
 ]
 

@@ -225,6 +225,11 @@ class VideoSessions:
                 )
             if max_frame_num_to_track is not None and max_frame_num_to_track < 0:
                 raise InvalidPromptError("max_frame_num_to_track must be 0 or more")
+            prompted = any(out is not None for out in session.state["previous_stages_out"])
+            if not prompted and start_frame_index is None:  # sam3 raises a RuntimeError
+                raise InvalidPromptError(
+                    "no prompt on any frame: add one, or give start_frame_index"
+                )
         return self._propagate(session, propagation_direction, start_frame_index,
                                max_frame_num_to_track)  # fmt: skip
 

@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from pycocotools import mask as coco_mask
 
+from bench.video_reference import random_video_model
 from deployments.api import create_api
 from deployments.owners import LocalOwners
 from deployments.settings import IngressSettings
@@ -20,7 +21,6 @@ from sam3_core.architecture import TINY
 from sam3_core.settings import RequestLimits, VideoSettings
 from sam3_core.video_sessions import VideoSessions
 from tests.conftest import encode_image, random_pixels
-from tests.sam3_video_reference import random_video_model
 
 FRAMES = [
     {"type": "base64", "value": base64.b64encode(encode_image(random_pixels(s, 48, 64))).decode()}

@@ -2,7 +2,7 @@
 `VideoSessions` and through sam3's `Sam3VideoPredictor`, step by step (points, boxes, text;
 forward, backward, both; remove and reset).
 
-Random weights (`tests.sam3_video_reference.random_video_model`): tracks are meaningless but
+Random weights (`bench.video_reference.random_video_model`): tracks are meaningless but
 deterministic, and the weights are made to detect a few objects so that there is something
 to compare.
 """
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from bench.video_reference import ReferencePredictor, frame_folder, random_video_model
 from sam3_core.architecture import TINY
 from sam3_core.settings import RequestLimits, VideoSettings
 from sam3_core.video_sessions import FrameOutputs, VideoSessions, VideoSource, frame_outputs
 from tests.conftest import encode_image, random_pixels
-from tests.sam3_video_reference import ReferencePredictor, frame_folder, random_video_model
 
 NUM_FRAMES = 3
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
+from bench.video_reference import random_video_model
 from sam3_core.architecture import TINY
 from sam3_core.errors import (
     InvalidImageError,
@@ -27,7 +28,6 @@ from sam3_core.errors import (
 from sam3_core.settings import RequestLimits, VideoSettings
 from sam3_core.video_sessions import VideoSessions, VideoSource
 from tests.conftest import encode_image, random_pixels
-from tests.sam3_video_reference import random_video_model
 
 FRAMES = tuple(encode_image(random_pixels(seed, 48, 64), "JPEG") for seed in range(2))
 
@@ -147,9 +147,7 @@ def test_propagation_is_exclusive_stops_on_hang_up_and_close_returns_memory(mode
         sessions.add_prompt(key, 1, text="dog")
     with pytest.raises(SessionBusyError):
         next(sessions.propagate_in_video(key, "forward"))
-    stream.close()  # the client hung up: the session takes changes again
-    assert sessions.reset_session(key)
-
+    stream.close()  # the client hung up: the session propagates again
     frames = list(sessions.propagate_in_video(key, "forward"))
     assert [f.frame_index for f in frames] == [0, 1]
     session = sessions._sessions[key]
@@ -165,6 +163,9 @@ def test_propagation_is_exclusive_stops_on_hang_up_and_close_returns_memory(mode
 def test_closing_a_session_stops_its_propagation(model) -> None:
     sessions = sessions_of(model)
     key = sessions.start_session(VideoSource(frames=FRAMES)).key
+    with pytest.raises(InvalidPromptError, match="no prompt on any frame"):
+        sessions.propagate_in_video(key, "forward")
+    sessions.add_prompt(key, 0, text="cat")
     stream = sessions.propagate_in_video(key, "forward")
     next(stream)
     sessions.close_session(key)

@@ -1,5 +1,5 @@
 """sam3's own `Sam3VideoPredictor`, the reference video sessions must match, and the random
-weights the video tests share.
+weights the video tests and `bench.video` share.
 
 The predictor's constructor builds the full-size model with `.cuda()`; the reference is the
 same class around a model of ours (`build_video_model`: sam3's classes at a chosen size),
@@ -22,6 +22,7 @@ from sam3_core.sam3_compat import clip_vocabulary, quiet_sam3, running_on
 from sam3_core.video_architecture import Sam3VideoModel, build_video_model
 
 with quiet_sam3():
+    from sam3.model.sam3_video_inference import Sam3VideoInferenceWithInstanceInteractivity
     from sam3.model.sam3_video_predictor import Sam3VideoPredictor
 
 
@@ -36,6 +37,11 @@ def random_video_model(arch: Architecture, seed: int = 0) -> Sam3VideoModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_video_model(arch, clip_vocabulary())
+    return detecting(model)
+
+
+def detecting(model: Sam3VideoInferenceWithInstanceInteractivity) -> Any:
+    """`model` (random weights) changed to detect a few objects (see `random_video_model`)."""
     with torch.no_grad():
         detector = model.detector
         detector.dot_prod_scoring.prompt_proj.weight.mul_(3.0)
