@@ -70,6 +70,8 @@ def test_a_client_that_hangs_up_stops_its_propagation(service: LocalCluster):
     deploy(service, replicas=2)
     count = 150
     start(service, "long-clip", count)
+    prompt = {"session_id": "long-clip", "frame_index": 0, "text": "cat"}
+    assert service.post("/sam3/video/add_prompt", prompt).status_code == 200
     before = settled_total(service, FRAMES_PROPAGATED)
     stream = requests.post(
         service.url + "/sam3/video/propagate_in_video",
