@@ -68,7 +68,7 @@ def test_every_request_of_a_session_reaches_the_replica_that_holds_it(service: L
 
 def test_a_client_that_hangs_up_stops_its_propagation(service: LocalCluster):
     deploy(service, replicas=2)
-    count = 150
+    count = 400
     start(service, "long-clip", count)
     prompt = {"session_id": "long-clip", "frame_index": 0, "text": "cat"}
     assert service.post("/sam3/video/add_prompt", prompt).status_code == 200
@@ -80,7 +80,7 @@ def test_a_client_that_hangs_up_stops_its_propagation(service: LocalCluster):
         timeout=300,
     )
     assert stream.status_code == 200
-    first = next(stream.iter_lines())
+    first = next(stream.iter_lines(chunk_size=1))  # the first line, not the first 512 bytes
     assert json.loads(first)["frame_index"] == 0
     busy = service.post("/sam3/video/propagate_in_video", {"session_id": "long-clip"})
     assert busy.status_code == 409 and busy.json()["code"] == "session_busy"
