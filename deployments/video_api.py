@@ -25,7 +25,12 @@ from deployments.video_operations import (
     video_call,
 )
 from deployments.video_owners import VideoOwners
-from sam3_core.errors import InvalidImageError, Sam3Error, VideoTooLargeError
+from sam3_core.errors import (
+    InvalidImageError,
+    InvalidImageIdError,
+    Sam3Error,
+    VideoTooLargeError,
+)
 from sam3_core.images import check_image_id
 from sam3_core.protocol.image_input import read_image_input
 from sam3_core.protocol.video_bodies import StartSessionRequest
@@ -73,7 +78,11 @@ def add_video_routes(
         async def endpoint(body: object, http: Request) -> Response:
             session_id = getattr(body, "session_id", None)
             if session_id is not None:
-                check_image_id(session_id, max_length=settings.max_image_id_length)
+                try:  # session ids follow the image ids' rules
+                    check_image_id(session_id, max_length=settings.max_image_id_length)
+                except InvalidImageIdError as error:
+                    message = error.message.replace("image_id", "session_id")
+                    raise InvalidImageIdError(message) from None
             call = video_call(operation, body, tenant_of(http.scope))
             if isinstance(body, StartSessionRequest):
                 call = await with_video(body, call)

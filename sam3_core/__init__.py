@@ -69,11 +69,11 @@ __all__ = [
     "SegmentRequest",
     "Segmentation",
     "Segmenter",
+    "SessionNotFoundError",
     "UrlInputError",
     "VideoSessions",
     "VideoSettings",
     "VideoSource",
-    "SessionNotFoundError",
     "WeightsError",
 ]
 
@@ -97,11 +97,13 @@ if TYPE_CHECKING:
         InvalidImageIdError,
         InvalidPromptError,
         Sam3Error,
+        SessionNotFoundError,
         UrlInputError,
         WeightsError,
     )
     from sam3_core.prompts import Box, Point, Prompt, PromptSet
-    from sam3_core.settings import EngineSettings, RequestLimits
+    from sam3_core.settings import EngineSettings, RequestLimits, VideoSettings
+    from sam3_core.video_sessions import VideoSessions, VideoSource
 
 
 def __getattr__(name: str) -> Any:

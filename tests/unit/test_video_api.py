@@ -103,7 +103,7 @@ def test_bad_requests_are_4xx_naming_the_problem(client: TestClient) -> None:
     not_a_video = client.post("/sam3/video/start_session", json={"video": garbage})
     assert not_a_video.status_code == 400 and "MP4/WebM" in not_a_video.json()["message"]
     bad_id = client.post("/sam3/video/start_session", json={"frames": FRAMES, "session_id": "a b"})
-    assert bad_id.status_code == 400
+    assert bad_id.status_code == 400 and bad_id.json()["message"].startswith("session_id")
     client.post("/sam3/video/start_session", json={"frames": FRAMES, "session_id": "s2"})
     box = {"session_id": "s2", "frame_index": 0, "bounding_boxes": [[0.5, 0.5, 0.9, 0.1]]}
     assert client.post("/sam3/video/add_prompt", json=box).status_code == 400
