@@ -20,10 +20,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from sam3_core.errors import (
@@ -39,6 +38,8 @@ from sam3_core.sam3_compat import running_on
 from sam3_core.settings import EngineSettings, RequestLimits, VideoSettings
 from sam3_core.video_architecture import Sam3VideoModel, load_video_model
 from sam3_core.video_frames import FrameStore, frames_from_pictures, frames_from_video
+from sam3_core.video_prompts import check_prompt
+from sam3_core.video_state import FrameOutputs, frame_outputs, new_state, state_nbytes
 from sam3_core.weights import resolve_device
 
 DIRECTIONS = ("both", "forward", "backward")
@@ -63,24 +64,6 @@ class SessionInfo:
     @property
     def session_id(self) -> str:
         return self.key[1]
-
-
-@dataclass(frozen=True)
-class FrameOutputs:
-    """sam3's outputs on one frame.
-
-    Attributes:
-        obj_ids: (N,) int64, the objects shown on the frame.
-        scores: (N,) float32, their scores.
-        boxes_xywh: (N, 4) float32, normalised to the frame, top-left corner.
-        masks: (N, H, W) bool, at the video's size.
-    """
-
-    frame_index: int
-    obj_ids: np.ndarray
-    scores: np.ndarray
-    boxes_xywh: np.ndarray
-    masks: np.ndarray
 
 
 @dataclass
@@ -163,7 +146,7 @@ class VideoSessions:
                 )
             frames = FrameStore(encoded, self.model.image_size, self.device)
             with self._model_lock, self._running():
-                state = _new_state(self.model, frames, encoded.height, encoded.width)
+                state = new_state(self.model, frames, encoded.height, encoded.width)
             session = _Session(key, frames, state, time.monotonic())
             session.state_bytes = state_nbytes(state)
             self._sessions[key] = session
@@ -185,9 +168,9 @@ class VideoSessions:
         `obj_id`) on a frame; coordinates normalised to 0-1, boxes [x, y, w, h] from the
         top-left. Returns the frame's outputs (sam3: `add_prompt`)."""
         with self._session(key) as session:
-            self._check_prompt(
-                session, frame_index, text, points, point_labels, bounding_boxes,
-                bounding_box_labels, obj_id,
+            check_prompt(
+                session.state, self.limits, frame_index, text, points, point_labels,
+                bounding_boxes, bounding_box_labels, obj_id,
             )  # fmt: skip
             with self._model_lock, self._running():
                 index, outputs = self.model.add_prompt(
@@ -411,135 +394,6 @@ class VideoSessions:
                 f"over SAM3_VIDEO_SESSION_BYTES={self.settings.video_session_bytes}; close a "
                 "session or propagate fewer frames (max_frame_num_to_track)"
             )
-
-    def _check_prompt(
-        self,
-        session: _Session,
-        frame_index: int,
-        text: str | None,
-        points: list[list[float]] | None,
-        point_labels: list[int] | None,
-        boxes: list[list[float]] | None,
-        box_labels: list[int] | None,
-        obj_id: int | None,
-    ) -> None:
-        """sam3 asserts these; a client gets a 400 naming the field instead."""
-        num_frames = session.state["num_frames"]
-        if not 0 <= frame_index < num_frames:
-            raise InvalidPromptError(f"frame_index {frame_index} is outside 0..{num_frames - 1}")
-        if text is None and points is None and boxes is None:
-            raise InvalidPromptError("send text, points or bounding_boxes")
-        if text is not None and len(text) > self.limits.max_text_length:
-            raise InvalidPromptError(
-                f"text has {len(text)} characters, over SAM3_MAX_TEXT_LENGTH="
-                f"{self.limits.max_text_length}"
-            )
-        if points is not None:
-            if text is not None or boxes is not None:
-                raise InvalidPromptError("points go alone: not with text or bounding_boxes")
-            if obj_id is None:
-                raise InvalidPromptError("points need the obj_id of the object they refine")
-            _check_coordinates("points", points, point_labels, 2, self.limits)
-            if frame_index not in session.state["cached_frame_outputs"]:
-                raise InvalidPromptError(
-                    f"points refine an object on a frame with outputs: add a text or box "
-                    f"prompt on frame {frame_index}, or propagate through it, first"
-                )
-        if boxes is not None:
-            _check_coordinates("bounding_boxes", boxes, box_labels, 4, self.limits)
-            for x, y, w, h in boxes:
-                if w <= 0 or h <= 0 or x + w > 1 or y + h > 1:
-                    raise InvalidPromptError(
-                        "bounding_boxes are [x, y, w, h] from the top-left, normalised: "
-                        "w and h above 0, x + w and y + h at most 1"
-                    )
-
-
-def _check_coordinates(
-    name: str, values: list[list[float]], labels: list[int] | None, width: int,
-    limits: RequestLimits,
-) -> None:  # fmt: skip
-    label_name = "point_labels" if name == "points" else "bounding_box_labels"
-    if not values:
-        raise InvalidPromptError(f"{name} is empty")
-    if len(values) > limits.max_points_per_prompt:
-        raise InvalidPromptError(
-            f"{len(values)} {name}, over SAM3_MAX_POINTS_PER_PROMPT={limits.max_points_per_prompt}"
-        )
-    if labels is None or len(labels) != len(values):
-        raise InvalidPromptError(f"{label_name} needs one label (0 or 1) per entry of {name}")
-    if any(label not in (0, 1) for label in labels):
-        raise InvalidPromptError(f"{label_name} are 0 (negative) or 1 (positive)")
-    array = np.asarray(values, dtype=np.float64)
-    if array.shape != (len(values), width):
-        raise InvalidPromptError(f"each entry of {name} has {width} numbers")
-    if not np.isfinite(array).all() or (array < 0).any() or (array > 1).any():
-        raise InvalidPromptError(f"{name} are normalised to the frame: numbers in 0..1")
-
-
-def _new_state(
-    model: Sam3VideoModel, frames: FrameStore, height: int, width: int
-) -> dict[str, Any]:
-    """`Sam3VideoInference.init_state` with `frames` as the video: the same keys, built by
-    the same sam3 method, without its loader (which would decode every frame at once)."""
-    state: dict[str, Any] = {
-        "image_size": model.image_size,
-        "num_frames": len(frames),
-        "orig_height": height,
-        "orig_width": width,
-        "constants": {},
-    }
-    model._construct_initial_input_batch(state, frames)
-    state["tracker_inference_states"] = []
-    state["tracker_metadata"] = {}
-    state["feature_cache"] = {}
-    state["cached_frame_outputs"] = {}
-    state["action_history"] = []
-    state["is_image_only"] = False
-    return state
-
-
-def frame_outputs(frame_index: int, outputs: dict[str, Any]) -> FrameOutputs:
-    """sam3's postprocessed outputs of a frame as arrays."""
-
-    def array(name: str, dtype: Any) -> np.ndarray:
-        value = outputs[name]
-        value = value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        return value.astype(dtype, copy=False)
-
-    return FrameOutputs(
-        frame_index=int(frame_index),
-        obj_ids=array("out_obj_ids", np.int64),
-        scores=array("out_probs", np.float32),
-        boxes_xywh=array("out_boxes_xywh", np.float32),
-        masks=array("out_binary_masks", bool),
-    )
-
-
-def state_nbytes(state: Any) -> int:
-    """Bytes of the tensors a session's sam3 state holds (each storage counted once)."""
-    seen: set[int] = set()
-    containers: set[int] = set()
-    total = 0
-    stack = [state]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, (dict, list, tuple)) or is_dataclass(value):
-            if id(value) in containers:
-                continue
-            containers.add(id(value))
-        if isinstance(value, torch.Tensor):
-            storage = value.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend(value)
-        elif is_dataclass(value) and not isinstance(value, type):
-            stack.extend(getattr(value, f.name, None) for f in fields(value))
-    return total
 
 
 def _not_found(key: SessionKey) -> SessionNotFoundError:
