@@ -31,7 +31,15 @@ from deployments.middleware import (
     error_response,
     tenant_of,
 )
-from deployments.operations import JSON, OPERATIONS, STAGES, ImageBody, Operation, Reply
+from deployments.operations import (
+    JSON,
+    OPERATIONS,
+    REPLICA_HEADER,
+    STAGES,
+    ImageBody,
+    Operation,
+    Reply,
+)
 from deployments.owners import Owners, ServiceUnavailableError
 from deployments.page import (
     DOCS_ASSETS_PREFIX,
@@ -42,6 +50,8 @@ from deployments.page import (
 )
 from deployments.request_body import JsonRoute, describe_problems, kept_body
 from deployments.settings import IngressSettings
+from deployments.video_api import add_video_routes
+from deployments.video_owners import VideoOwners
 from sam3_core.calls import DecoderFile, ImageRequest
 from sam3_core.errors import (
     ConceptsDisabledError,
@@ -52,11 +62,15 @@ from sam3_core.errors import (
     InvalidPromptError,
     MaskBudgetError,
     Sam3Error,
+    SessionBusyError,
+    SessionNotFoundError,
+    VideoCapacityError,
     WeightsError,
 )
 from sam3_core.images import check_image_id, content_id
 from sam3_core.protocol.bodies import ErrorResponse, ReadyResponse
 from sam3_core.protocol.image_input import read_image_input
+from sam3_core.settings import VideoSettings
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +82,9 @@ STATUS = {
     ImageNotCachedError: 404,
     ImageTooLargeError: 413,
     MaskBudgetError: 413,
+    SessionNotFoundError: 404,
+    SessionBusyError: 409,
+    VideoCapacityError: 429,
     ServiceUnavailableError: 503,
     WeightsError: 503,
 }
@@ -75,6 +92,9 @@ STATUS = {
 DECODER_PATH = "/sam3/decoder.onnx"
 ONNX_MEDIA_TYPE = "application/octet-stream"
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 503)}
+_VIDEO_ERRORS = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 429, 503)
+}
 _POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
@@ -104,12 +124,14 @@ def create_api(
     settings: IngressSettings,
     observe: Callable[[str, dict[str, float]], None] | None = None,
     readiness: Callable[[], Awaitable[str | None]] | None = None,
+    video_owners: VideoOwners | None = None,
 ) -> FastAPI:
     """The ASGI app: a route per operation, error mapping, body limit and API keys, the
     annotation page at `/` and the docs at `/docs` (their assets served from the package).
     `observe(operation, timings)` gets each answered request's stages (metrics);
     `readiness()` says why the owners cannot serve yet, None when they can (without it:
-    always ready, as an engine in this process is)."""
+    always ready, as an engine in this process is). With `video_owners`, the video routes
+    (`deployments.video_api`) too."""
     app = FastAPIOffline(
         title="sam3-serve",
         summary="Interactive SAM3 segmentation: embed an image once, then click.",
@@ -196,6 +218,9 @@ def create_api(
             return Response(status_code=304, headers=headers)
         return Response(current.onnx, media_type=ONNX_MEDIA_TYPE, headers=headers)
 
+    if video_owners is not None:
+        add_video_routes(app, video_owners, settings, VideoSettings(), _VIDEO_ERRORS)
+
     @app.get("/healthz", summary="Liveness of the ingress (before the segmenters are up).")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -220,6 +245,9 @@ def create_api(
     async def engine_error(_: Request, error: Sam3Error) -> JSONResponse:
         status = status_of(error)
         headers = {}
+        replica = getattr(error, "replica", None)  # the replica that refused (video requests)
+        if replica is not None:
+            headers[REPLICA_HEADER] = replica
         if isinstance(error, ServiceUnavailableError):
             retry = error.retry_after_s
             seconds = settings.retry_after_seconds if retry is None else math.ceil(retry)

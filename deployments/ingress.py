@@ -14,6 +14,7 @@ from deployments.metrics import StageMetrics
 from deployments.owners import RayOwners
 from deployments.readiness import Readiness
 from deployments.settings import IngressSettings
+from deployments.video_owners import RayVideoOwners
 
 
 @serve.ingress()
@@ -25,11 +26,16 @@ class Ingress:
     ) -> None:
         self.settings = IngressSettings(**settings)
         self.owners = RayOwners(segmenter, digest_first=affinity)
+        self.video_owners = RayVideoOwners(segmenter)
         self.metrics = StageMetrics()
         # Only the consistent-hash router keeps a ring (`affinity`).
         self.readiness = Readiness(segmenter, keeps_ring=affinity)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(
-            self.owners, self.settings, observe=self.metrics.observe, readiness=self.readiness
+            self.owners,
+            self.settings,
+            observe=self.metrics.observe,
+            readiness=self.readiness,
+            video_owners=self.video_owners,
         )

@@ -14,6 +14,7 @@ from ray.serve import metrics
 if TYPE_CHECKING:  # the ingress imports this module and must not import the engine (torch)
     from sam3_core.engine import EngineStats
     from sam3_core.memory import MemoryPlan
+    from sam3_core.video_sessions import VideoStats
 
 LATENCY_BUCKETS_S = [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60]
 STAGE_BUCKETS_S = [0.0002, 0.0005, 0.001, *LATENCY_BUCKETS_S]
@@ -186,3 +187,36 @@ class SegmenterMetrics:
         """One image moved ("sent", "received" or "borrowed"), in `seconds`."""
         self.handoff_images.inc(tags={"direction": direction})
         self.handoff_latency.observe(seconds, tags={"direction": direction})
+
+
+class VideoMetrics:
+    """Video sessions of a replica: how many, the bytes they hold, the frames tracked."""
+
+    def __init__(self) -> None:
+        self.sessions = metrics.Gauge(
+            "sam3_video_sessions", description="Open video sessions on the replica."
+        )
+        self.bytes = metrics.Gauge(
+            "sam3_video_session_bytes",
+            description="Bytes video sessions hold: kept (compressed) frames, and sam3's "
+            "tracking state.",
+            tag_keys=("kind",),
+        )
+        self.frames = metrics.Counter(
+            "sam3_video_frames_propagated",
+            description="Frames tracked by propagate_in_video (rate(): frames per second).",
+        )
+        self.frame_latency = metrics.Histogram(
+            "sam3_video_frame_seconds",
+            description="Time to track one frame in propagate_in_video.",
+            boundaries=LATENCY_BUCKETS_S,
+        )
+        self._frames = 0
+
+    def record_stats(self, stats: VideoStats) -> None:
+        self.sessions.set(stats.sessions)
+        self.bytes.set(stats.frame_bytes, tags={"kind": "frames"})
+        self.bytes.set(stats.state_bytes, tags={"kind": "state"})
+        if stats.frames_propagated > self._frames:
+            self.frames.inc(stats.frames_propagated - self._frames)
+        self._frames = stats.frames_propagated

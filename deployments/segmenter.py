@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,15 +27,17 @@ from ray import serve
 
 from deployments.handoff import Handoff
 from deployments.memory_share import with_memory_share
-from deployments.metrics import SegmenterMetrics
+from deployments.metrics import SegmenterMetrics, VideoMetrics
 from deployments.operations import OPERATIONS, Operation, Reply, run
 from deployments.peers import RayPeers
 from deployments.ring import RINGS, deployment_name
 from deployments.settings import SegmenterSettings
+from deployments.video_operations import VideoCall, VideoReply, run_video, stream_video
 from sam3_core.calls import DecoderFile, ImageRequest
 from sam3_core.engine import Segmenter
 from sam3_core.errors import ImageBytesNeededError, Sam3Error
 from sam3_core.settings import EngineSettings
+from sam3_core.video_sessions import VideoSessions
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,8 +48,11 @@ class SegmenterReplica:
     and `serve_config.yaml`."""
 
     def __init__(self, engine_settings: dict[str, Any], threads: int) -> None:
-        settings = with_memory_share(EngineSettings(**engine_settings))
-        self.engine = Segmenter.from_settings(settings)
+        self.settings = with_memory_share(EngineSettings(**engine_settings))
+        self.engine = Segmenter.from_settings(self.settings)
+        self._video: VideoSessions | None = None  # built on the first video request
+        self._video_build = asyncio.Lock()
+        self.video_metrics = VideoMetrics()
         replica_id = serve.get_replica_context().replica_id
         self.replica = replica_id.unique_id
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="sam3")
@@ -112,6 +117,66 @@ class SegmenterReplica:
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, self.engine.decoder_onnx, known_etag
         )
+
+    async def _video_sessions(self) -> VideoSessions:
+        async with self._video_build:
+            if self._video is None:
+                self._video = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, VideoSessions.from_settings, self.settings
+                )
+        return self._video
+
+    async def video(self, call: VideoCall) -> VideoReply | Sam3Error:
+        """A video request (`deployments.video_operations`) of a session this replica holds
+        (or, for start_session, will). Sessions stay here until closed, expired or the replica
+        leaves: they do not move on a ring change."""
+        sessions = await self._video_sessions()
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(
+                self._pool, run_video, sessions, call
+            )
+        except Sam3Error as error:
+            logger.info("video %s refused (%s): %s", call.operation, error.code, error.message)
+            error.replica = self.replica  # type: ignore[attr-defined]
+            return error
+        finally:
+            self.video_metrics.record_stats(sessions.stats())
+        return VideoReply(self.replica, body)
+
+    async def video_stream(self, call: VideoCall) -> AsyncIterator[VideoReply | Sam3Error | bytes]:
+        """propagate_in_video: first a `VideoReply` (or the refusal), then one line per frame,
+        each computed in a worker thread. Cancelled (the client hung up), it stops after the
+        frame under way."""
+        sessions = await self._video_sessions()
+        loop = asyncio.get_running_loop()
+        try:
+            lines = await loop.run_in_executor(self._pool, stream_video, sessions, call)
+        except Sam3Error as error:
+            error.replica = self.replica  # type: ignore[attr-defined]
+            yield error
+            return
+        yield VideoReply(self.replica)
+        step: asyncio.Future | None = None
+        try:
+            while True:
+                started = time.perf_counter()
+                step = loop.run_in_executor(self._pool, next, lines, None)
+                try:
+                    line = await step
+                except Sam3Error as error:
+                    yield error
+                    return
+                step = None
+                if line is None:
+                    return
+                self.video_metrics.frame_latency.observe(time.perf_counter() - started)
+                self.video_metrics.record_stats(sessions.stats())
+                yield line
+        finally:
+            if step is not None:  # a generator cannot be closed while a thread runs it
+                await asyncio.shield(asyncio.wait([step]))
+            await loop.run_in_executor(self._pool, lines.close)
+            self.video_metrics.record_stats(sessions.stats())
 
     def __del__(self) -> Awaitable[None] | None:
         """Serve calls this when it stops the replica, and awaits what it returns (within

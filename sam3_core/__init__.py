@@ -40,6 +40,10 @@ _EXPORTS = {
     "Segmentation": "sam3_core.calls",
     "Segmenter": "sam3_core.engine",
     "UrlInputError": "sam3_core.errors",
+    "VideoSessions": "sam3_core.video_sessions",
+    "VideoSettings": "sam3_core.settings",
+    "VideoSource": "sam3_core.video_sessions",
+    "SessionNotFoundError": "sam3_core.errors",
     "WeightsError": "sam3_core.errors",
 }
 __all__ = [
@@ -65,7 +69,11 @@ __all__ = [
     "SegmentRequest",
     "Segmentation",
     "Segmenter",
+    "SessionNotFoundError",
     "UrlInputError",
+    "VideoSessions",
+    "VideoSettings",
+    "VideoSource",
     "WeightsError",
 ]
 
@@ -89,11 +97,13 @@ if TYPE_CHECKING:
         InvalidImageIdError,
         InvalidPromptError,
         Sam3Error,
+        SessionNotFoundError,
         UrlInputError,
         WeightsError,
     )
     from sam3_core.prompts import Box, Point, Prompt, PromptSet
-    from sam3_core.settings import EngineSettings, RequestLimits
+    from sam3_core.settings import EngineSettings, RequestLimits, VideoSettings
+    from sam3_core.video_sessions import VideoSessions, VideoSource
 
 
 def __getattr__(name: str) -> Any:

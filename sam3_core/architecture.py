@@ -282,19 +282,25 @@ def _tracker_memory_encoder(arch: Architecture) -> SimpleMaskEncoder:
         out_dim=64,
         position_encoding=_position_encoding(arch, 64),
         mask_downsampler=SimpleMaskDownSampler(
-            kernel_size=3, stride=2, padding=1, interpol_size=[interpolated, interpolated]
+            embed_dim=arch.feature_width,
+            kernel_size=3,
+            stride=2,
+            padding=1,
+            interpol_size=[interpolated, interpolated],
         ),
         fuser=SimpleFuser(layer=fuser_block, num_layers=arch.fuser_layers),
+        in_dim=arch.feature_width,
     )
 
 
-def build_interactive_predictor(
-    arch: Architecture, *, max_hole_area: float = 256.0
-) -> SAM3InteractiveImagePredictor:
-    """sam3's interactive predictor around a tracker configured as `build_tracker` does.
+def build_tracker(
+    arch: Architecture, *, use_memory_selection: bool = False
+) -> Sam3TrackerPredictor:
+    """sam3's tracker configured as `sam3.model_builder.build_tracker` does, without a backbone.
 
-    `max_hole_area` is sam3's default (256 px of the low-res mask); 0 turns hole filling off,
-    which tests on random weights do (noisy masks make scikit-image's labelling slow).
+    `use_memory_selection` is `build_tracker`'s `apply_temporal_disambiguation` (the video
+    model turns it on; the interactive predictor does not read memories). The process-wide
+    bf16 autocast its constructor enters is left at once (`leave_tracker_autocast`).
     """
     with building_on(torch.device("cpu")):
         tracker = Sam3TrackerPredictor(
@@ -322,9 +328,22 @@ def build_interactive_predictor(
             },
             clear_non_cond_mem_around_input=True,
             fill_hole_area=0,
-            use_memory_selection=False,
+            use_memory_selection=use_memory_selection,
         )
         leave_tracker_autocast(tracker)
+    return tracker
+
+
+def build_interactive_predictor(
+    arch: Architecture, *, max_hole_area: float = 256.0
+) -> SAM3InteractiveImagePredictor:
+    """sam3's interactive predictor around a tracker configured as `build_tracker` does.
+
+    `max_hole_area` is sam3's default (256 px of the low-res mask); 0 turns hole filling off,
+    which tests on random weights do (noisy masks make scikit-image's labelling slow).
+    """
+    tracker = build_tracker(arch)
+    with building_on(torch.device("cpu")):
         predictor = SAM3InteractiveImagePredictor(tracker, max_hole_area=max_hole_area)
     # sam3 hard-codes the 1008 px feature sizes here.
     predictor._bb_feat_sizes = list(arch.feature_sizes)

@@ -74,3 +74,29 @@ class WeightsError(Sam3Error):
     """No usable weights are configured, or the checkpoint does not fit the model."""
 
     code = "weights_unavailable"
+
+
+class VideoTooLargeError(ImageTooLargeError):
+    """A video over its frame or byte limit; the message names the setting."""
+
+    code = "video_too_large"
+
+
+class SessionNotFoundError(Sam3Error):
+    """A video session this replica does not hold: never started, closed, expired, or lost
+    with its replica."""
+
+    code = "session_not_found"
+
+
+class SessionBusyError(Sam3Error):
+    """The session is propagating; it takes no other change until that ends."""
+
+    code = "session_busy"
+
+
+class VideoCapacityError(Sam3Error):
+    """No room for another video session (sessions per replica, or the byte budget); the
+    message names the setting."""
+
+    code = "video_capacity_exhausted"

@@ -11,6 +11,13 @@
   silently change precision for everything else on a GPU; `leave_tracker_autocast` undoes it.
 - The geometry encoder pins a tensor (`pin_memory()`) on every box prompt, which raises on a
   machine without CUDA; `without_pinned_memory` makes that call a no-op there.
+- The video path (`Sam3VideoInference`, its tracker) moves tensors with `.cuda()` in a
+  few places (memory features, previous mask logits, frames) and keeps tracker state on
+  `torch.device("cuda")`; `running_on` runs it on any device (see its docstring).
+- On the CPU, sam3's connected-components fallback (`connected_components_cpu`, used by
+  the video model's hole filling) stacks an empty list when a frame has no new detection
+  and raises; `allow_empty_connected_components` answers an empty batch with empty labels,
+  as the GPU kernels do.
 - The wheel lacks the CLIP BPE vocabulary its text encoder's tokenizer opens
   (`assets/bpe_simple_vocab_16e6.txt.gz`); `open_clip_torch`, a dependency of ours, ships
   the same file (`clip_vocabulary`).
@@ -122,6 +129,80 @@ def without_pinned_memory() -> contextlib.AbstractContextManager[Any]:
     if torch.cuda.is_available():
         return contextlib.nullcontext()
     return _NoPinMemory()
+
+
+def _names_cuda(value: Any) -> bool:
+    if isinstance(value, torch.device):
+        return value.type == "cuda"
+    return isinstance(value, str) and value.startswith("cuda")
+
+
+class _RunOn(TorchFunctionMode):
+    """`Tensor.cuda()`, `Tensor.to(<cuda>)`, `device=<cuda>` and `pin_memory()` aimed at
+    `target` instead (see `running_on`)."""
+
+    def __init__(self, target: torch.device) -> None:
+        super().__init__()
+        self.target = target
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            extra = {k: v for k, v in kwargs.items() if k == "non_blocking"}
+            return args[0].to(self.target, **extra)
+        if func is torch.Tensor.pin_memory:
+            return args[0]
+        if func is torch.Tensor.to and len(args) > 1 and _names_cuda(args[1]):
+            args = (args[0], self.target, *args[2:])
+        if _names_cuda(kwargs.get("device")):
+            kwargs = {**kwargs, "device": self.target}
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def running_on(device: torch.device) -> Iterator[None]:
+    """Run sam3's video model on `device` although its code names CUDA.
+
+    Chosen over a tracking loop of our own: sam3's `propagate_in_video` is ~1,500 lines of
+    detection, association and memory heuristics that a copy would have to follow release by
+    release; redirecting its device calls keeps every result sam3's own. On a CUDA device
+    only `.cuda()`'s target needs choosing (`torch.cuda.device`): no mode is entered, so the
+    redirect costs nothing where sam3 was meant to run. On other devices each torch call
+    passes through the mode (a few microseconds).
+    """
+    if device.type == "cuda":
+        with quiet_sam3(), torch.cuda.device(device):
+            yield
+        return
+    with quiet_sam3(), _RunOn(device):
+        yield
+
+
+def allow_empty_connected_components() -> None:
+    """Let `sam3.perflib.connected_components.connected_components` take an empty batch
+    (see module docstring). Idempotent; sam3 imports the function at each call, so replacing
+    the module attribute is enough."""
+    from sam3.perflib import connected_components as module
+
+    original = module.connected_components
+    if getattr(original, "_sam3_serve_empty_batch", False):
+        return
+
+    def connected_components(input_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_tensor.shape[0] == 0:
+            empty = torch.zeros(input_tensor.shape, dtype=torch.int64, device=input_tensor.device)
+            shape = empty.shape if empty.dim() == 4 else (0, 1, *empty.shape[1:])
+            return empty.view(shape), empty.view(shape).clone()
+        return original(input_tensor)
+
+    connected_components._sam3_serve_empty_batch = True  # type: ignore[attr-defined]
+    module.connected_components = connected_components
 
 
 CLIP_VOCABULARY = "bpe_simple_vocab_16e6.txt.gz"

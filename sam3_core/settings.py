@@ -43,7 +43,44 @@ class RequestLimits(BaseSettings):
     )
 
 
-class EngineSettings(RequestLimits):
+class VideoSettings(BaseSettings):
+    """Video sessions (`sam3_core.video_sessions`): their limits. Every field is read from
+    `SAM3_<NAME>` (all named `SAM3_VIDEO_...`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAM3_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    video_max_sessions: int = Field(8, ge=1, description="Open video sessions per replica.")
+    video_session_bytes: int = Field(
+        4096 * MiB,
+        gt=0,
+        description="Byte budget of all video sessions of a replica: kept frames and sam3's "
+        "tracking state (memories, per-frame outputs), beside the image caches.",
+    )
+    video_max_frames: int = Field(1800, ge=1, description="Frames of one video (60 s at 30 fps).")
+    video_max_video_bytes: int = Field(
+        28 * MiB,
+        gt=0,
+        description="Encoded bytes of one video: the MP4/WebM, or the sum of its frames (as "
+        "base64 the request must fit SAM3_MAX_REQUEST_BYTES too).",
+    )
+    video_idle_seconds: float = Field(
+        900.0, gt=0, description="A session untouched this long is closed (then 404)."
+    )
+    video_frame_format: Literal["png", "jpeg"] = Field(
+        "png",
+        description="How frames decoded from a video file are kept: png (lossless, results "
+        "equal sam3's) or jpeg (quality 95, ~5x smaller, masks may differ at edges).",
+    )
+    video_offload_state: bool = Field(
+        True,
+        description="Keep sam3's tracker state (memories, masks) in host memory on a GPU, as "
+        "its offload_state_to_cpu option does; it is moved to the GPU per frame.",
+    )
+
+
+class EngineSettings(RequestLimits, VideoSettings):
     """Settings of `sam3_core`: the model, its caches and the request limits.
 
     Names borrowed from Roboflow's inference server (`SAM3_MAX_EMBEDDING_CACHE_SIZE`,
