@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC §3), Roboflow-compatible: a FastAPI app whose routes are derived from
+"""The HTTP API, Roboflow-compatible: a FastAPI app whose routes are derived from
 `deployments.operations.OPERATIONS`, in front of the replicas that own the images (`Owners`).
 
 A route checks the body, decodes base64 (or fetches a URL), works out the `image_id`, and

@@ -1,4 +1,4 @@
-"""The annotation page (SPEC §9) and the API's docs, served by the ingress from files inside
+"""The annotation page and the API's docs, served by the ingress from files inside
 the Python package: no CDN, no build step, so both work in a cluster without internet.
 
 The page (`deployments/web/`: HTML, ES modules, CSS) is at `/` and `/page/...`; Swagger UI's

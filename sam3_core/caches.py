@@ -184,9 +184,10 @@ class LogitsCache:
     """Logits keyed by `(image, prompt-set identity)`, oldest save evicted first; `image` is
     any hashable naming one picture (the engine's: tenant, image_id and content digest).
 
-    `find_prior` applies SPEC §4's rule among the entries of one image: a strict subset of
-    the new prompt set with exactly one point fewer wins, the most recently saved first;
-    otherwise the subset with the most points (most recent among equals); otherwise None.
+    `find_prior` picks the logits `load_logits_from_cache` seeds a decode with, among the
+    entries of one image: a strict subset of the new prompt set with exactly one point fewer
+    wins, the most recently saved first; otherwise the subset with the most points (most
+    recent among equals); otherwise None.
     """
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:

@@ -28,7 +28,7 @@ class ImageRequest:
     without `image` asks for that content under the id, if held (else
     `ImageBytesNeededError`: the caller sends the bytes then). `tenant` names
     who sent it (a digest of the API key, never the key; None without keys): tenants never
-    see each other's images, whatever the ids (SPEC §10)."""
+    see each other's images, whatever the ids."""
 
     image: bytes | None = None
     image_id: str | None = None

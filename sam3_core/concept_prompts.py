@@ -1,4 +1,4 @@
-"""Concept prompts (Roboflow's `/sam3/concept_segment` format, SPEC §8) and their conversion
+"""Concept prompts (Roboflow's `/sam3/concept_segment` format) and their conversion
 to sam3's find-queries. No torch here: the ingress validates them before routing.
 
 A prompt is a text ("car"), box exemplars (`boxes` with `box_labels`, 1 positive, 0

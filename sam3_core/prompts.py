@@ -1,7 +1,7 @@
 """Prompt schema (Roboflow's SAM3 interactive format) and its conversion to decoder inputs.
 
 A prompt set holds prompts, one per object; a prompt holds an optional box (`x, y` is its
-centre) and optional points. Conversion (SPEC §4): boxes become XYXY; points are padded to
+centre) and optional points. Conversion: boxes become XYXY; points are padded to
 a rectangle with `[0, 0]` / label -1 ("not a point"); prompts with a box, prompts with only
 points, and empty prompts are decoded as separate groups, so that mixing them in one request
 neither fails nor mis-aligns, and an empty prompt is decoded exactly like "no prompt".
@@ -276,7 +276,7 @@ def decoder_groups(prompt_set: PromptSet) -> list[DecoderGroup]:
 
 
 def is_strict_subset(earlier: PromptSet, new: PromptSet) -> bool:
-    """Whether `earlier` refines into `new` position by position (SPEC §4): as many prompts,
+    """Whether `earlier` refines into `new` position by position: as many prompts,
     each with an identical box and a subset of the new prompt's points, and at least one
     prompt with fewer points (equal sets never match)."""
     if len(earlier.prompts) != len(new.prompts):

@@ -1,4 +1,4 @@
-"""Configuration, read from the environment once per process (SPEC §7).
+"""Configuration, read from the environment once per process (README, Environment).
 
 `RequestLimits` is what one request may carry; the engine and the HTTP ingress both apply
 it (the ingress's own settings, in `deployments.settings`, add to it, never the model's).

@@ -1,4 +1,4 @@
-// The service's public API (SPEC §3, §8), as the page uses it: every call is timed and
+// The service's public API (README, "Call it"), as the page uses it: every call is timed and
 // reported with the headers that say how it was served (cache hit or miss, replica).
 
 /** A refused or failed call: `status` 0 when the service could not be reached. */
@@ -154,7 +154,7 @@ export class Api {
   }
 
   /**
-   * Every instance of a concept (SPEC §8).
+   * Every instance of a concept (/sam3/concept_segment).
    * @param {string} text e.g. "car"
    * @returns {Promise<Array<{masks: {size: number[], counts: string}, confidence: number}>>}
    */

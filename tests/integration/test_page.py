@@ -391,7 +391,7 @@ def test_concept_text_adds_every_instance_as_an_object(annotator, photo, served)
 
 
 def test_concept_answers_of_spec_shape_become_objects(annotator, photo, tmp_path):
-    """The page reads SPEC §8's response: answered here by the browser's router, so this
+    """The page reads concept_segment's response: answered here by the browser's router, so this
     runs whether or not the service already serves concepts."""
     size = [HEIGHT, WIDTH]
     instances = [np.zeros((HEIGHT, WIDTH), np.uint8) for _ in range(2)]

@@ -1,4 +1,4 @@
-"""API keys and tenants over HTTP (`deployments/middleware.py`, SPEC §10)."""
+"""API keys and tenants over HTTP (`deployments/middleware.py`; README, `SAM3_API_KEYS`)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ class TestApiKeys:
 
 
 class TestTenants:
-    """With API keys, each key sees only the images it sent (SPEC §10)."""
+    """With API keys, each key sees only the images it sent."""
 
     @pytest.fixture
     def secured(self, engine) -> TestClient:
