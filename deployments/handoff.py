@@ -11,7 +11,7 @@ changes:
   each image, most recently used first (`Pictures.export_image` there, `adopt_image` here),
   then a "settled" notice. It forgets each image once sent, delivered or not: a copy kept by a
   replica that no longer owns it could be answered from after the id got new content
-  elsewhere (SPEC §3) — the stale picture the issue reproduced after a scale-out and a scale-in;
+  elsewhere — the stale picture the issue reproduced after a scale-out and a scale-in;
 - a replica asked about an image it now owns but does not hold **waits** (at most
   `handoff_timeout_seconds`) for the manifest of each replica that owned the image before, and
   if the image is listed, for the image, instead of answering 404 or embedding it again.

@@ -2,6 +2,7 @@
 docs/operations.md; README's two commands are where CI and users look for them."""
 
 import re
+import subprocess
 from pathlib import Path
 
 from deployments.settings import IngressSettings, SegmenterSettings
@@ -146,3 +147,18 @@ def test_kubernetes_call_it_names_every_route(api):
     section = kubernetes[kubernetes.index("## Call it") :].split("\n## ")[0]
     paths = [p for p in api.get("/openapi.json").json()["paths"]]
     assert [p for p in paths if f"`{p.split('{')[0]}" not in section and p not in section] == []
+
+
+def test_no_file_cites_the_design_spec():
+    """The specification the project was built from is not in the repository: docs and code
+    say the thing itself instead of citing its sections."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    citing = [
+        path
+        for path in tracked
+        if path.endswith((".py", ".md", ".js", ".html", ".yaml", ".in", ".css"))
+        and "SPEC §" in (ROOT / path).read_text(errors="ignore")
+    ]
+    assert not citing, citing
