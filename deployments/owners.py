@@ -87,7 +87,8 @@ class LocalOwners:
 
 
 def owner_key(request: ImageRequest) -> str:
-    """What the router hashes: one owner per (tenant, image_id): tenants never share a cache entry."""
+    """What the router hashes: one owner per (tenant, image_id), so tenants never share a
+    cache entry."""
     assert request.image_id is not None, "the ingress resolves the image_id first"
     return request.image_id if request.tenant is None else f"{request.tenant}:{request.image_id}"
 

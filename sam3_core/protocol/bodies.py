@@ -1,6 +1,7 @@
-"""The JSON bodies of the SAM3 API (embed, visual and concept segmentation), compatible with Roboflow's inference server
-and the `inference-sdk` client: unknown top-level keys such as `api_key` or `model_id` are
-ignored; inside a prompt object an unknown key is a mistake, refused (`prompts.ClosedModel`)."""
+"""The JSON bodies of the SAM3 API (embed, visual and concept segmentation), compatible with
+Roboflow's inference server and the `inference-sdk` client: unknown top-level keys such as
+`api_key` or `model_id` are ignored; inside a prompt object an unknown key is a mistake,
+refused (`prompts.ClosedModel`)."""
 
 from __future__ import annotations
 
