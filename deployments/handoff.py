@@ -99,6 +99,8 @@ class Handoff(Sending):
         # Requests running here, by key; who waits for a key to have none.
         self._serving: Counter[ImageKey] = Counter()
         self._quiet: dict[ImageKey, asyncio.Event] = {}
+        # Forgotten pictures that requests still running here use: dropped once they end.
+        self._stale: dict[ImageKey, str] = {}
         self._tasks: set[asyncio.Task] = set()
         self._concurrency = concurrency
         self._sending: asyncio.Semaphore | None = None
@@ -130,16 +132,19 @@ class Handoff(Sending):
         self.ownership.clock.observe(clock)
         listed = frozenset(tuple(key) for key in keys)
         self._manifests[sender] = (version, listed)  # type: ignore[assignment]
-        for key in listed:
-            self.ownership.announce(key, sender)
+        if self._settled.get(sender) != version:  # else it came after its "settled"
+            for key in listed:
+                if not self.engine.pictures.holds(key):  # else it came before its manifest
+                    self.ownership.announce(key, sender)
         self._announce_news()
 
     def settled(self, sender: str, version: str) -> None:
         """`sender` is done sending for `version`: stop waiting for what did not come."""
         self._settled[sender] = version
         manifest = self._manifests.get(sender)
-        if manifest is not None and manifest[0] == version:
-            for key in manifest[1]:
+        still = manifest[1] if manifest is not None and manifest[0] != version else frozenset()
+        for key in self.ownership.keys(Role.RECEIVING):
+            if key not in still:  # a later manifest's keys may still come
                 self.ownership.received(key, sender)
         self._announce_news()
 
@@ -190,10 +195,16 @@ class Handoff(Sending):
         and kept when this replica became the owner), and refuse an older one on its way."""
         key = tuple(key)  # type: ignore[assignment]
         held = self.engine.pictures.image_version(key)
+        if held is None:
+            self.ownership.forget(key, version, self._now())
+            return
         if self.ownership.forget(key, version, self._now()) or (
-            held is not None and held[1] < version and self.ownership.role(key) is Role.FORGOTTEN
+            held[1] < version and self.ownership.role(key) is Role.FORGOTTEN
         ):
-            self.engine.pictures.drop_image(key)
+            if key in self._serving:  # requests sent before the change finish from it
+                self._stale[key] = held[0]
+            else:
+                self.engine.pictures.drop_image(key, held[0])
 
     def _sweep(self) -> None:
         orphans = self.ownership.sweep(self.engine.pictures.holds, self._now())
@@ -235,6 +246,9 @@ class Handoff(Sending):
         self._serving[key] -= 1
         if not self._serving[key]:
             del self._serving[key]
+            stale = self._stale.pop(key, None)
+            if stale is not None:
+                self.engine.pictures.drop_image(key, stale)
             quiet = self._quiet.pop(key, None)
             if quiet is not None:
                 quiet.set()
@@ -245,7 +259,13 @@ class Handoff(Sending):
         None to serve it here."""
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
-        if self.engine.pictures.holds(key, digest) and self.ownership.role(key) is not Role.SENDING:
+        if self.ring is None:  # just started: who owned what before is not known yet
+            await self._first_ring()
+        if (
+            self.engine.pictures.holds(key, digest)
+            and self.ownership.role(key) is not Role.SENDING
+            and key not in self._stale
+        ):
             return None
         owner = self.ring.owner(ring_key(key)) if self.ring is not None else None
         if forwarded or owner is None or owner == self.me:
@@ -256,6 +276,16 @@ class Handoff(Sending):
             return None
         logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
         return owner
+
+    async def _first_ring(self) -> None:
+        """Wait (bounded) for the ring: a replica's router has it within milliseconds of
+        the replica's start, and before it, this replica cannot tell which images another
+        replica is about to send it."""
+        deadline = self._now() + self.timeout_s
+        while self.ring is None and self._now() < deadline:
+            news = self._news
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(news.wait(), deadline - self._now())
 
     async def forward(self, owner: str, operation: str, request: ImageRequest) -> Any:
         """Serve `request` on its owner and return the owner's reply."""
@@ -286,7 +316,13 @@ class Handoff(Sending):
     async def _send_on_if_not_mine(self, key: ImageKey) -> None:
         """An image reached this replica though its ring names another owner (routers or
         replicas disagreed for a moment): once rings have settled, it goes on to its owner
-        if that still holds."""
+        if that still holds. The owner hears of it at once (a manifest of this replica's
+        ring), so that a request there waits for it rather than answering 404."""
+        if self.ring is not None:
+            owner = self.ring.owner(ring_key(key))
+            if owner is not None and owner != self.me:
+                clock = self.ownership.clock.now
+                await self._notify(owner, "manifest", self.me, self.ring.version, [key], clock)
         await asyncio.sleep(RING_SETTLE_S)
         if (
             self.ring is None
@@ -310,6 +346,7 @@ class Handoff(Sending):
         return await asyncio.shield(running)
 
     async def _borrow(self, owner: str, key: ImageKey, digest: str | None) -> bool:
+        self._sweep()
         started = time.perf_counter()
         try:
             state = await self.peers.call(
@@ -320,7 +357,7 @@ class Handoff(Sending):
             state = None
         if (
             state is not None
-            and not self.engine.pictures.holds(key)
+            and (not self.engine.pictures.holds(key) or key in self._stale)
             and self.ownership.borrow(key, owner, state.version)
         ):
             if await asyncio.to_thread(self.engine.pictures.adopt_image, key, state):
@@ -328,7 +365,11 @@ class Handoff(Sending):
                     self.recorder.record_handoff("borrowed", time.perf_counter() - started)
             else:
                 self.ownership.unborrow(key)
-        return self.engine.pictures.holds(key, digest)
+        return (
+            self.engine.pictures.holds(key, digest)
+            and self.ownership.role(key) is not Role.SENDING
+            and key not in self._stale
+        )
 
     async def _await_incoming(self, key: ImageKey) -> None:
         """Wait (bounded) for `key` while a replica that owned it before may send it here:

@@ -67,6 +67,7 @@ class Sending:
 
     async def _send_moved(self, ring: Ring) -> None:
         moves: dict[str, list[ImageKey]] = defaultdict(list)
+        underway: dict[str, list[ImageKey]] = defaultdict(list)
         # Images of requests running here first (they may be embedding them), then the
         # cached ones, most recently used first.
         for key in dict.fromkeys([*self._serving, *self.engine.pictures.image_keys()]):
@@ -80,7 +81,9 @@ class Sending:
                     self.engine.pictures.drop_image(key)
                 continue
             if self.ownership.role(key) is Role.SENDING:
-                continue  # on its way already
+                if owner == self.ownership.peer(key):  # on its way there already: listed
+                    underway[owner].append(key)
+                continue
             if owner is not None and owner != self.me:
                 moves[owner].append(key)
         # Replicas of another code version (a redeploy replacing this one) read another board
@@ -88,7 +91,7 @@ class Sending:
         others = sorted(ring.replicas - {self.me})
         reachable = await asyncio.gather(*(self._reachable(t) for t in others))
         targets = [t for t, ok in zip(others, reachable, strict=True) if ok]
-        if unreachable := [k for t in set(moves) - set(targets) for k in moves.pop(t)]:
+        if unreachable := [k for t in sorted(set(moves) - set(targets)) for k in moves.pop(t)]:
             logger.info(
                 "segmenter %s: %d image(s) owned by replicas of another version: dropped",
                 self.me,
@@ -106,7 +109,10 @@ class Sending:
             )
         clock = self.ownership.clock.now
         await asyncio.gather(
-            *(self._notify(t, "manifest", self.me, ring.version, moves[t], clock) for t in targets)
+            *(
+                self._notify(t, "manifest", self.me, ring.version, moves[t] + underway[t], clock)
+                for t in targets
+            )
         )
         batches = [
             (target, keys[i : i + BATCH_IMAGES])
