@@ -259,8 +259,6 @@ class Handoff(Sending):
         None to serve it here."""
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
-        if self.ring is None:  # just started: who owned what before is not known yet
-            await self._first_ring()
         if (
             self.engine.pictures.holds(key, digest)
             and self.ownership.role(key) is not Role.SENDING
@@ -276,16 +274,6 @@ class Handoff(Sending):
             return None
         logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
         return owner
-
-    async def _first_ring(self) -> None:
-        """Wait (bounded) for the ring: a replica's router has it within milliseconds of
-        the replica's start, and before it, this replica cannot tell which images another
-        replica is about to send it."""
-        deadline = self._now() + self.timeout_s
-        while self.ring is None and self._now() < deadline:
-            news = self._news
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(news.wait(), deadline - self._now())
 
     async def forward(self, owner: str, operation: str, request: ImageRequest) -> Any:
         """Serve `request` on its owner and return the owner's reply."""

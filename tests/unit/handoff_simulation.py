@@ -350,6 +350,11 @@ class World:
         self.states[name] = "running"
         self.log(f"add {name}")
         self.change_ring(Ring(sorted(self.truth.replicas | {name})))
+        # Assumed of Ray: a replica's own router has the set that added it before the
+        # ingress routes to it (the production code does not wait for a first ring: with
+        # the benchmark's other routers, none ever comes).
+        self.heard[name] = self.generation
+        replica.handoff.on_ring(self.truth)
 
     def change_ring(self, ring: Ring) -> None:
         """The controller's new replica set reaches each replica's router, and the ingress's,
