@@ -37,13 +37,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import math
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any
 
 from deployments.handoff_sending import Sending
+from deployments.ownership import Ownership, Role
 from deployments.peers import HandoffRecorder, Peers
 from deployments.ring import Ring, request_key, ring_key
 from sam3_core.calls import ImageRequest
@@ -62,10 +62,14 @@ RING_HISTORY = 4
 RING_SETTLE_S = 1.0
 # What other replicas may call (`answer`).
 CALLS = frozenset({"manifest", "settled", "adopt", "export", "forget"})
+# How often a request waiting for an image checks that its sender still runs.
+ALIVE_POLL_S = 1.0
 
 
 class Handoff(Sending):
-    """One replica's part in moving images between owners (see the module's docstring)."""
+    """One replica's part in moving images between owners (see the module's docstring). Which
+    state each image is in (owned, lent, borrowed, receiving, sending, forgotten) is
+    `self.ownership`'s (`deployments.ownership`); this class moves messages and pictures."""
 
     def __init__(
         self,
@@ -84,26 +88,35 @@ class Handoff(Sending):
         self.ring: Ring | None = None
         self._history: deque[Ring] = deque(maxlen=RING_HISTORY)
         self._without_me: Ring | None = None
-        # Helper side: borrowed key -> the owner it came from; per key, the `sent_at` of the
-        # owner's newer content (an older borrowed copy arriving late is refused) and when
-        # that was heard.
-        self.borrowed: dict[ImageKey, str] = {}
-        self._forgotten: dict[ImageKey, tuple[float, float]] = {}
-        # Owner side: who holds a borrowed copy of each key.
-        self._lent: dict[ImageKey, set[str]] = defaultdict(set)
-        # Receiving side: manifests by (sender, ring version); images announced and not yet
-        # here, with their sender; (sender, version) whose manifest will not come.
-        self._manifests: dict[tuple[str, str], frozenset[ImageKey]] = {}
-        self._manifest_events: dict[tuple[str, str], asyncio.Event] = {}
-        self._announced: dict[ImageKey, tuple[str, asyncio.Event]] = {}
-        self._given_up: set[tuple[str, str]] = set()
-        self._fetches: dict[tuple[ImageKey, str | None], asyncio.Future[bool]] = {}
+        self.ownership = Ownership(me, timeout_s)
+        engine.pictures.stamp = self.ownership.clock.tick
+        # Each sender's latest manifest (its ring's version, the keys it lists) and the
+        # version it said "settled" for; what changed since a waiter last looked.
+        self._manifests: dict[str, tuple[str, frozenset[ImageKey]]] = {}
+        self._settled: dict[str, str] = {}
+        self._news = asyncio.Event()
+        self._fetches: dict[tuple[ImageKey, str | None], asyncio.Task[bool]] = {}
         # Requests running here, by key; who waits for a key to have none.
         self._serving: Counter[ImageKey] = Counter()
         self._quiet: dict[ImageKey, asyncio.Event] = {}
+        # Forgotten pictures that requests still running here use: dropped once they end.
+        self._stale: dict[ImageKey, str] = {}
         self._tasks: set[asyncio.Task] = set()
         self._concurrency = concurrency
         self._sending: asyncio.Semaphore | None = None
+
+    @property
+    def borrowed(self) -> dict[ImageKey, str]:
+        """Borrowed keys and their lenders (tests, metrics)."""
+        return {k: self.ownership.peer(k) for k in self.ownership.keys(Role.BORROWED)}  # type: ignore[misc]
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _announce_news(self) -> None:
+        """Wake every request waiting for an image: something it waits on may have come."""
+        self._news.set()
+        self._news = asyncio.Event()
 
     # Receiving ---------------------------------------------------------------------------
 
@@ -114,26 +127,35 @@ class Handoff(Sending):
         result = getattr(self, method)(*args)
         return await result if inspect.isawaitable(result) else result
 
-    def manifest(self, sender: str, version: str, keys: Iterable[ImageKey]) -> None:
-        """`sender` announces the images it is about to send here for ring `version`."""
+    def manifest(self, sender: str, version: str, keys: Iterable[ImageKey], clock: int = 0) -> None:
+        """`sender` announces the images it is about to send here for its ring `version`."""
+        self.ownership.clock.observe(clock)
         listed = frozenset(tuple(key) for key in keys)
-        self._manifests[(sender, version)] = listed  # type: ignore[assignment]
-        for key in listed:
-            if key not in self._announced and not self.engine.pictures.holds(key):  # type: ignore[arg-type]
-                self._announced[key] = (sender, asyncio.Event())  # type: ignore[index]
-        self._manifest_event(sender, version).set()
+        self._manifests[sender] = (version, listed)  # type: ignore[assignment]
+        if self._settled.get(sender) != version:  # else it came after its "settled"
+            for key in listed:
+                if not self.engine.pictures.holds(key):  # else it came before its manifest
+                    self.ownership.announce(key, sender)
+        self._announce_news()
 
     def settled(self, sender: str, version: str) -> None:
         """`sender` is done sending for `version`: stop waiting for what did not come."""
-        for key in self._manifests.get((sender, version), ()):
-            announced = self._announced.get(key)
-            if announced is not None and announced[0] == sender:
-                del self._announced[key]
-                announced[1].set()
+        self._settled[sender] = version
+        manifest = self._manifests.get(sender)
+        still = manifest[1] if manifest is not None and manifest[0] != version else frozenset()
+        for key in self.ownership.keys(Role.RECEIVING):
+            if key not in still:  # a later manifest's keys may still come
+                self.ownership.received(key, sender)
+        self._announce_news()
 
-    async def adopt(self, sender: str, states: list[tuple[ImageKey, ImageState]]) -> list[bool]:
+    async def adopt(
+        self, sender: str, states: list[tuple[ImageKey, ImageState]], clock: int = 0
+    ) -> list[bool]:
         """Images `sender` no longer owns; returns which are kept."""
+        self.ownership.clock.observe(clock)
         states = [(tuple(key), state) for key, state in states]  # type: ignore[misc]
+        for _, state in states:
+            self.ownership.clock.observe(state.version)
         before = {key: self.engine.pictures.image_version(key) for key, _ in states}
         started = time.perf_counter()
         accepted = await asyncio.to_thread(
@@ -141,41 +163,55 @@ class Handoff(Sending):
         )
         each = (time.perf_counter() - started) / len(states)
         for (key, state), kept in zip(states, accepted, strict=True):
-            announced = self._announced.pop(key, None)
-            if announced is not None:
-                announced[1].set()
+            self.ownership.received(key)
             if not kept:
                 continue
             if self.recorder is not None:
                 self.recorder.record_handoff("received", each)
             old = before[key]
             if old is not None and old[0] != state.content_digest:
-                await self._invalidate(key, state.sent_at)
+                await self._invalidate(key)
             self._spawn(self._send_on_if_not_mine(key))
+        self._announce_news()
         return accepted
 
     # Helpers' side: fetching from the owner, forgetting ---------------------------------
 
     async def export(self, key: ImageKey, content_digest: str | None, borrower: str) -> Any:
-        """This replica's picture of `key` for `borrower` (None when it has no such one)."""
+        """This replica's picture of `key` for `borrower` (None when it has no such one, or
+        holds only a borrowed copy, or is sending it away)."""
         key = tuple(key)  # type: ignore[assignment]
+        if self.ownership.role(key) in (Role.BORROWED, Role.SENDING):
+            return None
+        self._sweep()
         state = await asyncio.to_thread(self.engine.pictures.export_image, key, content_digest)
-        if state is not None:
-            self._lent[key].add(borrower)
+        if state is None or self.ownership.role(key) in (Role.BORROWED, Role.SENDING):
+            return None
+        self.ownership.lend(key, borrower)
         return state
 
-    def forget(self, key: ImageKey, sent_at: float) -> None:
-        """The owner has newer content of `key` (sent at `sent_at`): drop a borrowed copy,
-        and refuse an older one still on its way (for as long as a fetch may take)."""
+    def forget(self, key: ImageKey, version: int) -> None:
+        """The owner holds `key` at `version`: drop an older copy (borrowed, or borrowed once
+        and kept when this replica became the owner), and refuse an older one on its way."""
         key = tuple(key)  # type: ignore[assignment]
-        now = time.monotonic()
-        self._forgotten = {
-            k: (t, at) for k, (t, at) in self._forgotten.items() if now - at < self.timeout_s
-        }
-        previous = self._forgotten.get(key, (-math.inf, now))[0]
-        self._forgotten[key] = (max(previous, sent_at), now)
-        if self.borrowed.pop(key, None) is not None:
-            self.engine.pictures.drop_image(key)
+        held = self.engine.pictures.image_version(key)
+        if held is None:
+            self.ownership.forget(key, version, self._now())
+            return
+        if self.ownership.forget(key, version, self._now()) or (
+            held[1] < version and self.ownership.role(key) is Role.FORGOTTEN
+        ):
+            if key in self._serving:  # requests sent before the change finish from it
+                self._stale[key] = held[0]
+            else:
+                self.engine.pictures.drop_image(key, held[0])
+
+    def _sweep(self) -> None:
+        orphans = self.ownership.sweep(self.engine.pictures.holds, self._now())
+        for borrower, keys in orphans.items():
+            version = self.ownership.clock.tick()
+            for key in keys:
+                self._spawn(self._call_quietly(borrower, "forget", key, version))
 
     # Requests ----------------------------------------------------------------------------
 
@@ -185,19 +221,37 @@ class Handoff(Sending):
     ) -> AsyncIterator[str | None]:
         """Around a request served here: first its image, from the replica that has it if
         that is another (`prepare`); yields the owner to forward the request to instead, or
-        None to serve it here. While the request runs, its image is not sent away (it may
-        be embedding it: the image goes once that is done)."""
+        None to serve it here. While the request runs here, its image is not sent away (it
+        may be embedding it: the image goes once that is done); a request sent on to the
+        owner does not hold it (the owner may be waiting for it). Before the request is
+        answered, borrowers forget a picture it replaced, whether or not it succeeded."""
         key = request_key(request)
         self._serving[key] += 1
+        running = True
+        before = self.engine.pictures.image_version(key)
         try:
-            yield await self.prepare(request, forwarded)
+            owner = await self.prepare(request, forwarded)
+            if owner is not None:
+                running = False
+                self._done_serving(key)
+            yield owner
         finally:
-            self._serving[key] -= 1
-            if not self._serving[key]:
-                del self._serving[key]
-                quiet = self._quiet.pop(key, None)
-                if quiet is not None:
-                    quiet.set()
+            if running:
+                self._done_serving(key)
+                after = self.engine.pictures.image_version(key)
+                if after is not None and (before is None or after[0] != before[0]):
+                    await asyncio.shield(self._invalidate(key))
+
+    def _done_serving(self, key: ImageKey) -> None:
+        self._serving[key] -= 1
+        if not self._serving[key]:
+            del self._serving[key]
+            stale = self._stale.pop(key, None)
+            if stale is not None:
+                self.engine.pictures.drop_image(key, stale)
+            quiet = self._quiet.pop(key, None)
+            if quiet is not None:
+                quiet.set()
 
     async def prepare(self, request: ImageRequest, forwarded: bool = False) -> str | None:
         """Before the engine serves `request` here: get its image from the replica that has
@@ -205,11 +259,15 @@ class Handoff(Sending):
         None to serve it here."""
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
-        if self.engine.pictures.holds(key, digest):
+        if (
+            self.engine.pictures.holds(key, digest)
+            and self.ownership.role(key) is not Role.SENDING
+            and key not in self._stale
+        ):
             return None
         owner = self.ring.owner(ring_key(key)) if self.ring is not None else None
         if forwarded or owner is None or owner == self.me:
-            if not self.engine.pictures.holds(key):
+            if not self.engine.pictures.holds(key) or self.ownership.role(key) is Role.RECEIVING:
                 await self._await_incoming(key)
             return None
         if await self._fetch(owner, key, digest):
@@ -219,33 +277,46 @@ class Handoff(Sending):
 
     async def forward(self, owner: str, operation: str, request: ImageRequest) -> Any:
         """Serve `request` on its owner and return the owner's reply."""
-        return await self.peers.forward(owner, operation, request, FORWARD_TIMEOUT_S)
+        return await self.peers.forward(
+            owner, operation, request, FORWARD_TIMEOUT_S, clock=self.ownership.clock.now
+        )
 
     async def after(self, request: ImageRequest, embedding_cache: str) -> None:
-        """After the engine served `request` here: borrowers forget an older picture, and an
-        image this replica does not own goes to its owner."""
+        """After the engine served `request` here: an image this replica does not own goes
+        to its owner."""
         key = request_key(request)
-        if embedding_cache == "miss" and self._lent.get(key):
-            version = self.engine.pictures.image_version(key)
-            if version is not None:
-                await self._invalidate(key, version[1])
         if (
-            key not in self.borrowed
+            self.ownership.role(key) is not Role.BORROWED
             and self.ring is not None
             and self.ring.owner(ring_key(key)) not in (None, self.me)
         ):
             self._spawn(self._send_on_if_not_mine(key))
 
-    async def _invalidate(self, key: ImageKey, sent_at: float) -> None:
-        borrowers = self._lent.pop(key, set())
-        await asyncio.gather(*(self._notify(b, "forget", key, sent_at) for b in sorted(borrowers)))
+    async def _invalidate(self, key: ImageKey) -> None:
+        """Borrowers of `key` forget their copies (acknowledged, each within the timeout)."""
+        borrowers = self.ownership.changed(key)
+        if borrowers:
+            version = self.ownership.clock.tick()
+            await asyncio.gather(
+                *(self._call_quietly(b, "forget", key, version) for b in sorted(borrowers))
+            )
 
     async def _send_on_if_not_mine(self, key: ImageKey) -> None:
         """An image reached this replica though its ring names another owner (routers or
         replicas disagreed for a moment): once rings have settled, it goes on to its owner
-        if that still holds."""
+        if that still holds. The owner hears of it at once (a manifest of this replica's
+        ring), so that a request there waits for it rather than answering 404."""
+        if self.ring is not None:
+            owner = self.ring.owner(ring_key(key))
+            if owner is not None and owner != self.me:
+                clock = self.ownership.clock.now
+                await self._notify(owner, "manifest", self.me, self.ring.version, [key], clock)
         await asyncio.sleep(RING_SETTLE_S)
-        if self.ring is None or key in self.borrowed or not self.engine.pictures.holds(key):
+        if (
+            self.ring is None
+            or self.ownership.role(key) is Role.BORROWED
+            or not self.engine.pictures.holds(key)
+        ):
             return
         owner = self.ring.owner(ring_key(key))
         if owner is not None and owner != self.me:
@@ -253,70 +324,89 @@ class Handoff(Sending):
 
     async def _fetch(self, owner: str, key: ImageKey, digest: str | None) -> bool:
         """Borrow the owner's picture of `key` (that picture, given `digest`); one fetch at a
-        time per picture. Returns whether this replica now holds what the request needs."""
+        time per picture, in a task of its own: a client that hangs up cancels only its own
+        wait. Returns whether this replica now holds what the request needs."""
         running = self._fetches.get((key, digest))
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._fetches[(key, digest)] = future
+        if running is None:
+            running = asyncio.get_running_loop().create_task(self._borrow(owner, key, digest))
+            self._fetches[(key, digest)] = running
+            running.add_done_callback(lambda _: self._fetches.pop((key, digest), None))
+        return await asyncio.shield(running)
+
+    async def _borrow(self, owner: str, key: ImageKey, digest: str | None) -> bool:
+        self._sweep()
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            try:
-                state = await self.peers.call(
-                    owner, "export", key, digest, self.me, timeout_s=self.timeout_s
-                )
-            except Exception as error:  # the owner will serve it itself
-                logger.info("segmenter %s: fetch of %s failed: %r", self.me, key[1], error)
-                state = None
-            if (
-                state is not None
-                and self._forgotten.get(key, (-math.inf, 0.0))[0] <= state.sent_at
-                and await asyncio.to_thread(self.engine.pictures.adopt_image, key, state)
-            ):
-                self.borrowed[key] = owner
+            state = await self.peers.call(
+                owner, "export", key, digest, self.me, timeout_s=self.timeout_s
+            )
+        except Exception as error:  # the owner will serve it itself
+            logger.info("segmenter %s: fetch of %s failed: %r", self.me, key[1], error)
+            state = None
+        if (
+            state is not None
+            and (not self.engine.pictures.holds(key) or key in self._stale)
+            and self.ownership.borrow(key, owner, state.version)
+        ):
+            if await asyncio.to_thread(self.engine.pictures.adopt_image, key, state):
                 if self.recorder is not None:
                     self.recorder.record_handoff("borrowed", time.perf_counter() - started)
-            future.set_result(self.engine.pictures.holds(key, digest))
-        except BaseException as error:
-            future.set_exception(error)
-            raise
-        finally:
-            del self._fetches[(key, digest)]
-        return future.result()
+            else:
+                self.ownership.unborrow(key)
+        return (
+            self.engine.pictures.holds(key, digest)
+            and self.ownership.role(key) is not Role.SENDING
+            and key not in self._stale
+        )
 
     async def _await_incoming(self, key: ImageKey) -> None:
-        """Wait (bounded) for `key` if a replica that owned it before is sending it here."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        """Wait (bounded) for `key` while a replica that owned it before may send it here:
+        until it is here, its sender says it will not come or is gone, or the timeout."""
+        started = self._now()
         deadline = started + self.timeout_s
-        if key not in self._announced and self.ring is not None:
-            version = self.ring.version
-            for sender in self._previous_owners(key):
-                if (sender, version) in self._given_up:
-                    continue
-                await self._await_manifest(sender, version, deadline)
-                if key in self._manifests.get((sender, version), ()):
-                    break
-        announced = self._announced.get(key)
-        if announced is not None:
-            sender, arrived = announced
-            if not await self._wait(arrived, sender, deadline):
-                self._stop_waiting_for(sender)
-            if not self.engine.pictures.holds(key):
+        done: set[str] = set()
+        while not self.engine.pictures.holds(key) or self.ownership.role(key) is Role.RECEIVING:
+            sender = self._sender_of(key, done)
+            if sender is None:
+                return
+            news = self._news
+            remaining = deadline - self._now()
+            if remaining <= 0 or not await self.peers.alive(sender):
+                self.ownership.received(key, sender)
+                done.add(sender)
                 logger.info(
-                    "segmenter %s: %s was announced by %s but did not arrive in %.1f s",
+                    "segmenter %s: stopped waiting for %s from %s after %.1f s",
                     self.me,
                     key[1],
                     sender,
-                    loop.time() - started,
+                    self._now() - started,
                 )
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(news.wait(), min(remaining, ALIVE_POLL_S))
 
-    def _stop_waiting_for(self, sender: str) -> None:
-        """`sender` is gone or too slow: nothing more it announced is awaited."""
-        for key, (announcer, arrived) in list(self._announced.items()):
-            if announcer == sender:
-                del self._announced[key]
-                arrived.set()
+    def _sender_of(self, key: ImageKey, done: set[str]) -> str | None:
+        """The replica this one waits on for `key`: the one that announced it, else an
+        earlier owner that has not yet said (in a manifest for a ring that no longer makes
+        it the owner, whichever ring that is) whether it sends it here."""
+        if self.ownership.role(key) is Role.RECEIVING:
+            sender = self.ownership.peer(key)
+            if sender not in done:
+                return sender
+        rk = ring_key(key)
+        for sender in self._previous_owners(key):
+            if sender in done:
+                continue
+            manifest = self._manifests.get(sender)
+            if manifest is None:
+                return sender
+            version, listed = manifest
+            their_ring = Ring(version.split(",") if version else (), self.ring.virtual_nodes)
+            if their_ring.owner(rk) == sender:
+                return sender  # it still owns it on its ring: its next manifest will tell
+            if key in listed and self._settled.get(sender) != version:
+                return sender
+        return None
 
     def _previous_owners(self, key: ImageKey) -> list[str]:
         """Replicas that owned `key` on the rings this replica saw before, and on the
@@ -329,26 +419,6 @@ class Handoff(Sending):
             if owner is not None and owner != self.me and owner not in owners:
                 owners.append(owner)
         return owners
-
-    async def _await_manifest(self, sender: str, version: str, deadline: float) -> None:
-        if (sender, version) in self._manifests:
-            return
-        if not await self._wait(self._manifest_event(sender, version), sender, deadline):
-            self._given_up.add((sender, version))
-
-    async def _wait(self, event: asyncio.Event, sender: str, deadline: float) -> bool:
-        """Wait for `event` until `deadline`, or until `sender` is found gone."""
-        loop = asyncio.get_running_loop()
-        while not event.is_set():
-            remaining = deadline - loop.time()
-            if remaining <= 0 or not await self.peers.alive(sender):
-                return event.is_set()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), min(remaining, 1.0))
-        return True
-
-    def _manifest_event(self, sender: str, version: str) -> asyncio.Event:
-        return self._manifest_events.setdefault((sender, version), asyncio.Event())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

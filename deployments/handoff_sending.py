@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from deployments.ownership import Ownership, Role
 from deployments.peers import HandoffRecorder, Peers
 from deployments.ring import Ring, ring_key
 from sam3_core.engine import Segmenter
@@ -34,6 +35,7 @@ class Sending:
     timeout_s: float
     recorder: HandoffRecorder | None
     ring: Ring | None
+    ownership: Ownership
 
     # Ring changes, and sending -----------------------------------------------------------
 
@@ -45,13 +47,11 @@ class Sending:
             self._history.append(self.ring)
         self.ring = ring
         self._without_me = ring.without(self.me)
-        versions = {ring.version} | {r.version for r in self._history}
-        for table in (self._manifests, self._manifest_events):
-            for sender_version in [k for k in table if k[1] not in versions]:
-                del table[sender_version]
-        self._given_up = {k for k in self._given_up if k[1] in versions}
-        for key in [k for k in self._lent if not self.engine.pictures.holds(k)]:  # evicted here
-            del self._lent[key]
+        for sender in [s for s in self._manifests if s not in ring.replicas]:
+            del self._manifests[sender]
+            self._settled.pop(sender, None)
+        self._sweep()
+        self._announce_news()
         logger.info("segmenter %s: ring of %d replicas", self.me, len(ring.replicas))
         self._spawn(self._send_moved(ring))
 
@@ -67,17 +67,22 @@ class Sending:
 
     async def _send_moved(self, ring: Ring) -> None:
         moves: dict[str, list[ImageKey]] = defaultdict(list)
+        underway: dict[str, list[ImageKey]] = defaultdict(list)
         # Images of requests running here first (they may be embedding them), then the
         # cached ones, most recently used first.
         for key in dict.fromkeys([*self._serving, *self.engine.pictures.image_keys()]):
             owner = ring.owner(ring_key(key))
-            lender = self.borrowed.get(key)
-            if lender is not None:
+            if self.ownership.role(key) is Role.BORROWED:
+                lender = self.ownership.peer(key)
                 if owner == self.me:
-                    del self.borrowed[key]  # ours now
+                    self.ownership.take_over(key)  # ours now
                 elif owner != lender:  # the lender no longer owns it, nor tracks this copy
-                    del self.borrowed[key]
+                    self.ownership.unborrow(key)
                     self.engine.pictures.drop_image(key)
+                continue
+            if self.ownership.role(key) is Role.SENDING:
+                if owner == self.ownership.peer(key):  # on its way there already: listed
+                    underway[owner].append(key)
                 continue
             if owner is not None and owner != self.me:
                 moves[owner].append(key)
@@ -86,15 +91,15 @@ class Sending:
         others = sorted(ring.replicas - {self.me})
         reachable = await asyncio.gather(*(self._reachable(t) for t in others))
         targets = [t for t, ok in zip(others, reachable, strict=True) if ok]
-        if unreachable := [k for t in set(moves) - set(targets) for k in moves.pop(t)]:
+        if unreachable := [k for t in sorted(set(moves) - set(targets)) for k in moves.pop(t)]:
             logger.info(
                 "segmenter %s: %d image(s) owned by replicas of another version: dropped",
                 self.me,
                 len(unreachable),
             )
             for key in unreachable:
+                await self._tell_borrowers(self.ownership.changed(key), key)
                 self.engine.pictures.drop_image(key)
-                self._lent.pop(key, None)
         if moves:
             logger.info(
                 "segmenter %s: handing %d image(s) to %d replica(s)",
@@ -102,8 +107,12 @@ class Sending:
                 sum(map(len, moves.values())),
                 len(moves),
             )
+        clock = self.ownership.clock.now
         await asyncio.gather(
-            *(self._notify(t, "manifest", self.me, ring.version, moves[t]) for t in targets)
+            *(
+                self._notify(t, "manifest", self.me, ring.version, moves[t] + underway[t], clock)
+                for t in targets
+            )
         )
         batches = [
             (target, keys[i : i + BATCH_IMAGES])
@@ -116,9 +125,10 @@ class Sending:
     async def _reachable(self, target: str) -> bool:
         """Whether `target` reads this replica's board. A replica that has just started may
         not have read it yet when the new ring arrives: asked again for a short while."""
-        deadline = time.monotonic() + min(REACH_WAIT_S, self.timeout_s / 4)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(REACH_WAIT_S, self.timeout_s / 4)
         while not await self.peers.alive(target):
-            if time.monotonic() >= deadline:
+            if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.1)
         return True
@@ -129,16 +139,27 @@ class Sending:
             self._sending = asyncio.Semaphore(self._concurrency)
         async with self._sending:
             await self._until_served(keys)
+            keys = [k for k in keys if self.ownership.role(k) is not Role.BORROWED]
+            for key in keys:
+                await self._tell_borrowers(self.ownership.sending(key, target), key)
             started = time.perf_counter()
             exported = await asyncio.to_thread(
                 lambda: [(key, self.engine.pictures.export_image(key)) for key in keys]
             )
             states = [(key, state) for key, state in exported if state is not None]
-            if not states:  # evicted meanwhile
+            for key, state in exported:
+                if state is None:  # evicted meanwhile
+                    self.ownership.sent(key)
+            if not states:
                 return
             try:
                 accepted = await self.peers.call(
-                    target, "adopt", self.me, states, timeout_s=self.timeout_s
+                    target,
+                    "adopt",
+                    self.me,
+                    states,
+                    self.ownership.clock.now,
+                    timeout_s=self.timeout_s,
                 )
             except Exception as error:  # any failure: the images are lost
                 logger.warning(
@@ -152,7 +173,7 @@ class Sending:
             finally:
                 for key, state in states:
                     self.engine.pictures.drop_image(key, state.content_digest)
-                    self._lent.pop(key, None)
+                    self.ownership.sent(key)
             if self.recorder is not None:
                 # What one image cost, the call's time shared among the images it carried.
                 each = (time.perf_counter() - started) / len(states)
@@ -171,8 +192,28 @@ class Sending:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), self.timeout_s)
 
+    async def _tell_borrowers(self, borrowers: frozenset[str], *keys: ImageKey) -> None:
+        """Borrowers forget their copies of `keys` (their owner is about to change, and the
+        next one will not know them), acknowledged, before the keys go."""
+        if borrowers and keys:
+            version = self.ownership.clock.tick()
+            await asyncio.gather(
+                *(
+                    self._call_quietly(b, "forget", key, version)
+                    for b in sorted(borrowers)
+                    for key in keys
+                )
+            )
+
     async def _notify(self, target: str, method: str, *args: Any) -> None:
         try:
             await self.peers.notify(target, method, *args, timeout_s=self.timeout_s)
         except Exception as error:  # the receiver's wait is bounded
+            logger.info("segmenter %s: %s to %s failed: %r", self.me, method, target, error)
+
+    async def _call_quietly(self, target: str, method: str, *args: Any) -> None:
+        """`method` on `target`, waiting for it to be done (within the timeout)."""
+        try:
+            await self.peers.call(target, method, *args, timeout_s=self.timeout_s)
+        except Exception as error:  # gone or too slow: its own ring change drops its copies
             logger.info("segmenter %s: %s to %s failed: %r", self.me, method, target, error)

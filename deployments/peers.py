@@ -52,8 +52,11 @@ class Peers(Protocol):
         `timeout_s`."""
         ...
 
-    async def forward(self, replica: str, operation: str, request: Any, timeout_s: float) -> Any:
-        """Serve `request` (operation `operation`) on `replica` as a client request there."""
+    async def forward(
+        self, replica: str, operation: str, request: Any, timeout_s: float, clock: int = 0
+    ) -> Any:
+        """Serve `request` (operation `operation`) on `replica` as a client request there;
+        `clock`: the sender's logical clock (`deployments.ownership.Clock`)."""
         ...
 
     async def notify(self, replica: str, method: str, *args: Any, timeout_s: float) -> None:
@@ -152,9 +155,11 @@ class RayPeers:
             self._board.post.remote(replica, ("note", self.me, "", body)), timeout_s
         )
 
-    async def forward(self, replica: str, operation: str, request: Any, timeout_s: float) -> Any:
+    async def forward(
+        self, replica: str, operation: str, request: Any, timeout_s: float, clock: int = 0
+    ) -> Any:
         response = self.handle.options(session_id=to_replica(replica)).handoff_forwarded.remote(
-            operation, request
+            operation, request, clock
         )
         try:
             return await asyncio.wait_for(_result(response), timeout_s)

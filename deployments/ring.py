@@ -16,6 +16,7 @@ hear of a crash).
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -40,13 +41,7 @@ class Ring:
     ) -> None:
         self.replicas = frozenset(replicas)
         self.virtual_nodes = virtual_nodes
-        points = sorted(
-            (_hash_bytes(f"{replica}:{i}".encode()), replica)
-            for replica in self.replicas
-            for i in range(virtual_nodes)
-        )
-        self._hashes = [point for point, _ in points]
-        self._owners = [replica for _, replica in points]
+        self._hashes, self._owners = _points(self.replicas, virtual_nodes)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -89,6 +84,18 @@ class Ring:
 
     def without(self, replica: str) -> Ring:
         return Ring(self.replicas - {replica}, self.virtual_nodes)
+
+
+@functools.lru_cache(maxsize=64)
+def _points(replicas: frozenset[str], virtual_nodes: int) -> tuple[list[int], list[str]]:
+    """The ring's sorted points and their replicas (cached: a replica rebuilds the rings it
+    saw from their versions while it waits for images)."""
+    points = sorted(
+        (_hash_bytes(f"{replica}:{i}".encode()), replica)
+        for replica in replicas
+        for i in range(virtual_nodes)
+    )
+    return [point for point, _ in points], [replica for _, replica in points]
 
 
 class RingFeed:

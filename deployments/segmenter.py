@@ -106,9 +106,13 @@ class SegmenterReplica:
             await self.handoff.after(request, reply.embedding_cache)
             return reply
 
-    async def handoff_forwarded(self, operation: str, request: ImageRequest) -> Reply | Sam3Error:
+    async def handoff_forwarded(
+        self, operation: str, request: ImageRequest, clock: int = 0
+    ) -> Reply | Sam3Error:
         """A request another replica sent on to this one, its image's owner (a helper that
-        could not get the image's picture, `deployments.handoff`)."""
+        could not get the image's picture, `deployments.handoff`); `clock`: the sender's
+        logical clock, so that what this request stores is newer than what the sender had."""
+        self.handoff.ownership.clock.observe(clock)
         return await self._serve(_BY_NAME[operation], request, forwarded=True)
 
     async def decoder_onnx(self, known_etag: str | None) -> DecoderFile:

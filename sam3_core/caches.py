@@ -24,13 +24,14 @@ from sam3_core.prompts import PromptSet, is_strict_subset
 class CachedEmbedding:
     """An image's embedding, the SHA-256 of the bytes it was computed from, and when the
     latest request that sent these bytes came: `arrival` orders requests within one engine
-    (larger is later), `sent_at` (wall clock) between engines. `handed_off`: obtained from
-    another engine and not yet used here."""
+    (larger is later), `version` between engines (a logical clock the owners stamp, carried
+    with every hand-off: `deployments.ownership`). `handed_off`: obtained from another engine
+    and not yet used here."""
 
     embedding: ImageEmbedding
     content_digest: str
     arrival: int = 0
-    sent_at: float = 0.0
+    version: int = 0
     handed_off: bool = False
 
     @property
@@ -83,10 +84,10 @@ class EmbeddingCache:
         return self._store(key, entry, latest_only=True)
 
     def adopt(self, key: Hashable, entry: CachedEmbedding) -> bool:
-        """Store `entry`, content another engine held, unless `key` holds content sent at the
-        same time or later (`sent_at`); for the content cached already, only note the later
-        `sent_at`. Returns whether `key` now holds `entry`'s content."""
-        return self._store(key, entry, latest_only=True, by_sent_at=True)
+        """Store `entry`, content another engine held, unless `key` holds content of the
+        same or a later `version`; for the content cached already, only note the later
+        `version`. Returns whether `key` now holds `entry`'s content."""
+        return self._store(key, entry, latest_only=True, by_version=True)
 
     def _store(
         self,
@@ -94,7 +95,7 @@ class EmbeddingCache:
         entry: CachedEmbedding,
         *,
         latest_only: bool,
-        by_sent_at: bool = False,
+        by_version: bool = False,
     ) -> bool:
         dropped: list[tuple[Hashable, CachedEmbedding]] = []
         with self._lock:
@@ -102,10 +103,10 @@ class EmbeddingCache:
             if latest_only and old is not None:
                 if old.content_digest == entry.content_digest:
                     old.arrival = max(old.arrival, entry.arrival)
-                    old.sent_at = max(old.sent_at, entry.sent_at)
+                    old.version = max(old.version, entry.version)
                     self._entries.move_to_end(key)
                     return True
-                if (old.sent_at >= entry.sent_at) if by_sent_at else (old.arrival > entry.arrival):
+                if (old.version >= entry.version) if by_version else (old.arrival > entry.arrival):
                     return False
             if old is not None and (
                 old.content_digest != entry.content_digest or entry.nbytes > self.max_bytes

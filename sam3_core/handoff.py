@@ -23,9 +23,10 @@ class ImageState:
 
     Attributes:
         content_digest: SHA-256 of the image bytes the embedding was computed from.
-        sent_at: wall-clock time (`time.time()`) at which the latest request that sent these
-            bytes reached an engine; between replicas, the later `sent_at` is the newer
-            content of an id.
+        version: the picture's version, a logical clock stamped by the owner that took the
+            latest request sending these bytes (`deployments.ownership`); between replicas,
+            the larger `version` is the newer content of an id. Never a wall clock: clocks of
+            different nodes disagree.
         embedding: the decoder's tensors on the CPU, in the sender's storage dtype
             (`image_embed` (1, C, S/14, S/14), `high_res_feats` at 4x and 2x that size).
         logits: the picture's saved prompt sets with their (P, L, L) float32 logits, oldest
@@ -33,7 +34,7 @@ class ImageState:
     """
 
     content_digest: str
-    sent_at: float
+    version: int
     embedding: ImageEmbedding
     logits: tuple[CachedLogits, ...] = ()
 

@@ -39,6 +39,10 @@ class Pictures:
         embed: the picture's embedding from the image file's bytes, as it is to be stored
             (on `device`, in `store_dtype`); may raise the engine's image errors.
         needs_trunk: whether the engine serves concepts (a picture must carry the trunk).
+
+    `stamp()` gives each request that sends bytes its picture's version, larger than every
+    version this engine has seen: a counter of its own, or the replica's logical clock
+    (`deployments.ownership.Clock.tick`), which hand-offs advance past the versions they carry.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class Pictures:
         self._inflight: dict[tuple[ImageKey, str], _Pending] = {}
         self._inflight_lock = threading.Lock()
         self._arrivals = itertools.count(1)
+        self.stamp: Callable[[], int] = itertools.count(1).__next__
         self._counter_lock = threading.Lock()
         self.hits = self.misses = self.handoffs = 0
 
@@ -79,7 +84,6 @@ class Pictures:
         if image_id is not None:
             check_image_id(image_id, max_length=self.max_image_id_length)
         arrival = next(self._arrivals)
-        sent_at = time.time()
         tenant = request.tenant or ""
         if image is None:
             if image_id is None:
@@ -91,7 +95,10 @@ class Pictures:
             if digest is not None:  # the caller has the bytes, and sends them if needed
                 if cached is None or cached.content_digest != digest:
                     raise ImageBytesNeededError(f"send the bytes of {image_id!r}")
-                self.embeddings.keep_latest(key, CachedEmbedding(cached.embedding, digest, arrival))
+                # Sending the same bytes again is a write too: the picture is newest again.
+                self.embeddings.keep_latest(
+                    key, CachedEmbedding(cached.embedding, digest, arrival, self.stamp())
+                )
             if cached is None:
                 self._count(hit=False)
                 raise ImageNotCachedError(
@@ -102,13 +109,13 @@ class Pictures:
         image_id = image_id or digest
         key = (tenant, image_id)
         started = time.perf_counter()
-        cached, outcome = self._embed_once(image, key, digest, arrival, sent_at)
+        cached, outcome = self._embed_once(image, key, digest, arrival, self.stamp())
         if outcome == "miss":
             timings["embed"] = time.perf_counter() - started
         return image_id, key, cached, outcome
 
     def _embed_once(
-        self, image: bytes, key: ImageKey, digest: str, arrival: int, sent_at: float
+        self, image: bytes, key: ImageKey, digest: str, arrival: int, version: int
     ) -> tuple[CachedEmbedding, CacheOutcome]:
         """The embedding of `image` under `key`: cached, computed by a concurrent request
         for the same content, or computed here; kept if this is the latest content."""
@@ -124,12 +131,12 @@ class Pictures:
                 cached = pending.future.result()
             assert cached is not None
             self.embeddings.keep_latest(
-                key, CachedEmbedding(cached.embedding, digest, arrival, sent_at)
+                key, CachedEmbedding(cached.embedding, digest, arrival, version)
             )
             return cached, self._use(cached)
         assert pending is not None
         try:
-            cached = CachedEmbedding(self._embed(image), digest, arrival, sent_at)
+            cached = CachedEmbedding(self._embed(image), digest, arrival, version)
             if (
                 not self.embeddings.keep_latest(key, cached)
                 and cached.nbytes > self.embeddings.max_bytes
@@ -191,10 +198,10 @@ class Pictures:
         cached = self.embeddings.peek(key)
         return cached is not None and content_digest in (None, cached.content_digest)
 
-    def image_version(self, key: ImageKey) -> tuple[str, float] | None:
-        """(content digest, `sent_at`) of the picture `key` holds, or None."""
+    def image_version(self, key: ImageKey) -> tuple[str, int] | None:
+        """(content digest, version) of the picture `key` holds, or None."""
         cached = self.embeddings.peek(key)
-        return None if cached is None else (cached.content_digest, cached.sent_at)
+        return None if cached is None else (cached.content_digest, cached.version)
 
     def export_image(self, key: ImageKey, content_digest: str | None = None) -> ImageState | None:
         """Everything kept about `key`'s picture (only if it is `content_digest`, when given),
@@ -206,16 +213,16 @@ class Pictures:
             return None
         return ImageState(
             content_digest=cached.content_digest,
-            sent_at=cached.sent_at,
+            version=cached.version,
             embedding=portable(cached.embedding),
             logits=tuple(self.logits.entries_for((key, cached.content_digest))),
         )
 
     def adopt_image(self, key: ImageKey, state: ImageState) -> bool:
         """Keep a picture another engine held under `key`, with its saved logits, unless
-        this engine is computing content for `key` right now or holds content of it sent at
-        the same time or later (`sent_at`): a handed-off picture never replaces newer
-        content. The same picture already held gains the other engine's saved logits.
+        this engine is computing content for `key` right now or holds content of it of the
+        same or a later `version`: a handed-off picture never replaces newer content. The
+        same picture already held gains the other engine's saved logits.
 
         Returns whether `key` now holds `state`'s picture; the first request served from it
         reports "handoff"."""
@@ -224,7 +231,7 @@ class Pictures:
         entry = CachedEmbedding(
             moved(state.embedding, self._device, self._store_dtype),
             state.content_digest,
-            sent_at=state.sent_at,
+            version=state.version,
             handed_off=True,
         )
         with self._inflight_lock:

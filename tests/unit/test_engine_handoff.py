@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from deployments.ownership import Clock
 from sam3_core import EmbedRequest, SegmentRequest
 from sam3_core.calls import ConceptRequest
 from sam3_core.concept_prompts import ConceptPrompt
@@ -20,6 +21,14 @@ from tests.unit.test_engine import clicks, images
 from tests.unit.test_pictures import GatedEncode
 
 KEY = ("", "photo")
+
+
+def one_clock(*engines) -> None:
+    """Engines that stamp versions from one logical clock, as replicas whose hand-off
+    messages carry their clocks do (`deployments.ownership`)."""
+    clock = Clock()
+    for engine in engines:
+        engine.pictures.stamp = clock.tick
 
 
 def click(engine, prompts, **options):
@@ -53,6 +62,7 @@ def test_the_adopting_engine_answers_as_the_one_that_embedded(make_segmenter):
 
 def test_a_handed_off_picture_never_replaces_content_sent_later(make_segmenter):
     sender, receiver = make_segmenter(), make_segmenter()
+    one_clock(sender, receiver)
     old, new = images(2)
     sender.embed(EmbedRequest(image=old, image_id="photo"))
     stale = sender.pictures.export_image(KEY)
@@ -66,19 +76,37 @@ def test_content_sent_later_elsewhere_replaces_an_older_picture(make_segmenter):
     """Two replicas both got bytes under one id (routers disagreed for a moment): the
     owner keeps whichever was sent last, and the older picture's logits go with it."""
     owner, other = make_segmenter(), make_segmenter()
+    one_clock(owner, other)
     old, new = images(2)
     owner.segment(
         SegmentRequest(
             image=old, image_id="photo", prompts=clicks((5, 5)), save_logits_to_cache=True
         )
     )
-    time.sleep(0.01)
     other.embed(EmbedRequest(image=new, image_id="photo"))
     assert owner.pictures.adopt_image(KEY, other.pictures.export_image(KEY))
     assert owner.pictures.holds(KEY, content_id(new))
     assert owner.logits.count_for((KEY, content_id(old))) == 0
     expected = click(other, clicks((5, 5)))
     assert np.array_equal(click(owner, clicks((5, 5))).decoded.masks, expected.decoded.masks)
+
+
+def test_sending_the_same_bytes_again_makes_them_the_newest_content(make_segmenter):
+    """Finding 5 of the ownership issue: bytes re-sent under an id (by digest first, or in
+    full) are the id's newest content, newer than a picture another engine got meanwhile;
+    with wall clocks the digest-first path stored time 0 and lost to any picture."""
+    owner, other = make_segmenter(), make_segmenter()
+    one_clock(owner, other)
+    first, second = images(2)
+    owner.embed(EmbedRequest(image=first, image_id="photo"))
+    other.embed(EmbedRequest(image=second, image_id="photo"))
+    # The client goes back to the first picture: digest first, and the owner has it.
+    owner.segment(
+        SegmentRequest(image_id="photo", image_digest=content_id(first), prompts=clicks((5, 5)))
+    )
+    assert not owner.pictures.adopt_image(KEY, other.pictures.export_image(KEY))
+    assert other.pictures.adopt_image(KEY, owner.pictures.export_image(KEY))
+    assert other.pictures.holds(KEY, content_id(first))
 
 
 def test_no_adoption_while_the_id_is_being_embedded(make_segmenter, monkeypatch):

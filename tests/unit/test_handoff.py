@@ -82,10 +82,14 @@ class LocalPeers:
         args = pickle.loads(pickle.dumps(args))
         await target.handoff.answer(method, args)
 
-    async def forward(self, replica: str, operation: str, request: Any, timeout_s: float) -> Any:
+    async def forward(
+        self, replica: str, operation: str, request: Any, timeout_s: float, clock: int = 0
+    ) -> Any:
         target = self._target(replica)
         self.cluster.calls.append((self.me, replica, "forward"))
-        return await asyncio.wait_for(target.handoff_forwarded(operation, request), timeout_s)
+        return await asyncio.wait_for(
+            target.handoff_forwarded(operation, request, clock), timeout_s
+        )
 
     async def alive(self, replica: str) -> bool:
         return (
