@@ -178,7 +178,7 @@ def detector(context: Any, event: Any) -> Any:
     data = event.body
     labels: list[str] = context.user_data.labels
     try:
-        threshold = float(data.get("threshold") or 0.5)
+        threshold = 0.5 if data.get("threshold") is None else float(data["threshold"])
         body = {
             "prompts": [{"type": "text", "text": label} for label in labels],
             "output_prob_thresh": threshold,
