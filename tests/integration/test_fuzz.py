@@ -56,6 +56,17 @@ def test_generated_requests_against_the_served_schema(service: LocalCluster):
         "/sam3/concept_segment",
         "/sam3/embedding",
         "/sam3/decoder.onnx",
+        *(
+            f"/sam3/video/{name}"
+            for name in (
+                "start_session",
+                "add_prompt",
+                "propagate_in_video",
+                "remove_object",
+                "reset_session",
+                "close_session",
+            )
+        ),
         "/healthz",
         "/readyz",
     }
