@@ -22,6 +22,14 @@ ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 
 
+@pytest.fixture(autouse=True)
+def no_ray_cluster(monkeypatch):
+    """Build as on a machine without a Ray cluster, whatever the session's Ray tests left
+    connected: the builder checks the replicas' settings only where a local cluster shares
+    this process's environment (`replicas_share_this_environment`)."""
+    monkeypatch.setattr(app_module.ray, "is_initialized", lambda: False)
+
+
 def deployments(args: dict) -> dict:
     ingress = build_app(args)._bound_deployment
     segmenter = ingress.init_args[0]._bound_deployment
