@@ -4,6 +4,7 @@ authentication), then an embed, two clicks, the page, and README's readiness che
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -82,7 +83,17 @@ def test_serve_run_serve_config_serves_on_port_8000(tmp_path):
             ["bash", "-c", command], env=fresh, capture_output=True, text=True, timeout=120
         )
         assert status.returncode == 0, status.stdout + status.stderr
-        assert re.search(r"sam3:\n\s+status: RUNNING", status.stdout), status.stdout
+        assert json.loads(status.stdout) == {"status": "ready"}, status.stdout
+        # The operator's view the README names beside it: Ray's CLI, with its token.
+        operator = subprocess.run(
+            [serve_cli, "status"],
+            env={**fresh, "RAY_AUTH_MODE": "token"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert operator.returncode == 0, operator.stdout + operator.stderr
+        assert re.search(r"sam3:\n\s+status: RUNNING", operator.stdout), operator.stdout
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:

@@ -181,13 +181,16 @@ def test_ports_metrics_and_probes(rendered, name):
 
 
 @pytest.mark.parametrize("name", RAY_SERVICES)
-def test_the_ingress_and_the_handoff_board_stay_on_cpu_workers(rendered, name):
+def test_the_ingress_and_the_handoff_board_stay_on_cpu_workers(rendered, name, monkeypatch):
     """GPU workers advertise CPUs too: without a resource of their own, an ingress replica
     (or the segmenters' hand-off board) could land on a GPU pod and keep it from scaling in.
     serveConfigV2 names a resource that the cpu-workers group alone advertises, and the
     application builder makes both ask for it."""
     from deployments.app import CPU_NODE_SHARE, build_app
     from deployments.peers import BOARD
+
+    # Built as the head pod builds it: on Kubernetes (the weights are on the GPU workers).
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
 
     service = ray_service(rendered, name)
     args = serve_config_v2(service)["applications"][0]["args"]
