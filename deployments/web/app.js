@@ -191,15 +191,26 @@ function restore(saved) {
   rows.clear();
 }
 
-let saving = null;
+// One debounced save per image: moving to the next image must not cancel the last one's.
+const saving = new Map();
+function cancelSaves() {
+  for (const timer of saving.values()) clearTimeout(timer);
+  saving.clear();
+}
 /** Keep the open image's objects (in the entry, and in IndexedDB shortly after). */
 function keep() {
   if (!state.image) return;
   state.image.saved = snapshot();
   const position = state.index;
   const saved = state.image.saved;
-  clearTimeout(saving);
-  saving = setTimeout(() => saveAnnotations(position, saved).catch(showError), 150);
+  clearTimeout(saving.get(position));
+  saving.set(
+    position,
+    setTimeout(() => {
+      saving.delete(position);
+      saveAnnotations(position, saved).catch(showError);
+    }, 150),
+  );
 }
 
 /**
@@ -214,7 +225,7 @@ async function openFiles(fileList) {
   const images = files.filter((file) => !isJson(file) && isImage(file));
   if (images.length) {
     images.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }));
-    clearTimeout(saving);
+    cancelSaves();
     state.image = null;
     state.dataset = images.map((file) => newEntry(file.name, file));
     saveFiles(images).catch(showError);
@@ -305,7 +316,7 @@ async function continueFromCoco(file) {
 }
 
 async function clearAll() {
-  clearTimeout(saving);
+  cancelSaves();
   await clearDataset();
   for (const entry of state.dataset) if (entry.id) local.forget(entry.id);
   state.dataset = [];

@@ -110,6 +110,24 @@ class Session:
         box = self.page.get_by_test_id("canvas").bounding_box()
         return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
+    def wait_saved(self, images: int) -> None:
+        """Until IndexedDB holds objects for `images` images (the page saves them shortly
+        after each change)."""
+        script = """() => new Promise((resolve) => {
+            const open = indexedDB.open("sam3-serve");
+            open.onsuccess = () => {
+                const all = open.result.transaction("annotations").objectStore("annotations")
+                    .getAll();
+                all.onsuccess = () =>
+                    resolve(all.result.filter((a) => a?.objects?.length).length);
+            };
+            open.onerror = () => resolve(0);
+        })"""
+        deadline = time.monotonic() + 30
+        while self.page.evaluate(script) < images:
+            assert time.monotonic() < deadline, "the page did not save its objects"
+            self.page.wait_for_timeout(100)
+
     def wait_objects(self, count: int) -> None:
         objects = self.page.get_by_test_id("object-list").get_by_test_id("object")
         expect(objects).to_have_count(count)
@@ -260,7 +278,7 @@ def test_a_dataset_next_previous_prefetch_and_reload(tab, url, images):
     assert "visual_segment" not in tab.requests
 
     # A reload mid-work: every image and every object back, from IndexedDB.
-    page.wait_for_timeout(400)  # the autosave's debounce
+    tab.wait_saved(2)  # the autosave (debounced) of both annotated images
     page.reload()
     expect(index).to_have_text("3 / 3", timeout=30_000)
     page.get_by_test_id("prev-image").click()
@@ -276,7 +294,11 @@ def test_a_dataset_coco_file_and_continuing_from_it(tab, url, images, tmp_path):
     page.get_by_test_id("image-input").set_input_files(images)
     index = page.get_by_test_id("image-index")
     expect(index).to_have_text("1 / 3")
-    expect(page.locator("#progress")).to_be_hidden(timeout=120_000)  # embedded
+    # Embedded (the progress overlay, hidden before the embed starts too, would pass at once).
+    expect(page.get_by_test_id("status")).to_have_text(
+        re.compile(r"embedding · \d+ ms"), timeout=120_000
+    )
+    expect(page.locator("#progress")).to_be_hidden(timeout=120_000)
     cx, cy = tab.centre()
     page.mouse.click(cx, cy)
     tab.wait_objects(1)
