@@ -64,7 +64,7 @@ def test_one_seed():
 # fix is noticed and the seed moves into the runs above. All are 404s for an image a live
 # replica holds while the ring changes under it (docs/operations.md, "Residual orders").
 RESIDUAL_SCALE_OUT = (56, 76)  # a picture reaches a replica that is no longer its owner
-RESIDUAL_ALL_FAULTS = (11, 19, 20)
+RESIDUAL_ALL_FAULTS = (3, 11, 19, 20, 24, 59)
 
 
 @pytest.mark.parametrize(
