@@ -55,13 +55,18 @@ LOCAL = """async ([dataUrl, points, threads]) => {
   await local.decode(id, { points: [points[0]], box: null }, true);  // warm-up
   const ms = [];
   const workerMs = [];
+  const stages = {};
   for (const p of points) {
     const t = performance.now();
     const answer = await local.decode(id, { points: [p], box: null }, true);
     ms.push(performance.now() - t);
-    workerMs.push(answer.decodeMs);
+    workerMs.push(answer.ms);
+    for (const [stage, value] of Object.entries(answer.stages)) {
+      (stages[stage] ??= []).push(value);
+    }
   }
-  return { id, ms, workerMs, startMs, loadMs, threads: local.threads };
+  local.worker.terminate();
+  return { id, ms, workerMs, stages, startMs, loadMs, threads: local.threads, simd: local.simd };
 }"""
 
 SERVER = """async ([id, points]) => {
@@ -109,6 +114,21 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def local_figures(answer: dict) -> dict:
+    """The page's figures: click to mask, the worker's share, and the worker's stages."""
+    return {
+        "wasm_threads": answer["threads"],
+        "wasm_simd": answer["simd"],
+        "click": summary(answer["ms"]),
+        "worker": summary(answer["workerMs"]),
+        # Stage medians: tensors fed, onnxruntime-web's run, proposal chosen (and kept for
+        # refinement), holes filled, upsampled to the image and RLE-encoded.
+        "stages_p50_ms": {k: statistics.median(v) for k, v in answer["stages"].items()},
+        # Posting the prompt to the worker and its answer back.
+        "messages_p50_ms": statistics.median(answer["ms"]) - statistics.median(answer["workerMs"]),
+    }
+
+
 def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict:
     settings = EngineSettings(random_weights=arch, max_hole_area=0, concepts=False, device="cpu")
     engine = Segmenter(load_model(settings), settings)
@@ -118,6 +138,7 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         {"x": 40 + (i * 97) % (WIDTH - 80), "y": 30 + (i * 61) % (HEIGHT - 60), "positive": True}
         for i in range(clicks)
     ]
+    load_before = os.getloadavg()[0]
     with serving(engine) as url:
         started = time.perf_counter()
         onnx = requests.get(url + "/sam3/decoder.onnx", timeout=600).content
@@ -132,6 +153,8 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         local_requests = len(sent)
         server_ms = page.evaluate(SERVER, [local["id"], points])
         server_requests = len(sent) - local_requests
+        # The same clicks on one WASM thread: what the threads buy.
+        single = page.evaluate(LOCAL, [data_url, points, 1])
         context.close()
         sizes = {
             encoding: len(
@@ -146,8 +169,11 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
     return {
         "arch": arch,
         "image": [HEIGHT, WIDTH],
+        # One-minute load average of this machine when the arch's run began and ended.
+        "load_average": [load_before, os.getloadavg()[0]],
         "cross_origin_isolated": isolated,
         "wasm_threads": local["threads"],
+        "wasm_simd": local["simd"],
         "decoder_onnx_bytes": len(onnx),
         "decoder_export_seconds": export_s,
         "decoder_start_ms": local["startMs"],
@@ -155,6 +181,8 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         "embedding_bytes": sizes,
         "local": summary(local["ms"]),
         "local_worker": summary(local["workerMs"]),
+        "local_detail": local_figures(local),
+        "local_one_thread": local_figures(single),
         "server": summary(server_ms),
         # Requests to the service while the clicks were decoded locally (decoder and
         # embedding are fetched before), and per click through the service.
@@ -167,6 +195,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", nargs="+", default=["narrow", "full"])
     parser.add_argument("--clicks", type=int, default=20)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="WASM threads (default: the page's choice)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     path = chromium_path()
@@ -177,7 +208,7 @@ def main() -> None:
         results = {**json.loads(args.out.read_text()), **results}
     with chromium(path) as browser:
         for arch in args.arch:
-            results[arch] = measure(arch, args.clicks, browser)
+            results[arch] = measure(arch, args.clicks, browser, args.threads)
             print(json.dumps(results[arch], indent=1))
             args.out.write_text(json.dumps(results, indent=1) + "\n")
 

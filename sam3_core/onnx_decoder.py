@@ -29,7 +29,7 @@ from sam3_core.model import ImageEmbedding, InteractiveSam3
 
 OPSET = 17
 # Bumped when the graph's inputs or outputs change: part of the ETag.
-GRAPH_VERSION = "1"
+GRAPH_VERSION = "2"
 INPUT_NAMES = (
     "image_embed",
     "high_res_feats_0",
@@ -41,6 +41,10 @@ INPUT_NAMES = (
     "orig_im_size",
 )
 OUTPUT_NAMES = ("low_res_masks", "iou_predictions")
+# The mask input's side when there is no previous decode: the smallest sam3's mask
+# downscaling (two stride-2 convolutions) takes. Its embedding is gated off then, and the
+# graph skips downscaling an L x L plane of zeros (a tenth of a click's time in WebAssembly).
+NO_MASK_SIDE = 4
 # sam3's logits clamp for the low-res masks it hands back (`_predict`).
 LOGITS_CLAMP = 32.0
 
@@ -54,7 +58,8 @@ class Sam3OnnxDecoder(nn.Module):
         point_coords: (1, N, 2) x/y in original-image pixels; a box is two points first,
             labelled 2 and 3 (top-left, bottom-right).
         point_labels: (1, N): 1 positive, 0 negative, 2/3 box corners, -1 padding.
-        mask_input: (1, 1, L, L) low-res logits of the previous decode (zeros if none).
+        mask_input: (1, 1, L, L) low-res logits of the previous decode; with none, zeros
+            of any side from 4 (`NO_MASK_SIDE`): it is not used then.
         has_mask_input: (1,) 1 where mask_input is used, else 0.
         orig_im_size: (2,) the original image's (H, W).
 
@@ -122,6 +127,7 @@ def decoder_settings(model: InteractiveSam3) -> dict[str, float | int]:
     return {
         "image_size": model.arch.image_size,
         "low_res_size": model.arch.low_res_size,
+        "no_mask_side": NO_MASK_SIDE,
         "mask_threshold": float(predictor.mask_threshold),
         "max_hole_area": float(predictor._transforms.max_hole_area),
         "stability_delta": float(mask_decoder.dynamic_multimask_stability_delta),
@@ -132,7 +138,7 @@ def decoder_settings(model: InteractiveSam3) -> dict[str, float | int]:
 
 def export_decoder(model: InteractiveSam3) -> bytes:
     """The ONNX file (opset 17, TorchScript exporter) of `Sam3OnnxDecoder(model)`, with the
-    number of points dynamic."""
+    number of points and the mask input's side dynamic."""
     module = Sam3OnnxDecoder(model)
     arch = model.arch
     width = arch.feature_width
@@ -157,7 +163,11 @@ def export_decoder(model: InteractiveSam3) -> bytes:
             buffer,
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
-            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            dynamic_axes={
+                "point_coords": {1: "num_points"},
+                "point_labels": {1: "num_points"},
+                "mask_input": {2: "mask_side", 3: "mask_side"},
+            },
             opset_version=OPSET,
             dynamo=False,
             do_constant_folding=True,
@@ -200,7 +210,8 @@ def decoder_inputs(
             parsed (then `orig_hw` is needed).
         point_coords: (N, 2) x/y in original pixels, box corners first.
         point_labels: (N,) 1, 0, 2/3 (box corners).
-        mask_input: (L, L) low-res logits of the previous decode, or None.
+        mask_input: (L, L) low-res logits of the previous decode, or None (then a
+            `NO_MASK_SIDE` square of zeros, as the page sends).
     """
     if isinstance(embedding, ImageEmbedding):
         arrays = {
@@ -215,14 +226,13 @@ def decoder_inputs(
     assert orig_hw is not None, "orig_hw comes with the embedding"
     side = arrays["high_res_feats_0"].shape[-1]
     has_mask = mask_input is not None
+    empty = np.zeros((1, 1, NO_MASK_SIDE, NO_MASK_SIDE), np.float32)
     return {
         **arrays,
         "point_coords": np.asarray(point_coords, np.float32).reshape(1, -1, 2),
         "point_labels": np.asarray(point_labels, np.float32).reshape(1, -1),
         "mask_input": (
-            np.asarray(mask_input, np.float32).reshape(1, 1, side, side)
-            if has_mask
-            else np.zeros((1, 1, side, side), np.float32)
+            np.asarray(mask_input, np.float32).reshape(1, 1, side, side) if has_mask else empty
         ),
         "has_mask_input": np.array([1.0 if has_mask else 0.0], np.float32),
         "orig_im_size": np.array(orig_hw, np.float32),

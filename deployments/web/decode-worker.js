@@ -1,7 +1,8 @@
 // The interactive decoder in a Web Worker (onnxruntime-web, WASM with SIMD, and threads
 // where the page is cross-origin isolated): the page sends the decoder once, each image's
 // embedding once (sam3_core/protocol/embedding.py's layout), then prompts; it gets masks as
-// COCO RLE, computed as the server computes them (local-masks.js).
+// COCO RLE, computed as the server computes them (local-masks.js). A decode answers the
+// time of each of its stages (`stages`, milliseconds) for bench/browser_decode.py.
 //
 // Messages in: {id, type: "init", onnx: ArrayBuffer, threads}, {id, type: "embedding",
 // imageId, buffer}, {id, type: "decode", imageId, points, box, multimask},
@@ -15,6 +16,12 @@ ort.env.wasm.wasmPaths = new URL("./vendor/", import.meta.url).href;
 const KEEP_IMAGES = 4; // embeddings held here: the current image, the next, two behind
 const KEEP_PRIORS = 64; // earlier decodes per image, for refinement
 const MAGIC = "SAM3EMB1";
+// The smallest module with a v128 (SIMD) function: whether this browser runs WASM SIMD
+// (onnxruntime-web ships only its SIMD build, so it decodes with SIMD or not at all).
+const SIMD_PROBE = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0,
+  253, 15, 253, 98, 11,
+]);
 let session = null;
 /** @type {Map<string, {feeds: object, height: number, width: number, settings: object, priors: object[]}>} */
 const images = new Map();
@@ -93,7 +100,11 @@ const handlers = {
       executionProviders: ["wasm"],
       graphOptimizationLevel: "all",
     });
-    return { threads: ort.env.wasm.numThreads, isolated: self.crossOriginIsolated };
+    return {
+      threads: ort.env.wasm.numThreads,
+      isolated: self.crossOriginIsolated,
+      simd: WebAssembly.validate(SIMD_PROBE),
+    };
   },
 
   embedding({ imageId, buffer }) {
@@ -132,35 +143,52 @@ const handlers = {
     }
     const side = settings.low_res_size;
     const prior = findPrior(image.priors, points, box);
+    // Without a previous decode the graph ignores the mask: the smallest one it takes.
+    const maskSide = prior ? side : (settings.no_mask_side ?? side);
     const feeds = {
       ...image.feeds,
       point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, labels.length, 2]),
       point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, labels.length]),
-      mask_input: new ort.Tensor("float32", prior ?? new Float32Array(side * side), [
-        1, 1, side, side,
+      mask_input: new ort.Tensor("float32", prior ?? new Float32Array(maskSide * maskSide), [
+        1, 1, maskSide, maskSide,
       ]),
       has_mask_input: new ort.Tensor("float32", Float32Array.of(prior ? 1 : 0), [1]),
       orig_im_size: new ort.Tensor("float32", Float32Array.of(image.height, image.width), [2]),
     };
+    const marks = [performance.now()];
     const out = await session.run(feeds);
-    const decoded = performance.now();
+    marks.push(performance.now());
     const masks = out.low_res_masks.data;
     const scores = out.iou_predictions.data;
     const chosen = chooseProposal(masks, scores, multimask, settings);
     const clamp = settings.logits_clamp;
-    const kept = chosen.logits.map((v) => Math.min(Math.max(v, -clamp), clamp));
+    const kept = new Float32Array(chosen.logits.length); // a loop: TypedArray.map is slow
+    for (let i = 0; i < kept.length; i += 1) {
+      const v = chosen.logits[i];
+      kept[i] = v > clamp ? clamp : v < -clamp ? -clamp : v;
+    }
     image.priors.push({ points, box, logits: kept });
     if (image.priors.length > KEEP_PRIORS) image.priors.shift();
+    marks.push(performance.now());
     const logits = fillHoles(Float32Array.from(chosen.logits), side, settings.mask_threshold,
       settings.max_hole_area);
+    marks.push(performance.now());
     const rle = upsampleToRle(logits, side, image.height, image.width, settings.mask_threshold);
+    marks.push(performance.now());
     return {
       rle: { size: rle.size, counts: rle.counts },
       score: chosen.score,
       proposal: chosen.index,
       prior: prior !== null,
-      decodeMs: decoded - started,
-      ms: performance.now() - started,
+      decodeMs: marks[1] - marks[0],
+      ms: marks[4] - started,
+      stages: {
+        feeds: marks[0] - started,
+        run: marks[1] - marks[0],
+        choose: marks[2] - marks[1],
+        holes: marks[3] - marks[2],
+        upsample: marks[4] - marks[3],
+      },
     };
   },
 };

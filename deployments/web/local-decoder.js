@@ -17,7 +17,8 @@ export class LocalDecoder {
     this.encoding = encoding;
     this.disabled = disabled; // why not to try at all, or null
     this.reason = null; // why the browser cannot decode, or null
-    this.threads = 0;
+    this.threads = 0; // onnxruntime-web's WASM threads, once loaded
+    this.simd = null; // whether the browser runs WASM SIMD, once loaded
     this.worker = null;
     this.ready = null; // Promise of the decoder loaded in the worker
     this.loaded = new Map(); // imageId -> Promise of its embedding in the worker
@@ -62,6 +63,7 @@ export class LocalDecoder {
     const onnx = await response.arrayBuffer();
     const answer = await this.#post({ type: "init", onnx, threads: this.maxThreads }, [onnx]);
     this.threads = answer.threads;
+    this.simd = answer.simd;
   }
 
   #post(message, transfer = []) {

@@ -101,8 +101,12 @@ function axis(inSize, outSize) {
 }
 
 /**
- * The low-res logits upsampled to (H, W), thresholded, as COCO RLE: computed column by
- * column (RLE's order), without an H*W mask in memory.
+ * The low-res logits upsampled to (H, W), thresholded, as COCO RLE, without an H*W mask in
+ * memory. torch's order of operations (each low-res row interpolated along x, then the two
+ * rows along y, in float32), so the masks are the server's bit for bit; the x pass is done
+ * once per low-res row (L*W values, stored column-major) rather than once per pixel, and a
+ * run of output rows between the same two low-res rows is decided at once when both are on
+ * the same side of a zero threshold (a convex combination keeps the sign).
  * @param {Float32Array} logits (L, L)
  * @returns {{size: number[], counts: string, area: number}}
  */
@@ -110,29 +114,58 @@ export function upsampleToRle(logits, side, height, width, threshold) {
   const ys = axis(side, height);
   const xs = axis(side, width);
   const f = Math.fround;
-  const counts = [];
-  let run = 0;
-  let inside = false;
-  let area = 0;
+  // along[x * side + r]: low-res row r interpolated at output column x.
+  const along = new Float32Array(width * side);
   for (let x = 0; x < width; x += 1) {
     const x0 = xs.low[x];
     const x1 = xs.high[x];
     const a = xs.w0[x];
     const b = xs.w1[x];
-    for (let y = 0; y < height; y += 1) {
-      const r0 = ys.low[y] * side;
-      const r1 = ys.high[y] * side;
-      const top = f(f(logits[r0 + x0] * a) + f(logits[r0 + x1] * b));
-      const bottom = f(f(logits[r1 + x0] * a) + f(logits[r1 + x1] * b));
-      const value = f(f(top * ys.w0[y]) + f(bottom * ys.w1[y]));
-      const on = value > threshold;
-      if (on !== inside) {
-        counts.push(run);
-        run = 0;
-        inside = on;
+    const at = x * side;
+    for (let r = 0, row = 0; r < side; r += 1, row += side) {
+      along[at + r] = f(logits[row + x0] * a) + f(logits[row + x1] * b);
+    }
+  }
+  // Output rows grouped by their pair of low-res rows: [start, end) of each group.
+  const groups = [];
+  for (let y = 0; y < height; ) {
+    let end = y + 1;
+    while (end < height && ys.low[end] === ys.low[y] && ys.high[end] === ys.high[y]) end += 1;
+    groups.push(y, end);
+    y = end;
+  }
+  const whole = threshold === 0;
+  // Sure of the sign: away from float32's denormals (a product of one could round to 0).
+  const TINY = 1e-30;
+  const counts = [];
+  let run = 0;
+  let inside = false;
+  let area = 0;
+  const flip = () => {
+    counts.push(run);
+    run = 0;
+    inside = !inside;
+  };
+  for (let x = 0; x < width; x += 1) {
+    const at = x * side;
+    for (let g = 0; g < groups.length; g += 2) {
+      const start = groups[g];
+      const end = groups[g + 1];
+      const top = along[at + ys.low[start]];
+      const bottom = along[at + ys.high[start]];
+      if (whole && ((top <= 0 && bottom <= 0) || (top > TINY && bottom > TINY))) {
+        const on = top > 0;
+        if (on !== inside) flip();
+        run += end - start;
+        if (on) area += end - start;
+        continue;
       }
-      run += 1;
-      if (on) area += 1;
+      for (let y = start; y < end; y += 1) {
+        const on = f(f(top * ys.w0[y]) + f(bottom * ys.w1[y])) > threshold;
+        if (on !== inside) flip();
+        run += 1;
+        if (on) area += 1;
+      }
     }
   }
   counts.push(run);
@@ -141,7 +174,9 @@ export function upsampleToRle(logits, side, height, width, threshold) {
 
 /** pycocotools' rleToString: run lengths as its compressed string. */
 export function countsToString(counts) {
-  let text = "";
+  // At most 7 characters a run (32-bit counts, 5 bits a character), written as bytes.
+  const bytes = new Uint8Array(counts.length * 7);
+  let n = 0;
   for (let i = 0; i < counts.length; i += 1) {
     let x = counts[i];
     if (i > 2) x -= counts[i - 2];
@@ -151,8 +186,8 @@ export function countsToString(counts) {
       x >>= 5;
       more = c & 0x10 ? x !== -1 : x !== 0;
       if (more) c |= 0x20;
-      text += String.fromCharCode(c + 48);
+      bytes[n++] = c + 48;
     }
   }
-  return text;
+  return new TextDecoder("latin1").decode(bytes.subarray(0, n));
 }

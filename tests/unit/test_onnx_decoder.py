@@ -99,13 +99,19 @@ def test_onnx_equals_torch_on_float32_inputs(model, session, embedding, prompt):
 
 
 def test_the_mask_input_is_used(model, session, embedding):
-    """The has_mask_input flag gates the mask input: with it, another answer."""
+    """The has_mask_input flag gates the mask input: with it, another answer; without it,
+    the same answer whatever the mask input's side."""
     coords, labels = onnx_prompt(*PROMPTS[0][:3])
     side = model.arch.low_res_size
     prior = np.random.default_rng(0).normal(0, 8, (side, side)).astype(np.float32)
     without = session.run(None, onnx_decoder.decoder_inputs(embedding, coords, labels))[0]
     with_prior = session.run(None, onnx_decoder.decoder_inputs(embedding, coords, labels, prior))[0]
     assert not np.allclose(without, with_prior)
+    # Gated off, the mask input's size does not matter: the smallest answers as a full one.
+    full = onnx_decoder.decoder_inputs(embedding, coords, labels)
+    full["mask_input"] = np.zeros((1, 1, side, side), np.float32)
+    assert side > onnx_decoder.NO_MASK_SIDE
+    np.testing.assert_array_equal(session.run(None, full)[0], without)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
