@@ -22,6 +22,7 @@ const SIMD_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0,
   253, 15, 253, 98, 11,
 ]);
+const WARM_RUNS = 2; // decodes of zeros when the decoder loads, before any click
 let session = null;
 /** @type {Map<string, {feeds: object, height: number, width: number, settings: object, priors: object[]}>} */
 const images = new Map();
@@ -93,6 +94,61 @@ function findPrior(priors, points, box) {
   return best ? best.logits : null;
 }
 
+/** The graph's feed for one prompt on one image (box corners first, as points 2 and 3). */
+function feedsFor(image, points, box, prior) {
+  const coords = [];
+  const labels = [];
+  if (box) {
+    coords.push(box.x0, box.y0, box.x1, box.y1);
+    labels.push(2, 3);
+  }
+  for (const p of points) {
+    coords.push(p.x, p.y);
+    labels.push(p.positive ? 1 : 0);
+  }
+  const side = image.settings.low_res_size;
+  // Without a previous decode the graph ignores the mask: the smallest one it takes.
+  const maskSide = prior ? side : (image.settings.no_mask_side ?? side);
+  return {
+    ...image.feeds,
+    point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, labels.length, 2]),
+    point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, labels.length]),
+    mask_input: new ort.Tensor("float32", prior ?? new Float32Array(maskSide * maskSide), [
+      1, 1, maskSide, maskSide,
+    ]),
+    has_mask_input: new ort.Tensor("float32", Float32Array.of(prior ? 1 : 0), [1]),
+    orig_im_size: new ort.Tensor("float32", Float32Array.of(image.height, image.width), [2]),
+  };
+}
+
+/**
+ * A few decodes of zeros, the embedding's shapes read from the graph. V8 runs WebAssembly in
+ * a baseline tier first and compiles what runs hot again in the background: the first
+ * decodes are several times slower, and this spends them while the page waits for an image
+ * rather than on its first clicks. False where the graph does not say its shapes.
+ */
+async function warmUp() {
+  const shapes = new Map((session.inputMetadata ?? []).map((m) => [m.name, m.shape]));
+  const embed = ["image_embed", "high_res_feats_0", "high_res_feats_1"].map((name) => [
+    name,
+    shapes.get(name),
+  ]);
+  if (!embed.every(([, shape]) => shape?.every((d) => typeof d === "number"))) return false;
+  const side = embed[1][1][3];
+  const zeros = (shape) => new Float32Array(shape.reduce((a, b) => a * b, 1));
+  const image = {
+    feeds: Object.fromEntries(
+      embed.map(([name, shape]) => [name, new ort.Tensor("float32", zeros(shape), shape)]),
+    ),
+    height: side,
+    width: side,
+    settings: { low_res_size: side },
+  };
+  const centre = [{ x: side / 2, y: side / 2, positive: true }];
+  for (let i = 0; i < WARM_RUNS; i += 1) await session.run(feedsFor(image, centre, null, null));
+  return true;
+}
+
 const handlers = {
   async init({ onnx, threads }) {
     ort.env.wasm.numThreads = self.crossOriginIsolated ? threads : 1;
@@ -100,7 +156,10 @@ const handlers = {
       executionProviders: ["wasm"],
       graphOptimizationLevel: "all",
     });
+    const started = performance.now();
+    const warmed = await warmUp();
     return {
+      warmMs: warmed ? performance.now() - started : null,
       threads: ort.env.wasm.numThreads,
       isolated: self.crossOriginIsolated,
       simd: WebAssembly.validate(SIMD_PROBE),
@@ -110,13 +169,14 @@ const handlers = {
   embedding({ imageId, buffer }) {
     const { header, arrays } = readEmbedding(buffer);
     images.delete(imageId);
-    images.set(imageId, {
+    const image = {
       feeds: arrays,
       height: header.orig_hw[0],
       width: header.orig_hw[1],
       settings: header.decoder,
       priors: [],
-    });
+    };
+    images.set(imageId, image);
     while (images.size > KEEP_IMAGES) images.delete(images.keys().next().value);
     return { bytes: buffer.byteLength, etag: header.decoder?.etag ?? null };
   },
@@ -131,30 +191,9 @@ const handlers = {
     if (!image) throw new Error("no embedding for this image here");
     const started = performance.now();
     const settings = image.settings;
-    const coords = [];
-    const labels = [];
-    if (box) {
-      coords.push(box.x0, box.y0, box.x1, box.y1);
-      labels.push(2, 3);
-    }
-    for (const p of points) {
-      coords.push(p.x, p.y);
-      labels.push(p.positive ? 1 : 0);
-    }
     const side = settings.low_res_size;
     const prior = findPrior(image.priors, points, box);
-    // Without a previous decode the graph ignores the mask: the smallest one it takes.
-    const maskSide = prior ? side : (settings.no_mask_side ?? side);
-    const feeds = {
-      ...image.feeds,
-      point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, labels.length, 2]),
-      point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, labels.length]),
-      mask_input: new ort.Tensor("float32", prior ?? new Float32Array(maskSide * maskSide), [
-        1, 1, maskSide, maskSide,
-      ]),
-      has_mask_input: new ort.Tensor("float32", Float32Array.of(prior ? 1 : 0), [1]),
-      orig_im_size: new ort.Tensor("float32", Float32Array.of(image.height, image.width), [2]),
-    };
+    const feeds = feedsFor(image, points, box, prior);
     const marks = [performance.now()];
     const out = await session.run(feeds);
     marks.push(performance.now());

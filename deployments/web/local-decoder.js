@@ -13,12 +13,17 @@ export class LocalDecoder {
    */
   constructor(api, { encoding = "float16", disabled = null, threads = null } = {}) {
     this.api = api;
-    this.maxThreads = threads ?? Math.min(MAX_THREADS, navigator.hardwareConcurrency || 1);
+    // Half the cores, as onnxruntime-web's own default: a thread more than the machine has
+    // free stalls every operator on its slowest thread (measured: 2 threads on a busy 2-core
+    // machine decode slower than 1; bench/browser_decode.py compares both).
+    const cores = navigator.hardwareConcurrency || 1;
+    this.maxThreads = threads ?? Math.min(MAX_THREADS, Math.ceil(cores / 2));
     this.encoding = encoding;
     this.disabled = disabled; // why not to try at all, or null
     this.reason = null; // why the browser cannot decode, or null
     this.threads = 0; // onnxruntime-web's WASM threads, once loaded
     this.simd = null; // whether the browser runs WASM SIMD, once loaded
+    this.warmMs = null; // the decodes of zeros run when the decoder loaded (ms), or null
     this.worker = null;
     this.ready = null; // Promise of the decoder loaded in the worker
     this.loaded = new Map(); // imageId -> Promise of its embedding in the worker
@@ -64,6 +69,7 @@ export class LocalDecoder {
     const answer = await this.#post({ type: "init", onnx, threads: this.maxThreads }, [onnx]);
     this.threads = answer.threads;
     this.simd = answer.simd;
+    this.warmMs = answer.warmMs;
   }
 
   #post(message, transfer = []) {
