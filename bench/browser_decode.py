@@ -72,7 +72,8 @@ LOCAL = """async ([dataUrl, points, threads]) => {
     }
   }
   local.worker.terminate();
-  return { id, ms, workerMs, stages, startMs, loadMs, threads: local.threads, simd: local.simd };
+  const { simd, warmMs } = local;
+  return { id, ms, workerMs, stages, startMs, loadMs, threads: local.threads, simd, warmMs };
 }"""
 
 SERVER = """async ([id, points]) => {
@@ -185,6 +186,8 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         "decoder_onnx_bytes": len(onnx),
         "decoder_export_seconds": export_s,
         "decoder_start_ms": local["startMs"],
+        # Of which the warm-up decodes of zeros (V8 compiles hot WebAssembly again).
+        "decoder_warm_ms": local["warmMs"],
         "embedding_load_ms": local["loadMs"],
         "embedding_bytes": sizes,
         "local": summary(local["ms"]),

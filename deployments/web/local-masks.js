@@ -40,42 +40,53 @@ export function chooseProposal(masks, scores, multimask, settings) {
 /**
  * sam3's hole filling: background regions (logit <= threshold, 8-connected, as
  * scikit-image labels them) of at most `maxArea` pixels become foreground (threshold + 10).
+ * Labelled in one raster pass with union-find (a flood fill per pixel is several times
+ * slower on a mask whose background is one large region).
  * @param {Float32Array} logits (L, L), changed in place
  */
 export function fillHoles(logits, side, threshold, maxArea) {
   if (maxArea <= 0) return logits;
-  const seen = new Uint8Array(logits.length);
-  const stack = new Int32Array(logits.length);
-  const region = new Int32Array(logits.length);
-  for (let start = 0; start < logits.length; start += 1) {
-    if (seen[start] || logits[start] > threshold) continue;
-    let top = 0;
-    let size = 0;
-    stack[top++] = start;
-    seen[start] = 1;
-    while (top > 0) {
-      const at = stack[--top];
-      region[size++] = at;
-      const y = Math.floor(at / side);
-      const x = at - y * side;
-      for (let dy = -1; dy <= 1; dy += 1) {
-        const ny = y + dy;
-        if (ny < 0 || ny >= side) continue;
-        for (let dx = -1; dx <= 1; dx += 1) {
-          const nx = x + dx;
-          if (nx < 0 || nx >= side) continue;
-          const next = ny * side + nx;
-          if (!seen[next] && logits[next] <= threshold) {
-            seen[next] = 1;
-            stack[top++] = next;
-          }
-        }
+  const parent = new Int32Array(logits.length).fill(-1); // -1: foreground
+  const find = (i) => {
+    let root = i;
+    while (parent[root] !== root) root = parent[root];
+    while (parent[i] !== root) {
+      const next = parent[i];
+      parent[i] = root;
+      i = next;
+    }
+    return root;
+  };
+  const join = (a, b) => {
+    const ra = find(a);
+    const rb = find(b);
+    if (ra < rb) parent[rb] = ra;
+    else if (rb < ra) parent[ra] = rb;
+  };
+  for (let y = 0; y < side; y += 1) {
+    for (let x = 0, i = y * side; x < side; x += 1, i += 1) {
+      if (!(logits[i] <= threshold)) continue;
+      const up = i - side;
+      const upRight = y > 0 && x < side - 1 && parent[up + 1] >= 0;
+      // The left and upper neighbours touch the upper-left one (and the upper one its
+      // right): only neighbours not joined already through another are joined here.
+      if (x > 0 && parent[i - 1] >= 0) {
+        parent[i] = parent[i - 1];
+        if (upRight && parent[up] < 0) join(i, up + 1);
+      } else if (y > 0 && parent[up] >= 0) {
+        parent[i] = parent[up];
+      } else {
+        parent[i] = i;
+        if (y > 0 && x > 0 && parent[up - 1] >= 0) join(i, up - 1);
+        if (upRight) join(i, up + 1);
       }
     }
-    if (size <= maxArea) {
-      const filled = Math.fround(threshold + 10);
-      for (let i = 0; i < size; i += 1) logits[region[i]] = filled;
-    }
+  }
+  const size = new Int32Array(logits.length);
+  for (let i = 0; i < logits.length; i += 1) if (parent[i] >= 0) size[find(i)] += 1;
+  const filled = Math.fround(threshold + 10);
+  for (let i = 0; i < logits.length; i += 1) {
+    if (parent[i] >= 0 && size[find(i)] <= maxArea) logits[i] = filled;
   }
   return logits;
 }
