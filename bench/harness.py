@@ -157,6 +157,11 @@ def start_local_cluster(
             "_system_config": {"metrics_report_interval_ms": 1000},
         },
     )
+    # `Cluster` writes its address to /tmp/ray/ray_current_cluster, where a later bare
+    # `ray.init()` (`serve run`, `serve status`) looks first: a session killed before its
+    # shutdown would leave that pointing at a dead cluster, and a newcomer's `serve run` would
+    # hang joining it. Everything here connects by address, so the pointer goes at once.
+    ray._common.utils.reset_ray_address()
     local = LocalCluster(cluster, url="", metrics=Prometheus([head_port]))
     for _ in range(workers):
         local.add_worker()

@@ -14,6 +14,8 @@
 - The video path (`Sam3VideoInference`, its tracker) moves tensors with `.cuda()` in a
   few places (memory features, previous mask logits, frames) and keeps tracker state on
   `torch.device("cuda")`; `running_on` runs it on any device (see its docstring).
+  `building_on`, `without_pinned_memory` and `running_on` share one torch function mode
+  (`_AimAt`): what sam3 aims at CUDA goes to the target device.
 - On the CPU, sam3's connected-components fallback (`connected_components_cpu`, used by
   the video model's hole filling) stacks an empty list when a frame has no new detection
   and raises; `allow_empty_connected_components` answers an empty batch with empty labels,
@@ -73,73 +75,20 @@ def ensure_sam3_importable() -> None:
     sys.modules["sam3.model.edt"] = stand_in
 
 
-class _RedirectCudaFactories(TorchFunctionMode):
-    """Rewrites `device=` arguments that name CUDA to `target` (see module docstring)."""
-
-    def __init__(self, target: torch.device) -> None:
-        super().__init__()
-        self.target = target
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        device = kwargs.get("device")
-        if device is not None and torch.device(device).type == "cuda":
-            kwargs = {**kwargs, "device": self.target}
-        return func(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def building_on(device: torch.device) -> Iterator[None]:
-    """Build sam3 modules so that hard-coded CUDA tensors land on `device` instead."""
-    with quiet_sam3(), _RedirectCudaFactories(device):
-        yield
-
-
-def leave_tracker_autocast(tracker: torch.nn.Module) -> None:
-    """Exit the bf16 autocast `Sam3TrackerPredictor.__init__` entered for the whole process."""
-    context = getattr(tracker, "bf16_context", None)
-    if context is not None:
-        with quiet_sam3():
-            context.__exit__(None, None, None)
-
-
-class _NoPinMemory(TorchFunctionMode):
-    """`Tensor.pin_memory()` returns the tensor itself (see module docstring)."""
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        if func is torch.Tensor.pin_memory:
-            return args[0]
-        return func(*args, **(kwargs or {}))
-
-
-def without_pinned_memory() -> contextlib.AbstractContextManager[Any]:
-    """Run sam3's detector where pinning memory is impossible (no CUDA); a no-op elsewhere."""
-    if torch.cuda.is_available():
-        return contextlib.nullcontext()
-    return _NoPinMemory()
-
-
 def _names_cuda(value: Any) -> bool:
     if isinstance(value, torch.device):
         return value.type == "cuda"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return True  # a bare device index names a CUDA device
     return isinstance(value, str) and value.startswith("cuda")
 
 
-class _RunOn(TorchFunctionMode):
-    """`Tensor.cuda()`, `Tensor.to(<cuda>)`, `device=<cuda>` and `pin_memory()` aimed at
-    `target` instead (see `running_on`)."""
+class _AimAt(TorchFunctionMode):
+    """What sam3 aims at CUDA goes to `target` instead: `device=<cuda>` arguments (factory
+    calls), `Tensor.cuda()` and `Tensor.to(<cuda>)`; `pin_memory()` (page-locking for copies
+    to CUDA) returns the tensor itself unless `target` is CUDA. One mode for building
+    (`building_on`), running the video model (`running_on`) and the detector without CUDA
+    (`without_pinned_memory`)."""
 
     def __init__(self, target: torch.device) -> None:
         super().__init__()
@@ -156,13 +105,35 @@ class _RunOn(TorchFunctionMode):
         if func is torch.Tensor.cuda:
             extra = {k: v for k, v in kwargs.items() if k == "non_blocking"}
             return args[0].to(self.target, **extra)
-        if func is torch.Tensor.pin_memory:
+        if func is torch.Tensor.pin_memory and self.target.type != "cuda":
             return args[0]
         if func is torch.Tensor.to and len(args) > 1 and _names_cuda(args[1]):
             args = (args[0], self.target, *args[2:])
         if _names_cuda(kwargs.get("device")):
             kwargs = {**kwargs, "device": self.target}
         return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def building_on(device: torch.device) -> Iterator[None]:
+    """Build sam3 modules so that hard-coded CUDA tensors land on `device` instead."""
+    with quiet_sam3(), _AimAt(device):
+        yield
+
+
+def leave_tracker_autocast(tracker: torch.nn.Module) -> None:
+    """Exit the bf16 autocast `Sam3TrackerPredictor.__init__` entered for the whole process."""
+    context = getattr(tracker, "bf16_context", None)
+    if context is not None:
+        with quiet_sam3():
+            context.__exit__(None, None, None)
+
+
+def without_pinned_memory() -> contextlib.AbstractContextManager[Any]:
+    """Run sam3's detector where pinning memory is impossible (no CUDA); a no-op elsewhere."""
+    if torch.cuda.is_available():
+        return contextlib.nullcontext()
+    return _AimAt(torch.device("cpu"))
 
 
 @contextlib.contextmanager
@@ -180,7 +151,7 @@ def running_on(device: torch.device) -> Iterator[None]:
         with quiet_sam3(), torch.cuda.device(device):
             yield
         return
-    with quiet_sam3(), _RunOn(device):
+    with quiet_sam3(), _AimAt(device):
         yield
 
 

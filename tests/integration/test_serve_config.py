@@ -30,6 +30,17 @@ def readiness_command() -> str:
     return block.group(1)
 
 
+def test_the_sessions_cluster_leaves_no_address_for_a_bare_ray_init(local_cluster):
+    """`ray.cluster_utils.Cluster` writes its address where a bare `ray.init()` (so `serve run`)
+    looks first; a test session killed before its shutdown would leave a newcomer's `serve run`
+    joining a dead cluster. The harness removes it at once (it connects by address)."""
+    from ray._common.utils import get_ray_address_file
+
+    pointer = Path(get_ray_address_file(None))
+    named = pointer.read_text().strip() if pointer.exists() else None
+    assert named != local_cluster.cluster.address  # (another session's may be there)
+
+
 def test_serve_run_serve_config_serves_on_port_8000(tmp_path):
     serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent)) or "serve"
     # As on a fresh machine: no RAY_AUTH_MODE (the test harness turns auth off for its own

@@ -107,12 +107,14 @@ def test_the_readme_client_example_runs_and_prints(three_replicas, tmp_path, mon
     assert f'"{install}"' in (root / "pyproject.toml").read_text()
     (code,) = re.findall(r"with Roboflow's client.*?```python\n(.+?)```", readme, re.S)
     code = code.replace("http://127.0.0.1:8000", three_replicas.url)
-    (tmp_path / "photo.jpg").write_bytes(encode_image(random_pixels(8, 480, 640), "JPEG"))
+    # The sample scene README's curl fetches from the service (the demo model's, shipped).
+    (name,) = set(re.findall(r'"(scene-\d\.png)"', code))
+    (tmp_path / name).write_bytes((root / "sam3_core" / "demo" / "samples" / name).read_bytes())
     monkeypatch.chdir(tmp_path)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "README.md", "exec"), {})
-    assert re.fullmatch(r"\[480, 640\] confidence \d\.\d\d\n\d+ cars\n", printed.getvalue())
+    assert re.fullmatch(r"\[360, 480\] confidence \d\.\d\d\n\d+ stars\n", printed.getvalue())
 
 
 def test_resent_images_and_server_timing_through_ray(three_replicas):
