@@ -40,13 +40,7 @@ from sam3_core.video_architecture import Sam3VideoModel, load_video_model
 from sam3_core.video_frames import FrameStore, VideoSource, encode_source
 from sam3_core.video_handoff import SessionState, pack, unpack
 from sam3_core.video_prompts import check_prompt
-from sam3_core.video_state import (
-    FrameOutputs,
-    drop_detector_buffer,
-    frame_outputs,
-    new_state,
-    state_nbytes,
-)
+from sam3_core.video_state import FrameOutputs, frame_outputs, new_state, state_nbytes
 from sam3_core.weights import resolve_device
 
 DIRECTIONS = ("both", "forward", "backward")
@@ -189,7 +183,6 @@ class VideoSessions:
                     box_labels=bounding_box_labels,
                     obj_id=obj_id,
                 )
-                drop_detector_buffer(session.state)
             session.state_bytes = state_nbytes(session.state)
             return frame_outputs(index, outputs)
 
@@ -265,7 +258,6 @@ class VideoSessions:
                 finally:
                     with self._model_lock, self._running():
                         steps.close()
-                        drop_detector_buffer(session.state)
         finally:
             session.propagating = False
 

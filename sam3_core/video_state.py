@@ -51,19 +51,6 @@ def new_state(model: Sam3VideoModel, frames: FrameStore, height: int, width: int
     return state
 
 
-def drop_detector_buffer(state: dict[str, Any]) -> None:
-    """Free sam3's detector buffer between requests: its outputs for the frames around the
-    last one detected (every query's masks: most of a session's bytes on short videos).
-
-    sam3 keeps them (`feature_cache["multigpu_buffer"]`) so that a propagation reads each
-    frame's detections computed ahead; a later request that needs one computes it again,
-    the same way (one frame per chunk on one device), so answers do not change
-    (`tests/unit/test_video_parity.py` runs whole scenarios with it)."""
-    buffer = state.get("feature_cache", {}).get("multigpu_buffer")
-    if buffer:
-        buffer.clear()
-
-
 def frame_outputs(frame_index: int, outputs: dict[str, Any]) -> FrameOutputs:
     """sam3's postprocessed outputs of a frame as arrays."""
 
