@@ -228,7 +228,8 @@ class SegmenterReplica:
         return self._leave()
 
     async def _leave(self) -> None:
-        await asyncio.gather(self.handoff.leave(), self.video_handoff.leave())
+        video = getattr(self, "video_handoff", None)  # absent where tests build images only
+        await asyncio.gather(self.handoff.leave(), *([video.leave()] if video else []))
 
     def check_health(self) -> None:
         """Ray Serve restarts the replica if this raises."""

@@ -274,7 +274,7 @@ class VideoHandoff:
                 sessions.close_session(key)  # type: ignore[union-attr]
         clock = self.ownership.clock.now
         await asyncio.gather(
-            *(self._notify(t, "video_manifest", self.me, ring.version, moves[t], clock)
+            *(self._notify(t, "video_manifest", self.me, ring.version, moves.get(t, []), clock)
               for t in targets)
         )  # fmt: skip
         await asyncio.gather(*(self._deliver(t, keys) for t, keys in moves.items()))
@@ -286,8 +286,7 @@ class VideoHandoff:
         """Each session to `target`, one call each (a session may be large); forgotten
         here once sent, delivered or not."""
         sessions = self._sessions()
-        assert sessions is not None
-        for key in keys:
+        for key in keys if sessions is not None else ():
             self.ownership.sending(key, target)
             try:
                 started = time.perf_counter()

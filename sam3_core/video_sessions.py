@@ -16,6 +16,7 @@ bounded (count, bytes, frames, idle time), and a closed session's memory is rele
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 import uuid
@@ -40,23 +41,18 @@ from sam3_core.video_architecture import Sam3VideoModel, load_video_model
 from sam3_core.video_frames import FrameStore, VideoSource, encode_source
 from sam3_core.video_handoff import SessionState, pack, unpack
 from sam3_core.video_prompts import check_prompt
-from sam3_core.video_state import FrameOutputs, frame_outputs, new_state, state_nbytes
+from sam3_core.video_state import (
+    FrameOutputs,
+    SessionInfo,
+    SessionKey,
+    VideoStats,
+    frame_outputs,
+    new_state,
+    state_nbytes,
+)
 from sam3_core.weights import resolve_device
 
 DIRECTIONS = ("both", "forward", "backward")
-SessionKey = tuple[str | None, str]  # (tenant, session_id)
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    key: SessionKey
-    num_frames: int
-    width: int
-    height: int
-
-    @property
-    def session_id(self) -> str:
-        return self.key[1]
 
 
 @dataclass
@@ -75,15 +71,6 @@ class _Session:
     @property
     def nbytes(self) -> int:
         return self.frames.nbytes + self.state_bytes
-
-
-@dataclass(frozen=True)
-class VideoStats:
-    sessions: int
-    frame_bytes: int
-    state_bytes: int
-    frames_propagated: int
-    budget_bytes: int = 0
 
 
 class VideoSessions:
@@ -108,8 +95,7 @@ class VideoSessions:
         self.frames_propagated = 0
         # Versions of started sessions: the replica's logical clock when it has one
         # (`deployments.ownership.Clock.tick`), else a count.
-        self._count = 0
-        self.stamp: Callable[[], int] = self._next_count
+        self.stamp: Callable[[], int] = itertools.count(1).__next__
 
     @classmethod
     def from_settings(cls, settings: EngineSettings) -> VideoSessions:
@@ -347,10 +333,6 @@ class VideoSessions:
         if replaced is not None:
             self._release(replaced)
         return True
-
-    def _next_count(self) -> int:
-        self._count += 1
-        return self._count
 
     # -- bookkeeping -----------------------------------------------------------------------
 

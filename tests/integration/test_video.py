@@ -81,7 +81,10 @@ def test_a_client_that_hangs_up_stops_its_propagation(service: LocalCluster):
         timeout=300,
     )
     assert stream.status_code == 200
-    first = next(stream.iter_lines(chunk_size=1))  # the first line, not the first 512 bytes
+    # The first line, not the first 512 bytes; the iterator is kept: collected, it would close
+    # the stream (a hang-up before the test means one).
+    lines = stream.iter_lines(chunk_size=1)
+    first = next(lines)
     assert json.loads(first)["frame_index"] == 0
     busy = service.post("/sam3/video/propagate_in_video", {"session_id": "long-clip"})
     assert busy.status_code == 409 and busy.json()["code"] == "session_busy"
