@@ -160,10 +160,18 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--longer", type=int, default=32, help="frames of the longer clip")
     parser.add_argument("--cycles-preset", default="tiny", choices=sorted(ARCHITECTURES))
+    parser.add_argument(
+        "--rss-only", action="store_true", help="measure the RSS cycles alone, into the results"
+    )
     args = parser.parse_args()
-    result = run(args.preset, args.frames)
-    result["longer"] = run(args.preset, args.longer)
-    result["rss_cycles"] = rss_cycles(args.cycles_preset, 3)
+    # First, in a fresh process: memory the larger runs free later would hide a leak.
+    cycles = rss_cycles(args.cycles_preset, 3)
+    if args.rss_only:
+        result = json.loads(RESULTS.read_text())
+    else:
+        result = run(args.preset, args.frames)
+        result["longer"] = run(args.preset, args.longer)
+    result["rss_cycles"] = cycles
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
