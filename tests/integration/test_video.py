@@ -153,8 +153,8 @@ def test_sessions_move_with_scale_events_and_answer_as_if_they_never_moved(
     ]
     first = {i: steps(service, i, before) for i in ids}
     assert all(first[i][0] == owner[i] for i in ids)
-    prompted = first[ids[0]][1][2]["outputs"]
-    assert any(area(dict(out["mask"], counts=out["mask"]["counts"].encode())) for out in prompted)
+    tracked = [out for line in first[ids[0]][1][3] for out in line["outputs"]]
+    assert any(area(dict(out["mask"], counts=out["mask"]["counts"].encode())) for out in tracked)
 
     def same_answers(answers: dict[str, tuple]) -> None:
         reference = answers[ids[0]][1]
