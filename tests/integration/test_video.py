@@ -1,8 +1,9 @@
 """Video sessions on the session's Ray cluster, over HTTP: sessions spread over the segmenter
-replicas and every request of a session is answered by the replica that started it; a client
+replicas and every request of a session is answered by the replica that holds it; sessions
+move with scale events (3 replicas to 2 and back) and answer as if they never moved; a client
 that hangs up mid-propagation stops it.
 
-Tiny random-weights video model (it detects nothing: the tracks are empty, the work is not)."""
+Tiny random-weights video model (its text prompts detect nothing; points make tracks)."""
 
 from __future__ import annotations
 
