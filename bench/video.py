@@ -2,8 +2,10 @@
 per second and bytes held per session per frame, and whether the masks are equal. Random
 weights (`bench.video_reference.random_video_model`: made to detect a few objects).
 
-    python -m bench.video            # narrow preset (1008 px, narrow widths): ~2 minutes
-    python -m bench.video --frames 32
+    python -m bench.video --frames 8 --longer 32   # narrow preset (1008 px, narrow widths)
+
+Also: where each side's bytes are (`bench.video_bytes`), and the process's RSS across five
+sessions opened, prompted, propagated and closed (memory handed back on close).
 
 Writes bench/results/video.json. sam3's predictor with its defaults keeps every frame at the
 model's input size (1008² float16 for frames read from a folder) beside its tracking state;
@@ -15,15 +17,18 @@ torch thread, on the CPU.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from PIL import Image
 
+from bench.video_bytes import state_breakdown
 from bench.video_reference import ReferencePredictor, frame_folder, random_video_model
 from sam3_core.architecture import ARCHITECTURES
 from sam3_core.settings import RequestLimits, VideoSettings
@@ -63,6 +68,8 @@ def run(preset: str, count: int) -> dict:
     ours_seconds = time.perf_counter() - started
     session = sessions._sessions[key]
     ours_bytes = {"frames": session.frames.nbytes, "state": state_nbytes(session.state)}
+    ours_fields = state_breakdown(session.state)
+    sessions.close_session(key)
 
     reference = ReferencePredictor(model)
     with frame_folder(frames, "jpg") as folder:
@@ -76,6 +83,7 @@ def run(preset: str, count: int) -> dict:
     theirs_seconds = time.perf_counter() - started
     state = reference._ALL_INFERENCE_STATES[session_id]["state"]
     images = state["input_batch"].img_batch
+    theirs_fields = state_breakdown(state)
     theirs_bytes = {
         "frames": images.numel() * images.element_size(),
         "state": state_nbytes(state) - images.numel() * images.element_size(),
@@ -88,12 +96,15 @@ def run(preset: str, count: int) -> dict:
     )
     objects = sorted({int(i) for frame in ours for i in frame.obj_ids})
 
-    def side(seconds: float, held: dict[str, int]) -> dict:
+    reference.request(type="close_session", session_id=session_id)
+
+    def side(seconds: float, held: dict[str, int], where: dict[str, int]) -> dict:
         return {
             "frames_per_second": count / seconds,
             "bytes": held,
             "bytes_per_frame": sum(held.values()) / count,
             "frame_bytes_per_frame": held["frames"] / count,
+            "state_fields": where,
         }
 
     return {
@@ -103,20 +114,64 @@ def run(preset: str, count: int) -> dict:
         "video": [HEIGHT, WIDTH],
         "objects_tracked": len(objects),
         "masks_equal": equal,
-        "ours": side(ours_seconds, ours_bytes),
-        "sam3_predictor": side(theirs_seconds, theirs_bytes),
+        "ours": side(ours_seconds, ours_bytes, ours_fields),
+        "sam3_predictor": side(theirs_seconds, theirs_bytes, theirs_fields),
+        "ratio_bytes_per_frame": sum(ours_bytes.values()) / sum(theirs_bytes.values()),
+    }
+
+
+def rss_cycles(preset: str, count: int, cycles: int = 5) -> dict:
+    """RSS (psutil) before and after `cycles` sessions opened, prompted, propagated and
+    closed, after one that warms allocators and sam3's lazily built buffers."""
+    torch.set_num_threads(1)
+    model = random_video_model(ARCHITECTURES[preset])
+    sessions = VideoSessions(model, VideoSettings(), RequestLimits(), torch.device("cpu"))
+    frames = tuple(panning_frames(count))
+    process = psutil.Process()
+
+    def cycle() -> int:
+        key = sessions.start_session(VideoSource(frames=frames)).key
+        sessions.add_prompt(key, 0, text="object")
+        list(sessions.propagate_in_video(key, "forward"))
+        held = sessions.session_bytes(key)
+        sessions.close_session(key)
+        return held
+
+    cycle()
+    gc.collect()
+    before = process.memory_info().rss
+    held = [cycle() for _ in range(cycles)]
+    gc.collect()
+    after = process.memory_info().rss
+    return {
+        "preset": preset,
+        "frames": count,
+        "cycles": cycles,
+        "session_bytes": max(held),
+        "rss_before": before,
+        "rss_after": after,
+        "rss_growth": after - before,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="narrow", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--frames", type=int, default=16)
-    args = parser.parse_args()
-    result = run(args.preset, args.frames)
-    result["ratio_bytes_per_frame"] = (
-        result["ours"]["bytes_per_frame"] / result["sam3_predictor"]["bytes_per_frame"]
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--longer", type=int, default=32, help="frames of the longer clip")
+    parser.add_argument("--cycles-preset", default="tiny", choices=sorted(ARCHITECTURES))
+    parser.add_argument(
+        "--rss-only", action="store_true", help="measure the RSS cycles alone, into the results"
     )
+    args = parser.parse_args()
+    # First, in a fresh process: memory the larger runs free later would hide a leak.
+    cycles = rss_cycles(args.cycles_preset, 3)
+    if args.rss_only:
+        result = json.loads(RESULTS.read_text())
+    else:
+        result = run(args.preset, args.frames)
+        result["longer"] = run(args.preset, args.longer)
+    result["rss_cycles"] = cycles
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

@@ -13,7 +13,7 @@ from deployments.api import create_api
 from deployments.metrics import StageMetrics
 from deployments.owners import RayOwners
 from deployments.readiness import Readiness
-from deployments.settings import IngressSettings
+from deployments.settings import IngressSettings, SegmenterSettings
 from deployments.video_owners import RayVideoOwners
 
 
@@ -26,7 +26,10 @@ class Ingress:
     ) -> None:
         self.settings = IngressSettings(**settings)
         self.owners = RayOwners(segmenter, digest_first=affinity)
-        self.video_owners = RayVideoOwners(segmenter)
+        # A request for a moving video session is sent again as long as a replica waits
+        # for one (`deployments.video_handoff`).
+        moving_s = SegmenterSettings(**settings).handoff_timeout_seconds
+        self.video_owners = RayVideoOwners(segmenter, moving_s=moving_s)
         self.metrics = StageMetrics()
         # Only the consistent-hash router keeps a ring (`affinity`).
         self.readiness = Readiness(segmenter, keeps_ring=affinity)

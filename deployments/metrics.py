@@ -211,12 +211,35 @@ class VideoMetrics:
             description="Time to track one frame in propagate_in_video.",
             boundaries=LATENCY_BUCKETS_S,
         )
+        self.budget = metrics.Gauge(
+            "sam3_video_session_budget_bytes",
+            description="The video sessions' byte budget (SAM3_VIDEO_SESSION_BYTES, or the "
+            "memory plan's share).",
+        )
+        self.moved = metrics.Counter(
+            "sam3_video_sessions_moved",
+            description="Video sessions moved between replicas by scale events: sent, or "
+            "received (and kept).",
+            tag_keys=("direction",),
+        )
+        self.move_latency = metrics.Histogram(
+            "sam3_video_session_move_seconds",
+            description="Time to move one video session (export and send, or adopt).",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("direction",),
+        )
         self._frames = 0
+
+    def record_handoff(self, direction: str, seconds: float) -> None:
+        """One session moved ("sent" or "received"), in `seconds`."""
+        self.moved.inc(tags={"direction": direction})
+        self.move_latency.observe(seconds, tags={"direction": direction})
 
     def record_stats(self, stats: VideoStats) -> None:
         self.sessions.set(stats.sessions)
         self.bytes.set(stats.frame_bytes, tags={"kind": "frames"})
         self.bytes.set(stats.state_bytes, tags={"kind": "state"})
+        self.budget.set(stats.budget_bytes)
         if stats.frames_propagated > self._frames:
             self.frames.inc(stats.frames_propagated - self._frames)
         self._frames = stats.frames_propagated

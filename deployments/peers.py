@@ -39,8 +39,9 @@ logger = logging.getLogger("ray.serve")
 
 BOARD = "handoff_board"  # its name among the Segmenter's deployment_actors
 POLL_S = 10.0
-# Calls whose arguments, and calls whose replies, carry an image (`ImageState`).
-BY_REFERENCE = frozenset({"adopt"})
+# Calls whose arguments, and calls whose replies, carry an image (`ImageState`) or a video
+# session (`SessionState`).
+BY_REFERENCE = frozenset({"adopt", "video_adopt"})
 REPLY_BY_REFERENCE = frozenset({"export"})
 
 

@@ -30,12 +30,14 @@ from deployments.memory_share import with_memory_share
 from deployments.metrics import SegmenterMetrics, VideoMetrics
 from deployments.operations import OPERATIONS, Operation, Reply, run
 from deployments.peers import RayPeers
-from deployments.ring import RINGS, deployment_name
+from deployments.ring import RINGS, Ring, deployment_name
 from deployments.settings import SegmenterSettings
+from deployments.video_handoff import CALLS as VIDEO_CALLS
+from deployments.video_handoff import SessionMovingError, VideoHandoff
 from deployments.video_operations import VideoCall, VideoReply, run_video, stream_video
 from sam3_core.calls import DecoderFile, ImageRequest
 from sam3_core.engine import Segmenter
-from sam3_core.errors import ImageBytesNeededError, Sam3Error
+from sam3_core.errors import ImageBytesNeededError, Sam3Error, SessionNotFoundError
 from sam3_core.settings import EngineSettings
 from sam3_core.video_sessions import VideoSessions
 
@@ -60,12 +62,17 @@ class SegmenterReplica:
         self.metrics.record_stats(self.engine.stats())
         if self.engine.memory is not None:
             self.metrics.record_memory(self.engine.memory)
-        self.handoff = Handoff(
-            self.engine,
+        timeout_s = SegmenterSettings(**engine_settings).handoff_timeout_seconds
+        peers = RayPeers(replica_id, answer=self._answer)
+        self.handoff = Handoff(self.engine, self.replica, peers, timeout_s, self.metrics)
+        self.video_handoff = VideoHandoff(
             self.replica,
-            RayPeers(replica_id, answer=lambda method, args: self.handoff.answer(method, args)),
-            SegmenterSettings(**engine_settings).handoff_timeout_seconds,
-            self.metrics,
+            peers,
+            timeout_s,
+            self.handoff.ownership.clock,
+            lambda: self._video,
+            self._video_sessions,
+            self.video_metrics,
         )
         # Serve builds the replica on its event loop: ring changes (heard in the router's
         # thread) are handed to that loop.
@@ -73,7 +80,7 @@ class SegmenterReplica:
         self._ring_feed = deployment_name(
             replica_id.deployment_id.app_name, replica_id.deployment_id.name
         )
-        self._on_ring = lambda ring: loop.call_soon_threadsafe(self.handoff.on_ring, ring)
+        self._on_ring = lambda ring: loop.call_soon_threadsafe(self._ring_changed, ring)
         RINGS.subscribe(self._ring_feed, self._on_ring)
         self._left = False
         logger.info(
@@ -83,6 +90,15 @@ class SegmenterReplica:
             self.engine.model.device,
             threads,
         )
+
+    def _answer(self, method: str, args: tuple) -> Awaitable[Any]:
+        """Another replica's hand-off call: a video session's, or an image's."""
+        handoff = self.video_handoff if method in VIDEO_CALLS else self.handoff
+        return handoff.answer(method, args)
+
+    def _ring_changed(self, ring: Ring) -> None:
+        self.handoff.on_ring(ring)
+        self.video_handoff.on_ring(ring)
 
     async def _serve(
         self, operation: Operation, request: ImageRequest, forwarded: bool = False
@@ -125,37 +141,55 @@ class SegmenterReplica:
     async def _video_sessions(self) -> VideoSessions:
         async with self._video_build:
             if self._video is None:
-                self._video = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, VideoSessions.from_settings, self.settings
+                sessions = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, VideoSessions.from_settings, self.engine.video_settings()
                 )
+                sessions.stamp = self.handoff.ownership.clock.tick  # versions: one clock
+                self._video = sessions
         return self._video
 
     async def video(self, call: VideoCall) -> VideoReply | Sam3Error:
-        """A video request (`deployments.video_operations`) of a session this replica holds
-        (or, for start_session, will). Sessions stay here until closed, expired or the replica
-        leaves: they do not move on a ring change."""
+        """A video request (`deployments.video_operations`) of a session this replica owns
+        (or, for start_session, will). Sessions move with the ring (`deployments.video_handoff`):
+        a session on its way here is waited for; one that left is refused as moving."""
+        try:
+            await self.video_handoff.before(call)
+        except SessionMovingError as error:
+            error.replica = self.replica  # type: ignore[attr-defined]
+            return error
         sessions = await self._video_sessions()
         try:
             body = await asyncio.get_running_loop().run_in_executor(
                 self._pool, run_video, sessions, call
             )
         except Sam3Error as error:
+            if isinstance(error, SessionNotFoundError):
+                error = self.video_handoff.moved_away(call) or error
             logger.info("video %s refused (%s): %s", call.operation, error.code, error.message)
             error.replica = self.replica  # type: ignore[attr-defined]
             return error
         finally:
             self.video_metrics.record_stats(sessions.stats())
+        self.video_handoff.after(call)
         return VideoReply(self.replica, body)
 
     async def video_stream(self, call: VideoCall) -> AsyncIterator[VideoReply | Sam3Error | bytes]:
         """propagate_in_video: first a `VideoReply` (or the refusal), then one line per frame,
         each computed in a worker thread. Cancelled (the client hung up), it stops after the
         frame under way."""
+        try:
+            await self.video_handoff.before(call)
+        except SessionMovingError as error:
+            error.replica = self.replica  # type: ignore[attr-defined]
+            yield error
+            return
         sessions = await self._video_sessions()
         loop = asyncio.get_running_loop()
         try:
             lines = await loop.run_in_executor(self._pool, stream_video, sessions, call)
         except Sam3Error as error:
+            if isinstance(error, SessionNotFoundError):
+                error = self.video_handoff.moved_away(call) or error
             error.replica = self.replica  # type: ignore[attr-defined]
             yield error
             return
@@ -185,12 +219,17 @@ class SegmenterReplica:
     def __del__(self) -> Awaitable[None] | None:
         """Serve calls this when it stops the replica, and awaits what it returns (within
         `graceful_shutdown_timeout_s`): the images go to their next owners first. Not a
-        coroutine function, so that the garbage collector's later call makes none."""
+        coroutine function, so that the garbage collector's later call makes none. Video
+        sessions go to their next owners too."""
         if getattr(self, "_left", True):  # called already, or __init__ never finished
             return None
         self._left = True
         RINGS.unsubscribe(self._ring_feed, self._on_ring)
-        return self.handoff.leave()
+        return self._leave()
+
+    async def _leave(self) -> None:
+        video = getattr(self, "video_handoff", None)  # absent where tests build images only
+        await asyncio.gather(self.handoff.leave(), *([video.leave()] if video else []))
 
     def check_health(self) -> None:
         """Ray Serve restarts the replica if this raises."""

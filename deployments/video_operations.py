@@ -51,9 +51,15 @@ class VideoCall:
         return (self.tenant, self.session_id)
 
     def owner_key(self) -> str:
-        """What the router hashes; prefixed so that a session never shares an image's key."""
-        name = f"video:{self.session_id}"
-        return name if self.tenant is None else f"{self.tenant}:{name}"
+        """What the router hashes (`session_ring_key`)."""
+        return session_ring_key(self.tenant, self.session_id)
+
+
+def session_ring_key(tenant: str | None, session_id: str) -> str:
+    """What the ring hashes for a session; prefixed so that a session never shares an
+    image's key."""
+    name = f"video:{session_id}"
+    return name if tenant is None else f"{tenant}:{name}"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ or `LocalVideoOwners`, sessions in this process (tests, or the API without Ray).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -13,6 +14,9 @@ from ray.serve.handle import DeploymentHandle
 from deployments.owners import RETRYABLE, ServiceUnavailableError
 from deployments.video_operations import VideoCall, VideoReply, run_video, stream_video
 from sam3_core.errors import Sam3Error
+
+# `deployments.video_handoff.SessionMovingError.code` (that module imports the engine).
+MOVING = "session_moving"
 
 
 class VideoOwners(Protocol):
@@ -37,26 +41,47 @@ def _unavailable(error: Exception) -> ServiceUnavailableError:
 
 
 class RayVideoOwners:
-    def __init__(self, handle: DeploymentHandle) -> None:
+    """Sessions on the segmenter's replicas. A request that reaches a replica that no longer
+    owns its session (a scale event, the router not yet told) is sent again, every
+    `retry_s`, for at most `moving_s` (then a 503): it lands on the new owner, which waits
+    for the session to arrive (`deployments.video_handoff`)."""
+
+    def __init__(
+        self, handle: DeploymentHandle, moving_s: float = 30.0, retry_s: float = 0.2
+    ) -> None:
         self.handle = handle
+        self.moving_s = moving_s
+        self.retry_s = retry_s
 
     async def call(self, call: VideoCall) -> VideoReply:
-        try:
-            outcome = await self.handle.options(session_id=call.owner_key()).video.remote(call)
-        except RETRYABLE as error:
-            raise _unavailable(error) from error
-        return _raise(outcome)
+        deadline = time.monotonic() + self.moving_s
+        while True:
+            try:
+                outcome = await self.handle.options(session_id=call.owner_key()).video.remote(call)
+            except RETRYABLE as error:
+                raise _unavailable(error) from error
+            if not _retry(outcome, deadline):
+                return _raise(outcome)
+            await anyio.sleep(self.retry_s)
 
     async def stream(self, call: VideoCall) -> tuple[str, AsyncIterator[bytes]]:
-        handle = self.handle.options(session_id=call.owner_key(), stream=True)
-        lines = handle.video_stream.remote(call)
-        try:
-            first: VideoReply = _raise(await lines.__anext__())
-        except RETRYABLE as error:
-            raise _unavailable(error) from error
-        except BaseException:
-            lines.cancel()
-            raise
+        deadline = time.monotonic() + self.moving_s
+        while True:
+            handle = self.handle.options(session_id=call.owner_key(), stream=True)
+            lines = handle.video_stream.remote(call)
+            try:
+                first = await lines.__anext__()
+                if _retry(first, deadline):
+                    lines.cancel()
+                    await anyio.sleep(self.retry_s)
+                    continue
+                first = _raise(first)
+            except RETRYABLE as error:
+                raise _unavailable(error) from error
+            except BaseException:
+                lines.cancel()
+                raise
+            break
 
         async def rest() -> AsyncIterator[bytes]:
             try:
@@ -68,6 +93,11 @@ class RayVideoOwners:
                 lines.cancel()
 
         return first.replica, rest()
+
+
+def _retry(outcome: Any, deadline: float) -> bool:
+    """Whether to send again: the session is moving, and the bound is not reached."""
+    return getattr(outcome, "code", None) == MOVING and time.monotonic() < deadline
 
 
 class LocalVideoOwners:

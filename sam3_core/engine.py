@@ -136,6 +136,7 @@ class Segmenter:
                 logits_cache=0 if settings.disable_logits_cache else settings.logits_cache_bytes,
                 text_cache=settings.text_cache_bytes if model.concepts is not None else 0,
                 pool=settings.memory_bytes,
+                video_sessions=self._video_sessions_planned(settings, on_gpu),
             )
         self.embeddings = EmbeddingCache(
             max_bytes=settings.embedding_cache_bytes or self.memory.embedding_cache,
@@ -165,7 +166,7 @@ class Segmenter:
         if self.memory is not None:
             logger.info(
                 "memory: %.3g of %.0f MiB: held %.0f, activations %.0f, logits %.0f, texts "
-                "%.0f, embeddings %.0f MiB",
+                "%.0f, embeddings %.0f, video sessions %.0f MiB",
                 self.memory.share,
                 self.memory.pool / 2**20,
                 *(
@@ -176,11 +177,28 @@ class Segmenter:
                         self.memory.logits_cache,
                         self.memory.text_cache,
                         self.memory.embedding_cache,
+                        self.memory.video_sessions,
                     )
                 ),
             )
         if settings.warmup or (settings.warmup is None and on_gpu):
             self.warm_up()
+
+    @staticmethod
+    def _video_sessions_planned(settings: EngineSettings, on_gpu: bool) -> int | None:
+        """The video sessions' part of the plan: where they live. On a GPU with sam3's
+        tracker state offloaded (`SAM3_VIDEO_OFFLOAD_STATE`), their frames and state are in
+        host memory, outside the GPU's plan (0: their budget stays `video_budget`)."""
+        if on_gpu and settings.video_offload_state:
+            return 0
+        return settings.video_session_bytes  # None: the plan's share
+
+    def video_settings(self) -> EngineSettings:
+        """The settings for this replica's video sessions: their budget as planned."""
+        planned = self.memory.video_sessions if self.memory is not None else 0
+        if self.settings.video_session_bytes is None and planned > 0:
+            return self.settings.model_copy(update={"video_session_bytes": planned})
+        return self.settings
 
     @classmethod
     def from_settings(cls, settings: EngineSettings | None = None) -> Segmenter:

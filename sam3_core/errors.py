@@ -100,3 +100,10 @@ class VideoCapacityError(Sam3Error):
     message names the setting."""
 
     code = "video_capacity_exhausted"
+
+
+class SessionMovedError(Sam3Error):
+    """The session moved to another replica (a scale event) while this request ran here: the
+    same request, sent again, reaches it there."""
+
+    code = "session_moved"

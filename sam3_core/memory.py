@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from sam3_core.settings import VIDEO_SESSIONS_SHARE
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The embedding cache never gets less, whatever the plan says (it could hold no image).
 MIN_EMBEDDING_CACHE_BYTES = 64 * 2**20
@@ -38,6 +40,7 @@ class MemoryPlan:
     logits_cache: int
     text_cache: int
     embedding_cache: int
+    video_sessions: int = 0
 
     @property
     def total(self) -> int:
@@ -49,6 +52,7 @@ class MemoryPlan:
             + self.logits_cache
             + self.text_cache
             + self.embedding_cache
+            + self.video_sessions
         )
 
 
@@ -60,9 +64,12 @@ def plan_memory(
     logits_cache: int,
     text_cache: int,
     pool: int | None = None,
+    video_sessions: int | None = 0,
 ) -> MemoryPlan:
     """This replica's plan: its share of `pool`, less what it holds already, the activation
-    reserve and the logits and text caches, is the embedding cache's budget.
+    reserve and the logits and text caches, is shared by the video sessions and the
+    embedding cache: `video_sessions` bytes (None: `VIDEO_SESSIONS_SHARE` of it), the
+    embedding cache the rest.
 
     `pool`: the memory the replicas on this node (or GPU) share; None: the GPU's total
     memory, or on the CPU what is free (within the container's limit) plus what this process
@@ -75,6 +82,9 @@ def plan_memory(
         held = psutil.Process().memory_info().rss
         pool = available_memory() + held if pool is None else pool
     rest = int(pool * share) - held - activation_reserve - logits_cache - text_cache
+    if video_sessions is None:
+        video_sessions = max(int(rest * VIDEO_SESSIONS_SHARE), 0)
+    rest -= video_sessions
     plan = MemoryPlan(
         pool=pool,
         share=share,
@@ -83,13 +93,15 @@ def plan_memory(
         logits_cache=logits_cache,
         text_cache=text_cache,
         embedding_cache=max(rest, MIN_EMBEDDING_CACHE_BYTES),
+        video_sessions=video_sessions,
     )
     if rest < MIN_EMBEDDING_CACHE_BYTES:
         logger.warning(
             "memory: this replica's share (%.3g of %.0f MiB) does not cover what it holds "
-            "(%.0f MiB), its activation reserve and its logits and text caches; the "
-            "embedding cache gets %.0f MiB anyway: run fewer replicas per node or GPU, or "
-            "lower SAM3_LOGITS_CACHE_BYTES / SAM3_ACTIVATION_RESERVE_BYTES",
+            "(%.0f MiB), its activation reserve, its logits and text caches and its video "
+            "sessions; the embedding cache gets %.0f MiB anyway: run fewer replicas per node "
+            "or GPU, or lower SAM3_LOGITS_CACHE_BYTES / SAM3_ACTIVATION_RESERVE_BYTES / "
+            "SAM3_VIDEO_SESSION_BYTES",
             share,
             pool / 2**20,
             held / 2**20,

@@ -43,6 +43,12 @@ class RequestLimits(BaseSettings):
     )
 
 
+# The video sessions' budget where no memory plan chooses one.
+DEFAULT_VIDEO_SESSION_BYTES = 4096 * MiB
+# The share of a replica's caches that its memory plan gives video sessions by default.
+VIDEO_SESSIONS_SHARE = 0.25
+
+
 class VideoSettings(BaseSettings):
     """Video sessions (`sam3_core.video_sessions`): their limits. Every field is read from
     `SAM3_<NAME>` (all named `SAM3_VIDEO_...`)."""
@@ -52,11 +58,13 @@ class VideoSettings(BaseSettings):
     )
 
     video_max_sessions: int = Field(8, ge=1, description="Open video sessions per replica.")
-    video_session_bytes: int = Field(
-        4096 * MiB,
+    video_session_bytes: int | None = Field(
+        None,
         gt=0,
         description="Byte budget of all video sessions of a replica: kept frames and sam3's "
-        "tracking state (memories, per-frame outputs), beside the image caches.",
+        "tracking state (memories, per-frame outputs). Unset: a quarter of what the replica's "
+        "memory plan leaves for caches (counted in the plan, beside the image caches), or "
+        "4 GiB where no plan is made (SAM3_EMBEDDING_CACHE_BYTES set).",
     )
     video_max_frames: int = Field(1800, ge=1, description="Frames of one video (60 s at 30 fps).")
     video_max_video_bytes: int = Field(
@@ -78,6 +86,11 @@ class VideoSettings(BaseSettings):
         description="Keep sam3's tracker state (memories, masks) in host memory on a GPU, as "
         "its offload_state_to_cpu option does; it is moved to the GPU per frame.",
     )
+
+    @property
+    def video_budget(self) -> int:
+        """`video_session_bytes`, or its default where no memory plan set it."""
+        return self.video_session_bytes or DEFAULT_VIDEO_SESSION_BYTES
 
 
 class EngineSettings(RequestLimits, VideoSettings):

@@ -31,8 +31,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from sam3_core.errors import InvalidImageError, VideoTooLargeError
+from sam3_core.errors import InvalidImageError, InvalidPromptError, VideoTooLargeError
 from sam3_core.images import image_size
+from sam3_core.settings import RequestLimits, VideoSettings
 
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -56,6 +57,47 @@ class EncodedFrames:
     @property
     def nbytes(self) -> int:
         return sum(len(frame) for frame in self.frames)
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A video as sent: an MP4/WebM file, or its frames as pictures (exactly one)."""
+
+    video: bytes | None = None
+    frames: tuple[bytes, ...] | None = None
+
+
+def encode_source(
+    source: VideoSource, settings: VideoSettings, limits: RequestLimits, model_size: int
+) -> EncodedFrames:
+    """`source`'s frames as kept, within the video limits (each refusal names its setting)."""
+    if (source.video is None) == (source.frames is None):
+        raise InvalidPromptError("send a video or its frames, not both")
+    if source.video is not None:
+        if len(source.video) > settings.video_max_video_bytes:
+            raise VideoTooLargeError(
+                f"the video has {len(source.video)} bytes, over "
+                f"SAM3_VIDEO_MAX_VIDEO_BYTES={settings.video_max_video_bytes}"
+            )
+        return frames_from_video(
+            source.video,
+            image_size=model_size,
+            max_frames=settings.video_max_frames,
+            max_pixels=limits.max_image_pixels,
+            frame_format=settings.video_frame_format,
+        )
+    frames = source.frames or ()
+    if len(frames) > settings.video_max_frames:
+        raise VideoTooLargeError(
+            f"{len(frames)} frames, over SAM3_VIDEO_MAX_FRAMES={settings.video_max_frames}"
+        )
+    total = sum(len(frame) for frame in frames)
+    if total > settings.video_max_video_bytes:
+        raise VideoTooLargeError(
+            f"the frames have {total} bytes, over "
+            f"SAM3_VIDEO_MAX_VIDEO_BYTES={settings.video_max_video_bytes}"
+        )
+    return frames_from_pictures(frames, max_pixels=limits.max_image_pixels)
 
 
 def frames_from_pictures(pictures: Sequence[bytes], *, max_pixels: int) -> EncodedFrames:

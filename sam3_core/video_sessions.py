@@ -16,10 +16,11 @@ bounded (count, bytes, frames, idle time), and a closed session's memory is rele
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,42 +29,30 @@ import torch
 from sam3_core.errors import (
     InvalidPromptError,
     SessionBusyError,
+    SessionMovedError,
     SessionNotFoundError,
     VideoCapacityError,
-    VideoTooLargeError,
 )
 from sam3_core.images import check_image_id
 from sam3_core.memory import release_freed_memory
 from sam3_core.sam3_compat import running_on
 from sam3_core.settings import EngineSettings, RequestLimits, VideoSettings
 from sam3_core.video_architecture import Sam3VideoModel, load_video_model
-from sam3_core.video_frames import FrameStore, frames_from_pictures, frames_from_video
+from sam3_core.video_frames import FrameStore, VideoSource, encode_source
+from sam3_core.video_handoff import SessionState, pack, unpack
 from sam3_core.video_prompts import check_prompt
-from sam3_core.video_state import FrameOutputs, frame_outputs, new_state, state_nbytes
+from sam3_core.video_state import (
+    FrameOutputs,
+    SessionInfo,
+    SessionKey,
+    VideoStats,
+    frame_outputs,
+    new_state,
+    state_nbytes,
+)
 from sam3_core.weights import resolve_device
 
 DIRECTIONS = ("both", "forward", "backward")
-SessionKey = tuple[str | None, str]  # (tenant, session_id)
-
-
-@dataclass(frozen=True)
-class VideoSource:
-    """A video as sent: an MP4/WebM file, or its frames as pictures (exactly one)."""
-
-    video: bytes | None = None
-    frames: tuple[bytes, ...] | None = None
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    key: SessionKey
-    num_frames: int
-    width: int
-    height: int
-
-    @property
-    def session_id(self) -> str:
-        return self.key[1]
 
 
 @dataclass
@@ -73,21 +62,15 @@ class _Session:
     state: dict[str, Any]
     last_used: float
     state_bytes: int = 0
+    version: int = 0
     propagating: bool = False
     closed: bool = False
+    moved: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def nbytes(self) -> int:
         return self.frames.nbytes + self.state_bytes
-
-
-@dataclass(frozen=True)
-class VideoStats:
-    sessions: int
-    frame_bytes: int
-    state_bytes: int
-    frames_propagated: int
 
 
 class VideoSessions:
@@ -110,6 +93,9 @@ class VideoSessions:
         # One model call at a time: sessions interleave frame by frame.
         self._model_lock = threading.Lock()
         self.frames_propagated = 0
+        # Versions of started sessions: the replica's logical clock when it has one
+        # (`deployments.ownership.Clock.tick`), else a count.
+        self.stamp: Callable[[], int] = itertools.count(1).__next__
 
     @classmethod
     def from_settings(cls, settings: EngineSettings) -> VideoSessions:
@@ -126,7 +112,7 @@ class VideoSessions:
         same id is replaced, as in sam3."""
         if session_id is not None:
             check_image_id(session_id, max_length=self.limits.max_image_id_length)
-        encoded = self._encoded(source)
+        encoded = encode_source(source, self.settings, self.limits, self.model.image_size)
         key = (tenant, session_id or uuid.uuid4().hex)
         self.close_session(key)
         with self._registry:
@@ -138,16 +124,16 @@ class VideoSessions:
                     "one or retry later"
                 )
             used = sum(session.nbytes for session in self._sessions.values())
-            if used + encoded.nbytes > self.settings.video_session_bytes:
+            if used + encoded.nbytes > self.settings.video_budget:
                 raise VideoCapacityError(
                     f"the video sessions of this replica would exceed SAM3_VIDEO_SESSION_BYTES="
-                    f"{self.settings.video_session_bytes} ({used} in use, this video "
+                    f"{self.settings.video_budget} ({used} in use, this video "
                     f"{encoded.nbytes}); close a session or retry later"
                 )
             frames = FrameStore(encoded, self.model.image_size, self.device)
             with self._model_lock, self._running():
                 state = new_state(self.model, frames, encoded.height, encoded.width)
-            session = _Session(key, frames, state, time.monotonic())
+            session = _Session(key, frames, state, time.monotonic(), version=self.stamp())
             session.state_bytes = state_nbytes(state)
             self._sessions[key] = session
         return SessionInfo(key, len(frames), encoded.width, encoded.height)
@@ -239,6 +225,11 @@ class VideoSessions:
                     )
                 try:
                     while True:
+                        if session.moved:
+                            raise SessionMovedError(
+                                "propagation stopped: the session moved to another replica (a "
+                                "scale event); propagate again to continue there"
+                            )
                         if session.closed:
                             raise SessionNotFoundError("the session was closed while propagating")
                         with self._model_lock, self._running():
@@ -280,6 +271,69 @@ class VideoSessions:
             self._release(session)
         return True
 
+    # -- moving to another replica (`sam3_core.video_handoff`) -------------------------------
+
+    def holds(self, key: SessionKey) -> bool:
+        with self._registry:
+            return key in self._sessions
+
+    def keys(self) -> list[SessionKey]:
+        with self._registry:
+            return list(self._sessions)
+
+    def export_session(self, key: SessionKey, wait_s: float) -> SessionState | None:
+        """Take the session out of this process, as it is, for its next owner (None if it is
+        not here). A propagation under way may end first (up to `wait_s`), then is stopped
+        (its stream ends with `session_moved`); a request under way ends first."""
+        with self._registry:
+            session = self._sessions.get(key)
+        if session is None:
+            return None
+        deadline = time.monotonic() + wait_s
+        while session.propagating and time.monotonic() < deadline:
+            time.sleep(0.05)
+        session.moved = True  # a propagation still running stops at its next frame
+        with session.lock:
+            with self._registry:
+                if self._sessions.get(key) is not session:
+                    return None
+                del self._sessions[key]
+            session.closed = True
+            with self._model_lock:
+                payload = pack(session.state)
+                idle_s = time.monotonic() - session.last_used
+                session.state.clear()
+        release_freed_memory()
+        return SessionState(key, session.version, payload, idle_s)
+
+    def adopt_session(self, moved: SessionState) -> bool:
+        """A session another replica sent here (`export_session` there); returns whether it
+        is kept: not if a session of its key started here since (a newer version), or it
+        does not fit this replica's limits."""
+        key = (moved.key[0], moved.key[1])
+        with self._registry:
+            held = self._sessions.get(key)
+            if held is not None and held.version >= moved.version:
+                return False
+            fits = len(self._sessions) - (held is not None) < self.settings.video_max_sessions
+        state = unpack(moved.payload, self.device)
+        frames: FrameStore = state["input_batch"].img_batch
+        session = _Session(
+            key, frames, state, time.monotonic() - moved.idle_s, version=moved.version
+        )
+        session.state_bytes = state_nbytes(state)
+        with self._registry:
+            used = sum(s.nbytes for k, s in self._sessions.items() if k != key)
+            if not fits or used + session.nbytes > self.settings.video_budget:
+                return False
+            replaced = self._sessions.get(key)
+            if replaced is not None and replaced.version >= moved.version:
+                return False
+            self._sessions[key] = session
+        if replaced is not None:
+            self._release(replaced)
+        return True
+
     # -- bookkeeping -----------------------------------------------------------------------
 
     def expire_idle(self) -> int:
@@ -295,6 +349,7 @@ class VideoSessions:
             frame_bytes=sum(session.frames.nbytes for session in sessions),
             state_bytes=sum(session.state_bytes for session in sessions),
             frames_propagated=self.frames_propagated,
+            budget_bytes=self.settings.video_budget,
         )
 
     def session_bytes(self, key: SessionKey) -> int:
@@ -355,43 +410,13 @@ class VideoSessions:
         ):
             yield
 
-    def _encoded(self, source: VideoSource) -> Any:
-        settings, limits = self.settings, self.limits
-        if (source.video is None) == (source.frames is None):
-            raise InvalidPromptError("send a video or its frames, not both")
-        if source.video is not None:
-            if len(source.video) > settings.video_max_video_bytes:
-                raise VideoTooLargeError(
-                    f"the video has {len(source.video)} bytes, over "
-                    f"SAM3_VIDEO_MAX_VIDEO_BYTES={settings.video_max_video_bytes}"
-                )
-            return frames_from_video(
-                source.video,
-                image_size=self.model.image_size,
-                max_frames=settings.video_max_frames,
-                max_pixels=limits.max_image_pixels,
-                frame_format=settings.video_frame_format,
-            )
-        frames = source.frames or ()
-        if len(frames) > settings.video_max_frames:
-            raise VideoTooLargeError(
-                f"{len(frames)} frames, over SAM3_VIDEO_MAX_FRAMES={settings.video_max_frames}"
-            )
-        total = sum(len(frame) for frame in frames)
-        if total > settings.video_max_video_bytes:
-            raise VideoTooLargeError(
-                f"the frames have {total} bytes, over "
-                f"SAM3_VIDEO_MAX_VIDEO_BYTES={settings.video_max_video_bytes}"
-            )
-        return frames_from_pictures(frames, max_pixels=limits.max_image_pixels)
-
     def _check_budget(self, session: _Session) -> None:
         with self._registry:
             used = sum(s.nbytes for s in self._sessions.values())
-        if used > self.settings.video_session_bytes:
+        if used > self.settings.video_budget:
             raise VideoCapacityError(
                 f"propagation stopped: the video sessions of this replica hold {used} bytes, "
-                f"over SAM3_VIDEO_SESSION_BYTES={self.settings.video_session_bytes}; close a "
+                f"over SAM3_VIDEO_SESSION_BYTES={self.settings.video_budget}; close a "
                 "session or propagate fewer frames (max_frame_num_to_track)"
             )
 

@@ -12,6 +12,31 @@ import torch
 from sam3_core.video_architecture import Sam3VideoModel
 from sam3_core.video_frames import FrameStore
 
+SessionKey = tuple[str | None, str]  # (tenant, session_id)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A started session: its key and its video's size."""
+
+    key: SessionKey
+    num_frames: int
+    width: int
+    height: int
+
+    @property
+    def session_id(self) -> str:
+        return self.key[1]
+
+
+@dataclass(frozen=True)
+class VideoStats:
+    sessions: int
+    frame_bytes: int
+    state_bytes: int
+    frames_propagated: int
+    budget_bytes: int = 0
+
 
 @dataclass(frozen=True)
 class FrameOutputs:

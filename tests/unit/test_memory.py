@@ -32,6 +32,22 @@ class TestPlan:
             assert plan.held == 2 * GiB and plan.logits_cache and plan.text_cache
             assert plan.embedding_cache == node // 4 - (2 + 1 + 0.5 + 1 / 16) * GiB
 
+    def test_video_sessions_are_counted_beside_the_image_caches(self, monkeypatch):
+        node = 20 * GiB
+        monkeypatch.setattr(memory.psutil, "Process", lambda: _Rss(2 * GiB))
+        parts = {"activation_reserve": GiB, "logits_cache": 512 * 2**20, "text_cache": 64 * 2**20}
+        rest = node // 4 - (2 + 1 + 0.5 + 1 / 16) * GiB
+        shared = memory.plan_memory(
+            torch.device("cpu"), share=1 / 4, pool=node, video_sessions=None, **parts
+        )
+        assert shared.video_sessions == int(rest * memory.VIDEO_SESSIONS_SHARE)
+        assert shared.embedding_cache == rest - shared.video_sessions
+        assert shared.total == node // 4
+        fixed = memory.plan_memory(
+            torch.device("cpu"), share=1 / 4, pool=node, video_sessions=GiB, **parts
+        )
+        assert fixed.video_sessions == GiB and fixed.embedding_cache == rest - GiB
+
     def test_a_share_too_small_is_said_and_the_cache_keeps_a_floor(self, monkeypatch, caplog):
         monkeypatch.setattr(memory, "available_memory", lambda: 2 * GiB)
         plan = memory.plan_memory(
@@ -52,6 +68,16 @@ class TestPlan:
         assert interactive.memory.text_cache == 0
         fixed = make_segmenter(embedding_cache_bytes=2**26)
         assert fixed.memory is None and fixed.embeddings.max_bytes == 2**26
+        assert fixed.video_settings().video_budget == 4096 * 2**20  # no plan: the default
+
+    def test_the_engine_plans_its_video_sessions(self, make_segmenter):
+        settings = {"embedding_cache_bytes": None, "memory_share": 0.5}
+        planned = make_segmenter(**settings)
+        assert planned.memory.video_sessions > 0
+        assert planned.video_settings().video_session_bytes == planned.memory.video_sessions
+        chosen = make_segmenter(video_session_bytes=2**28, **settings)
+        assert chosen.memory.video_sessions == 2**28
+        assert chosen.video_settings().video_budget == 2**28
 
 
 class _Rss:

@@ -14,7 +14,9 @@ import torch
 
 from bench.samples import encode_image, random_pixels
 from bench.video_reference import random_video_model
+from deployments.ownership import Clock
 from deployments.segmenter import SegmenterReplica
+from deployments.video_handoff import VideoHandoff
 from deployments.video_operations import VideoCall, VideoReply
 from sam3_core.architecture import TINY
 from sam3_core.errors import SessionNotFoundError
@@ -40,6 +42,10 @@ def replica():
     )
     replica._video_build = asyncio.Lock()
     replica.video_metrics = NoVideoMetrics()
+    # No ring yet (as before Serve's first replica-set update): every session is its own.
+    replica.video_handoff = VideoHandoff(
+        "r", None, 1.0, Clock(), lambda: replica._video, replica._video_sessions
+    )
     yield replica
     replica._pool.shutdown()
 
