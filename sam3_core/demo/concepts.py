@@ -280,6 +280,10 @@ def concept_step(
     total.backward()
     torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 0.1)
     optimizer.step()
-    logged = {k: float(v) for k, v in losses.items() if k != CORE_LOSS_KEY and "aux" not in k}
+    logged = {
+        k: float(v.detach()) if torch.is_tensor(v) else float(v)
+        for k, v in losses.items()
+        if k != CORE_LOSS_KEY and "aux" not in k
+    }
     logged["concept_loss"] = float(total.detach())
     return logged
