@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-budget", type=float, default=0, help="stage 1 seconds; 0: none")
     parser.add_argument("--init", default="", help="start from this demo checkpoint")
-    parser.add_argument("--concept-steps", type=int, default=700, help="stage 2; 0: none")
+    parser.add_argument("--concept-steps", type=int, default=500, help="stage 2; 0: none")
     parser.add_argument("--concept-batch", type=int, default=2, help="scenes per step")
     parser.add_argument("--concept-queries", type=int, default=4, help="queries per scene")
     parser.add_argument("--concept-lr", type=float, default=4e-4)
