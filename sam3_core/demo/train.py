@@ -332,6 +332,8 @@ def train(args: argparse.Namespace) -> dict:
         "losses": history,
         "concept_losses": concept_history,
     }
+    if args.init and not args.steps:
+        record = with_stage1(record, Path(args.init))
     model.eval()
     if args.out:
         path = Path(args.out)
@@ -348,6 +350,32 @@ def train(args: argparse.Namespace) -> dict:
     if args.record:
         Path(args.record).write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+STAGE1_KEYS = ("steps", "steps_planned", "batch", "objects_per_scene", "peak_lr", "losses", "note")
+
+
+def with_stage1(record: dict, init: Path) -> dict:
+    """A stage-2 run from stage 1's checkpoint (`--init`, `--steps 0`): stage 1's facts from
+    the checkpoint's own record (`shapes.json` beside `shapes.pt`), so that one record
+    describes the whole chain."""
+    source = init.with_suffix(".json")
+    if not source.is_file():
+        return record
+    stage1 = json.loads(source.read_text())
+    merged = {**record, **{key: stage1[key] for key in STAGE1_KEYS if key in stage1}}
+    merged["stage1_threads"] = stage1.get("stage1_threads", stage1.get("threads"))
+    merged["stage1_wall_seconds"] = stage1.get("stage1_wall_seconds", stage1.get("wall_seconds"))
+    merged["stage1_process_cpu_seconds"] = stage1.get(
+        "stage1_process_cpu_seconds", stage1.get("process_cpu_seconds")
+    )
+    merged["stage2_wall_seconds"] = record["wall_seconds"]
+    merged["stage2_process_cpu_seconds"] = record["process_cpu_seconds"]
+    merged["wall_seconds"] = round(record["wall_seconds"] + merged["stage1_wall_seconds"], 1)
+    merged["process_cpu_seconds"] = round(
+        record["process_cpu_seconds"] + merged["stage1_process_cpu_seconds"], 1
+    )
+    return merged
 
 
 def main(argv: list[str] | None = None) -> dict:

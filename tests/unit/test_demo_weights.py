@@ -123,3 +123,19 @@ def test_the_demo_model_segments_held_out_shapes_and_random_weights_do_not(demo_
 # held-out scenes (shapes.json: 0.742 and 0.741 on 40); random weights ~0.03.
 MIN_CLICK_MIOU = 0.68
 MIN_BOX_MIOU = 0.68
+
+
+def test_the_concept_stage_leaves_what_clicks_read_as_it_was(tmp_path):
+    """Stage 2 trains the concept parts only: from the shipped checkpoint, every tensor the
+    interactive path reads is unchanged, and the concept parts moved."""
+    out = tmp_path / "stage2.pt"
+    train.main(
+        [
+            *("--init", str(SHIPPED), "--steps", "0", "--concept-steps", "1"),
+            *("--concept-batch", "1", "--concept-queries", "2", "--out", str(out)),
+        ]
+    )
+    before = load_model(EngineSettings(checkpoint="demo:shapes", device="cpu")).state_dict()
+    after = load_model(EngineSettings(checkpoint=str(out), device="cpu")).state_dict()
+    moved = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("concepts.") for k in moved), sorted(moved)[:5]
