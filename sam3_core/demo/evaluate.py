@@ -5,12 +5,15 @@ shapes and colours, box exemplars) through `ConceptSam3.ground` as the engine ca
 
 from __future__ import annotations
 
+import copy
+
+import cv2
 import numpy as np
 import torch
 
 from sam3_core.concept_prompts import ConceptPrompt, ExemplarBox, exemplar_arrays
 from sam3_core.demo.scenes import COLOURS, KINDS, Scene, held_out_scenes, interior_point
-from sam3_core.model import InteractiveSam3
+from sam3_core.model import ImageEmbedding, InteractiveSam3
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -149,3 +152,90 @@ def concept_scores(model: InteractiveSam3, count: int = 50) -> dict:
         "expected": total[2],
         **summary(*total),
     }
+
+
+def diagnosis(model: InteractiveSam3, count: int = 40) -> dict:
+    """Where the interactive IoU is lost, on `count` held-out scenes: the ceiling of the
+    ground truth pushed through the low-res mask size and back (area average, then bilinear
+    as served), the best of the three proposals against the one the IoU head picks, the
+    raw logits upsampled without sam3's hole filling, and centre clicks by shape size."""
+    import torch.nn.functional as F
+
+    side = model.arch.low_res_size
+    rows: list[dict] = []
+    for scene in held_out_scenes(count):
+        height, width = scene.image.shape[:2]
+        embedding = model.encode(torch.from_numpy(scene.image).permute(2, 0, 1))
+        n = len(scene.kinds)
+        clicks = np.array([[scene.centre_click(i)] for i in range(n)], np.float32)
+        prompts = {
+            "click": {"point_coords": clicks, "point_labels": np.ones((n, 1), np.int32)},
+            "box": {"boxes": scene.boxes.astype(np.float32)},
+        }
+        proposals = {k: _all_proposals(model, embedding, **v) for k, v in prompts.items()}
+        for i, truth in enumerate(scene.masks):
+            small = cv2.resize(truth.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+            ceiling = F.interpolate(
+                torch.from_numpy(small - 0.5)[None, None], (height, width), mode="bilinear"
+            )[0, 0].numpy()
+            row = {"area": int(truth.sum()), "ceiling": iou(ceiling > 0, truth)}
+            for kind, (logits, scores) in proposals.items():
+                ious = [iou(mask > 0, truth) for mask in logits[i]]
+                row[f"{kind}_picked"] = ious[int(scores[i].argmax())]
+                row[f"{kind}_best_of_3"] = max(ious)
+            rows.append(row)
+    areas = np.array([r["area"] for r in rows])
+    edges = np.quantile(areas, [0.25, 0.5, 0.75])
+    quartile = np.searchsorted(edges, areas, side="right")
+
+    def mean(key: str, keep: list[bool] | None = None) -> float:
+        chosen = [r[key] for r, k in zip(rows, keep or [True] * len(rows), strict=True) if k]
+        return round(float(np.mean(chosen)), 4)
+
+    return {
+        "low_res_side": side,
+        "low_res_ceiling_miou": mean("ceiling"),
+        "click_picked_no_hole_filling_miou": mean("click_picked"),
+        "click_best_of_3_miou": mean("click_best_of_3"),
+        "box_picked_no_hole_filling_miou": mean("box_picked"),
+        "box_best_of_3_miou": mean("box_best_of_3"),
+        "click_miou_by_area_quartile": [
+            mean("click_picked", list(quartile == q)) for q in range(4)
+        ],
+        "area_quartile_edges_px": [int(e) for e in edges],
+    }
+
+
+def _all_proposals(
+    model: InteractiveSam3, embedding: ImageEmbedding, **prompt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The three proposals' logits at the image's size (upsampled, no hole filling) and their
+    predicted IoUs, through the same decoder call as `decode`."""
+    import torch.nn.functional as F
+
+    from sam3_core.model import _UpsampleLater
+
+    predictor = model.predictor
+    with torch.inference_mode():
+        call = copy.copy(predictor)
+        object.__setattr__(
+            call,
+            "_modules",
+            {**predictor._modules, "_transforms": _UpsampleLater(predictor._transforms)},
+        )
+        call._features = {
+            "image_embed": embedding.image_embed.float(),
+            "high_res_feats": [f.float() for f in embedding.high_res_feats],
+        }
+        call._orig_hw = [embedding.orig_hw]
+        call._is_image_set = True
+        inputs = call._prep_prompts(
+            prompt.get("point_coords"),
+            prompt.get("point_labels"),
+            prompt.get("boxes"),
+            None,
+            normalize_coords=True,
+        )
+        _, scores, low_res = call._predict(*inputs[1:], inputs[0], True, return_logits=True)
+        full = F.interpolate(low_res.float(), embedding.orig_hw, mode="bilinear")
+    return full.numpy(), scores.numpy()
