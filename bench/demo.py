@@ -1,15 +1,19 @@
 """The demo model (`SAM3_CHECKPOINT=demo:shapes`, trained on synthetic shapes, not SAM3)
 against random weights of the same architecture, on held-out scenes.
 
-    python -m bench.demo            # 40 held-out scenes, ~2 min on one core
+    python -m bench.demo            # 40 held-out scenes, ~4 min on one core
     python -m bench.demo --scenes 10
 
 Both models are loaded through `sam3_core.weights.load_model` (the demo model through the
 same checkpoint path as sam3.pt) and called as the service calls them (`encode`, `decode`):
 one click at each shape's centre (the point farthest from its edge), its box, and a
-corrective click seeded with the first click's low-res logits. Scores are mean IoU with the
-ground-truth masks over every instance. Writes bench/results/demo.json, with the training
-record's facts (steps, wall and CPU time, checkpoint size) from `sam3_core/demo/shapes.json`.
+corrective click seeded with the first click's low-res logits (mean IoU with the
+ground-truth masks over every instance); and concept queries (each shape name, kind and
+colour present, one name absent, a box exemplar of each name) scored by F1 at mask IoU 0.5
+at the service's default threshold, with each kind of query's precision and recall; and
+where the demo model's IoU is lost (`evaluate.diagnosis`).
+Writes bench/results/demo.json, with the training record's facts (steps, wall and CPU
+time, checkpoint size) from `sam3_core/demo/shapes.json`.
 """
 
 from __future__ import annotations
@@ -37,33 +41,40 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     record = json.loads((DEMO_DIR / "shapes.json").read_text())
     models = {
-        "demo": EngineSettings(checkpoint="demo:shapes", device="cpu", concepts=False),
+        "demo": EngineSettings(checkpoint="demo:shapes", device="cpu"),
         "random": EngineSettings(
-            random_weights=record["architecture"], random_seed=0, device="cpu", concepts=False
+            random_weights=record["architecture"], random_seed=0, device="cpu"
         ),
     }
     scores = {}
     for name, settings in models.items():
         started = time.perf_counter()
-        scores[name] = evaluate.scores(load_model(settings), args.scenes)
+        model = load_model(settings)
+        scores[name] = evaluate.scores(model, args.scenes)
+        scores[name]["concepts"] = evaluate.concept_scores(model, args.scenes)
         scores[name]["seconds"] = round(time.perf_counter() - started, 1)
     result = {
         "model": record["model"],
         "architecture": record["architecture"],
         "checkpoint_bytes": demo_checkpoint_path("demo:shapes").stat().st_size,
         "training": {
-            key: record[key]
+            key: record.get(key)
             for key in (
                 "seed",
+                "init",
                 "steps",
                 "batch",
                 "objects_per_scene",
+                "concept_steps",
+                "concept_batch",
+                "concept_queries_per_scene",
                 "wall_seconds",
                 "process_cpu_seconds",
                 "trained",
             )
         },
         "scores": scores,
+        "diagnosis": evaluate.diagnosis(load_model(models["demo"]), args.scenes),
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(scores, indent=1))

@@ -1,14 +1,19 @@
 """Held-out scores of a model on synthetic scenes, through `InteractiveSam3.encode`/`decode`
 as the service calls them: one centre click, a box, and a refinement round (a corrective
-click with the first click's low-res logits fed back)."""
+click with the first click's low-res logits fed back); and concept queries (texts naming
+shapes and colours, box exemplars) through `ConceptSam3.ground` as the engine calls it."""
 
 from __future__ import annotations
 
+import copy
+
+import cv2
 import numpy as np
 import torch
 
-from sam3_core.demo.scenes import Scene, held_out_scenes, interior_point
-from sam3_core.model import InteractiveSam3
+from sam3_core.concept_prompts import ConceptPrompt, ExemplarBox, exemplar_arrays
+from sam3_core.demo.scenes import COLOURS, KINDS, Scene, held_out_scenes, interior_point
+from sam3_core.model import ImageEmbedding, InteractiveSam3
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,3 +69,173 @@ def scores(model: InteractiveSam3, count: int = 50) -> dict[str, float]:
         "box_miou": round(float(np.mean(totals["box"])), 4),
         "click_then_corrective_click_miou": round(float(np.mean(totals["refined"])), 4),
     }
+
+
+CONCEPT_THRESHOLD = 0.5  # the service's default output_prob_thresh
+MATCH_IOU = 0.5
+
+
+def concept_queries(scene: Scene, index: int) -> list[tuple[str, ConceptPrompt, list[int]]]:
+    """(kind of query, prompt, instances it names) for one held-out scene: every shape name,
+    kind and colour present, one name absent, and a box exemplar of each name present."""
+    from sam3_core.demo.concepts import matching, vocabulary
+
+    names = list(dict.fromkeys(scene.names()))
+    queries = [("name", ConceptPrompt(text=n), list(matching(scene, n))) for n in names]
+    for kind in dict.fromkeys(scene.kinds):
+        queries.append(("kind", ConceptPrompt(text=kind), list(matching(scene, kind))))
+    for colour in dict.fromkeys(scene.colours):
+        queries.append(("colour", ConceptPrompt(text=colour), list(matching(scene, colour))))
+    absent = [t for t in vocabulary()[: -len(KINDS) - len(COLOURS)] if not matching(scene, t)]
+    queries.append(("absent", ConceptPrompt(text=absent[index % len(absent)]), []))
+    for name in names:
+        first = scene.names().index(name)
+        x0, y0, x1, y1 = scene.boxes[first].tolist()
+        box = ExemplarBox(x0=x0, y0=y0, x1=x1, y1=y1)
+        queries.append(("exemplar", ConceptPrompt(boxes=[box]), list(matching(scene, name))))
+    return queries
+
+
+def _matches(found: np.ndarray, scores: np.ndarray, truth: list[np.ndarray]) -> int:
+    """True positives: found masks (highest score first) matched one-to-one to ground-truth
+    masks at IoU >= 0.5."""
+    free, hits = list(range(len(truth))), 0
+    for i in np.argsort(-scores):
+        best = max(free, key=lambda j: iou(found[i], truth[j]), default=None)
+        if best is not None and iou(found[i], truth[best]) >= MATCH_IOU:
+            free.remove(best)
+            hits += 1
+    return hits
+
+
+def concept_scores(model: InteractiveSam3, count: int = 50) -> dict:
+    """Concept F1 at mask IoU 0.5 over every query of `count` held-out scenes, through the
+    engine's calls (`encode`, `ConceptSam3.ground`, `instances` at the service's default
+    threshold), with each kind of query's precision and recall."""
+    from sam3_core.concept_model import ConceptQueries, instances
+
+    concepts = model.concepts
+    assert concepts is not None, "concept scores need a model built with concepts"
+    counts: dict[str, list[int]] = {}  # kind -> [true positives, found, expected]
+    for index, scene in enumerate(held_out_scenes(count)):
+        embedding = model.encode(torch.from_numpy(scene.image).permute(2, 0, 1))
+        queries = concept_queries(scene, index)
+        prompts = [prompt for _, prompt, _ in queries]
+        grounding = concepts.ground(
+            concepts.detector_features(embedding.trunk),
+            ConceptQueries(
+                texts=concepts.encode_texts([p.query_text for p in prompts]),
+                exemplars=exemplar_arrays(prompts, embedding.orig_hw),
+            ),
+        )
+        found = instances(
+            grounding, embedding.orig_hw, [CONCEPT_THRESHOLD] * len(prompts), 100, 2**40
+        )
+        for (kind, _, targets), result in zip(queries, found, strict=True):
+            truth = [scene.masks[i] for i in targets]
+            tally = counts.setdefault(kind, [0, 0, 0])
+            tally[0] += _matches(result.masks, result.scores, truth)
+            tally[1] += len(result.masks)
+            tally[2] += len(truth)
+
+    def summary(hits: int, found: int, expected: int) -> dict[str, float]:
+        precision = hits / found if found else 1.0
+        recall = hits / expected if expected else 1.0
+        f1 = 2 * hits / (found + expected) if found + expected else 1.0
+        return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
+
+    total = [sum(t[i] for t in counts.values()) for i in range(3)]
+    return {
+        "scenes": count,
+        "queries": {kind: summary(*tally) for kind, tally in counts.items()},
+        "found": total[1],
+        "expected": total[2],
+        **summary(*total),
+    }
+
+
+def diagnosis(model: InteractiveSam3, count: int = 40) -> dict:
+    """Where the interactive IoU is lost, on `count` held-out scenes: the ceiling of the
+    ground truth pushed through the low-res mask size and back (area average, then bilinear
+    as served), the best of the three proposals against the one the IoU head picks, the
+    raw logits upsampled without sam3's hole filling, and centre clicks by shape size."""
+    import torch.nn.functional as F
+
+    side = model.arch.low_res_size
+    rows: list[dict] = []
+    for scene in held_out_scenes(count):
+        height, width = scene.image.shape[:2]
+        embedding = model.encode(torch.from_numpy(scene.image).permute(2, 0, 1))
+        n = len(scene.kinds)
+        clicks = np.array([[scene.centre_click(i)] for i in range(n)], np.float32)
+        prompts = {
+            "click": {"point_coords": clicks, "point_labels": np.ones((n, 1), np.int32)},
+            "box": {"boxes": scene.boxes.astype(np.float32)},
+        }
+        proposals = {k: _all_proposals(model, embedding, **v) for k, v in prompts.items()}
+        for i, truth in enumerate(scene.masks):
+            small = cv2.resize(truth.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+            ceiling = F.interpolate(
+                torch.from_numpy(small - 0.5)[None, None], (height, width), mode="bilinear"
+            )[0, 0].numpy()
+            row = {"area": int(truth.sum()), "ceiling": iou(ceiling > 0, truth)}
+            for kind, (logits, scores) in proposals.items():
+                ious = [iou(mask > 0, truth) for mask in logits[i]]
+                row[f"{kind}_picked"] = ious[int(scores[i].argmax())]
+                row[f"{kind}_best_of_3"] = max(ious)
+            rows.append(row)
+    areas = np.array([r["area"] for r in rows])
+    edges = np.quantile(areas, [0.25, 0.5, 0.75])
+    quartile = np.searchsorted(edges, areas, side="right")
+
+    def mean(key: str, keep: list[bool] | None = None) -> float:
+        chosen = [r[key] for r, k in zip(rows, keep or [True] * len(rows), strict=True) if k]
+        return round(float(np.mean(chosen)), 4)
+
+    return {
+        "low_res_side": side,
+        "low_res_ceiling_miou": mean("ceiling"),
+        "click_picked_no_hole_filling_miou": mean("click_picked"),
+        "click_best_of_3_miou": mean("click_best_of_3"),
+        "box_picked_no_hole_filling_miou": mean("box_picked"),
+        "box_best_of_3_miou": mean("box_best_of_3"),
+        "click_miou_by_area_quartile": [
+            mean("click_picked", list(quartile == q)) for q in range(4)
+        ],
+        "area_quartile_edges_px": [int(e) for e in edges],
+    }
+
+
+def _all_proposals(
+    model: InteractiveSam3, embedding: ImageEmbedding, **prompt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The three proposals' logits at the image's size (upsampled, no hole filling) and their
+    predicted IoUs, through the same decoder call as `decode`."""
+    import torch.nn.functional as F
+
+    from sam3_core.model import _UpsampleLater
+
+    predictor = model.predictor
+    with torch.inference_mode():
+        call = copy.copy(predictor)
+        object.__setattr__(
+            call,
+            "_modules",
+            {**predictor._modules, "_transforms": _UpsampleLater(predictor._transforms)},
+        )
+        call._features = {
+            "image_embed": embedding.image_embed.float(),
+            "high_res_feats": [f.float() for f in embedding.high_res_feats],
+        }
+        call._orig_hw = [embedding.orig_hw]
+        call._is_image_set = True
+        inputs = call._prep_prompts(
+            prompt.get("point_coords"),
+            prompt.get("point_labels"),
+            prompt.get("boxes"),
+            None,
+            normalize_coords=True,
+        )
+        _, scores, low_res = call._predict(*inputs[1:], inputs[0], True, return_logits=True)
+        full = F.interpolate(low_res.float(), embedding.orig_hw, mode="bilinear")
+    return full.numpy(), scores.numpy()

@@ -1,6 +1,7 @@
 """The demo model (SAM3_CHECKPOINT=demo:shapes, trained on synthetic shapes, not SAM3) through
 the real stack over HTTP: masks that follow the shapes clicked, boxed and refined on held-out
-scenes, where random weights fail the same thresholds (tests/unit/test_demo_weights.py)."""
+scenes, and after a scale event, where random weights fail the same thresholds
+(tests/unit/test_demo_weights.py)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,25 @@ def test_a_negative_click_removes_a_neighbour(demo_service, scenes):
 
 def covered(mask: np.ndarray, shape: np.ndarray) -> float:
     return float((mask & shape).sum() / shape.sum())
+
+
+def test_the_same_masks_on_the_shapes_after_a_scale_out(demo_service, scenes):
+    """Centre clicks by id on the held-out scenes, before and after a second replica joins
+    (images handed to their new owners): the same masks, still on the shapes clicked."""
+    prompts = {
+        n: [{"points": [point(*scene.centre_click(i))]} for i in range(len(scene.kinds))]
+        for n, scene in enumerate(scenes)
+    }
+    before = {n: segment(demo_service, f"scale-{n}", s, prompts[n]) for n, s in enumerate(scenes)}
+    deploy(demo_service, replicas=2, args={"engine": DEMO_ENGINE})
+    moved = 0
+    for n, scene in enumerate(scenes):
+        body = {"image_id": f"scale-{n}", "prompts": prompts[n], "format": "rle"}
+        response = demo_service.post("/sam3/visual_segment", body)
+        assert response.status_code == 200, response.text[:300]
+        moved += response.headers["x-sam3-embedding-cache"] == "handoff"
+        after = [coco_mask.decode(p["masks"]).astype(bool) for p in response.json()["predictions"]]
+        assert all(np.array_equal(a, b) for a, b in zip(after, before[n], strict=True))
+        ious = [iou(m, t) for m, t in zip(after, scene.masks, strict=True)]
+        assert np.mean(ious) > 0.5, ious
+    assert moved, "the second replica owns some of the scenes"

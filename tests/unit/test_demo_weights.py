@@ -83,24 +83,19 @@ def test_the_training_forward_is_the_serving_forward():
     )
 
 
-def test_a_few_training_steps_run_and_write_a_loadable_checkpoint(tmp_path):
+def test_a_few_steps_of_both_stages_run_and_write_a_loadable_checkpoint(tmp_path):
     out, record_path = tmp_path / "shapes.pt", tmp_path / "shapes.json"
     record = train.main(
         [
-            "--steps",
-            "3",
-            "--batch",
-            "2",
-            "--log-every",
-            "1",
-            "--out",
-            str(out),
-            "--record",
-            str(record_path),
+            *("--steps", "3", "--batch", "2", "--log-every", "1"),
+            *("--concept-steps", "2", "--concept-batch", "1", "--concept-queries", "3"),
+            *("--out", str(out), "--record", str(record_path)),
         ]
     )
     assert record["steps"] == 3 and len(record["losses"]) == 3
     assert all(np.isfinite(entry["loss"]) for entry in record["losses"])
+    assert record["concept_steps"] == 2 and len(record["concept_losses"]) == 2
+    assert all(np.isfinite(entry["concept_loss"]) for entry in record["concept_losses"])
     assert record_path.is_file() and "not SAM3" in record["model"]
     trained = load_model(EngineSettings(checkpoint=str(out), device="cpu", concepts=False))
     # The starting point through the same float16 checkpoint: training moved the weights.
@@ -110,6 +105,11 @@ def test_a_few_training_steps_run_and_write_a_loadable_checkpoint(tmp_path):
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, untrained[k])]
     assert any(k.startswith("image_encoder.trunk.") for k in changed)
     assert any(k.startswith("predictor.model.sam_mask_decoder.") for k in changed)
+    with_concepts = load_model(EngineSettings(checkpoint=str(out), device="cpu")).state_dict()
+    before = load_model(settings).state_dict()
+    moved = [k for k, v in with_concepts.items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("concepts.detector.transformer.") for k in moved)
+    assert any(k.startswith("concepts.detector.backbone.language_backbone.") for k in moved)
 
 
 def test_the_demo_model_segments_held_out_shapes_and_random_weights_do_not(demo_model):
@@ -123,3 +123,19 @@ def test_the_demo_model_segments_held_out_shapes_and_random_weights_do_not(demo_
 # held-out scenes (shapes.json: 0.742 and 0.741 on 40); random weights ~0.03.
 MIN_CLICK_MIOU = 0.68
 MIN_BOX_MIOU = 0.68
+
+
+def test_the_concept_stage_leaves_what_clicks_read_as_it_was(tmp_path):
+    """Stage 2 trains the concept parts only: from the shipped checkpoint, every tensor the
+    interactive path reads is unchanged, and the concept parts moved."""
+    out = tmp_path / "stage2.pt"
+    train.main(
+        [
+            *("--init", str(SHIPPED), "--steps", "0", "--concept-steps", "1"),
+            *("--concept-batch", "1", "--concept-queries", "2", "--out", str(out)),
+        ]
+    )
+    before = load_model(EngineSettings(checkpoint="demo:shapes", device="cpu")).state_dict()
+    after = load_model(EngineSettings(checkpoint=str(out), device="cpu")).state_dict()
+    moved = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("concepts.") for k in moved), sorted(moved)[:5]
