@@ -7,7 +7,9 @@ import { restoreKept } from "./images.js";
 import "./input.js";
 import { render } from "./render.js";
 import { showError } from "./status.js";
+import { wireVideo } from "./video.js";
 
+wireVideo();
 new ResizeObserver(() => {
   view.fit();
   render();

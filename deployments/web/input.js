@@ -17,12 +17,13 @@ import { clearAll, ensureEmbedded, keep, openFiles, show } from "./images.js";
 import { addPoint, deleteObject, findConcept, newObject, redo, setPrompts, undo } from "./prompts.js";
 import { render } from "./render.js";
 import { showError } from "./status.js";
+import { closeVideo, openVideo, video, videoClick, videoConcept, videoKey } from "./video.js";
 
 canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 
 canvas.addEventListener("pointerdown", (event) => {
   canvas.focus();
-  if (!state.image) {
+  if (!state.image && !video.active) {
     $("image-input").click();
     return;
   }
@@ -64,9 +65,12 @@ canvas.addEventListener("pointerup", () => {
   const box = drag.box;
   if (box && box.x1 - box.x0 >= MIN_BOX_PX && box.y1 - box.y0 >= MIN_BOX_PX) {
     const { x0, y0, x1, y1 } = box;
-    setPrompts({ box: { x0: round1(x0), y0: round1(y0), x1: round1(x1), y1: round1(y1) } });
+    const rounded = { x0: round1(x0), y0: round1(y0), x1: round1(x1), y1: round1(y1) };
+    if (video.active) videoConcept(rounded).catch(showError);
+    else setPrompts({ box: rounded });
   } else if (!box) {
-    addPoint(drag.start, !drag.negative);
+    if (video.active) videoClick(drag.start, !drag.negative).catch(showError);
+    else addPoint(drag.start, !drag.negative);
   } else {
     render();
   }
@@ -97,6 +101,11 @@ document.addEventListener("keydown", (event) => {
   const typing =
     event.target instanceof HTMLInputElement && !["file", "button"].includes(event.target.type);
   const command = event.ctrlKey || event.metaKey;
+  if (video.active) {
+    if (typing && event.key === "Escape") event.target.blur();
+    else if (!typing && !command && !event.altKey) videoKey(event);
+    return;
+  }
   if (event.key === "Escape") {
     if (typing) event.target.blur();
     if (state.drag) {
@@ -148,8 +157,11 @@ document.addEventListener("keydown", (event) => {
 
 for (const id of ["image-input", "folder-input"]) {
   $(id).addEventListener("change", (event) => {
-    openFiles(event.target.files).catch(showError);
+    const files = event.target.files;
     event.target.value = "";
+    (video.active ? closeVideo() : Promise.resolve())
+      .then(() => openFiles(files))
+      .catch(showError);
   });
 }
 $("next-image").addEventListener("click", () => show(state.index + 1).catch(showError));
@@ -174,7 +186,9 @@ stage.addEventListener("drop", (event) => {
   event.preventDefault();
   stage.classList.remove("dropping");
   $("drop-hint").hidden = true;
-  openFiles(event.dataTransfer.files).catch(showError);
+  const files = event.dataTransfer.files;
+  if ([...files].some((file) => file.type.startsWith("video/"))) openVideo(files).catch(showError);
+  else (video.active ? closeVideo() : Promise.resolve()).then(() => openFiles(files)).catch(showError);
 });
 // A file dropped beside the canvas must not replace the page.
 window.addEventListener("dragover", (event) => event.preventDefault());

@@ -5,8 +5,10 @@ import { $, canvas, objects, select, state, view } from "./context.js";
 import { keep, show } from "./images.js";
 import { deleteObject } from "./prompts.js";
 import { showError } from "./status.js";
+import { draw as drawVideo, video } from "./video.js";
 
 export function render() {
+  if (video.active) return drawVideo();
   keep();
   renderDataset();
   view.draw({
