@@ -157,7 +157,7 @@ document.addEventListener("keydown", (event) => {
 
 for (const id of ["image-input", "folder-input"]) {
   $(id).addEventListener("change", (event) => {
-    const files = event.target.files;
+    const files = [...event.target.files]; // a copy: clearing the input empties its list
     event.target.value = "";
     (video.active ? closeVideo() : Promise.resolve())
       .then(() => openFiles(files))
