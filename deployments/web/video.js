@@ -164,6 +164,7 @@ export function showFrame(index) {
 
 /** The frame with its objects' masks and the selected object's clicks on it. */
 export function draw() {
+  if (!video.active) return; // a stream's last step after the video was closed
   const frame = video.masks[video.index] ?? new Map();
   const objects = [...frame].map(([id, mask]) => ({
     id,
