@@ -7,7 +7,7 @@ import { restoreKept } from "./images.js";
 import "./input.js";
 import { render } from "./render.js";
 import { showError } from "./status.js";
-import { wireVideo } from "./video.js";
+import { wireVideo } from "./video-controls.js";
 
 wireVideo();
 new ResizeObserver(() => {

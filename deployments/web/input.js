@@ -17,7 +17,8 @@ import { clearAll, ensureEmbedded, keep, openFiles, show } from "./images.js";
 import { addPoint, deleteObject, findConcept, newObject, redo, setPrompts, undo } from "./prompts.js";
 import { render } from "./render.js";
 import { showError } from "./status.js";
-import { closeVideo, openVideo, video, videoClick, videoConcept, videoKey } from "./video.js";
+import { videoKey } from "./video-controls.js";
+import { closeVideo, openVideo, video, videoClick, videoConcept } from "./video.js";
 
 canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 

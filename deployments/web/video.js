@@ -15,6 +15,7 @@ import { setStatus, showError, showProgress } from "./status.js";
 import { VideoApi } from "./video-api.js";
 import { cocoPerFrame, youtubeVis } from "./video-export.js";
 import { framesOfPictures, framesOfVideo } from "./video-frames.js";
+import { renderTracked } from "./video-objects.js";
 
 // Made on first use: this module is part of an import cycle with context.js (render.js draws
 // the video), so the context's values are not there yet while the modules load.
@@ -34,6 +35,7 @@ const fresh = () => ({
   points: new Map(), // "frame:obj_id" -> [{x, y, positive}] in frame pixels
   selected: null,
   passed: false, // sam3 has been through every frame since its tracks last started over
+  cutShort: false, // that pass was stopped (or failed) before its end
   propagation: null, // the AbortController of the stream being read
   follow: true, // show each frame as it streams in, until the person scrubs
   playing: null,
@@ -122,11 +124,26 @@ export async function openVideo(fileList) {
 
 /** sam3's pass over every frame (its detector's), which clicks need before they are taken. */
 async function firstPass(from) {
+  if (video.cutShort) {
+    // sam3 counts a pass it began as done (its next one only fetches what the first left):
+    // after one cut short, the session starts over.
+    try {
+      await api.call("video/reset_session", { session_id: video.session.session_id });
+    } catch (error) {
+      showError(error);
+      return false;
+    }
+    video.masks = video.masks.map(() => new Map());
+    video.points = new Map();
+    video.objects = new Map();
+    video.selected = null;
+  }
   const done = await propagate(
     { propagation_direction: "both", start_frame_index: from },
     "sam3's first pass over the video",
   );
   video.passed = done;
+  video.cutShort = !done;
   if (done) setStatus(`${video.name}: ready. Click an object on any frame, then propagate.`);
   return done;
 }
@@ -208,14 +225,17 @@ function ready() {
  */
 export async function videoClick(at, positive) {
   if (!ready()) return;
-  if (!video.passed && !(await firstPass(video.index))) return;
+  const frameIndex = video.index;
+  if (!video.passed) {
+    if (!(await firstPass(frameIndex))) return;
+    showFrame(frameIndex); // the pass showed its frames as they came
+  }
   let objId = video.selected;
   if (objId === null) {
     objId = Math.max(0, ...video.objects.keys()) + 1;
     track(objId);
     video.selected = objId;
   }
-  const frameIndex = video.index;
   const key = pointsKey(frameIndex, objId);
   const before = video.points.get(key) ?? [];
   const points = [...before, { x: round1(at.x), y: round1(at.y), positive }];
@@ -333,7 +353,7 @@ function stopPlaying() {
   if (video.active) draw();
 }
 
-async function removeObject(objId) {
+export async function removeObject(objId) {
   if (!ready()) return;
   video.busy = true;
   try {
@@ -353,45 +373,13 @@ async function removeObject(objId) {
 }
 
 function renderObjects() {
-  const list = $("video-objects");
-  list.replaceChildren(
-    ...[...video.objects].map(([objId, meta]) => {
-      const item = document.createElement("li");
-      item.dataset.testid = "video-object";
-      item.dataset.objectId = String(objId);
-      item.classList.toggle("selected", objId === video.selected);
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      swatch.style.background = meta.colour;
-      const label = document.createElement("input");
-      label.type = "text";
-      label.value = meta.label;
-      label.setAttribute("aria-label", `Label of object ${objId}`);
-      label.addEventListener("change", () => (meta.label = label.value));
-      const frames = video.masks.filter((frame) => frame.has(objId)).length;
-      const count = document.createElement("span");
-      count.className = "score";
-      count.textContent = `${frames} fr`;
-      count.title = `on ${frames} of the video's frames`;
-      const remove = document.createElement("button");
-      remove.type = "button";
-      remove.textContent = "×";
-      remove.setAttribute("aria-label", `Delete object ${objId}`);
-      remove.addEventListener("click", (event) => {
-        event.stopPropagation();
-        removeObject(objId);
-      });
-      item.append(swatch, label, count, document.createElement("span"), remove);
-      item.addEventListener("click", () => {
-        video.selected = objId;
-        draw();
-      });
-      return item;
-    }),
-  );
+  renderTracked($("video-objects"), video, {
+    select: selectObject,
+    remove: removeObject,
+  });
 }
 
-function exportAs(kind) {
+export function exportAs(kind) {
   const tracked = {
     name: video.name,
     width: video.session.width,
@@ -406,54 +394,8 @@ function exportAs(kind) {
   download(blob, `${stem()}.${suffix}.json`);
 }
 
-/** The video mode's keys; true when the key was one of them. */
-export function videoKey(event) {
-  const keys = {
-    ",": () => showFrame(video.index - 1),
-    ".": () => showFrame(video.index + 1),
-    k: play,
-    p: propagateAll,
-    n: () => {
-      video.selected = null;
-      draw();
-    },
-    Escape: () => {
-      video.selected = null;
-      draw();
-    },
-    Delete: () => video.selected !== null && removeObject(video.selected),
-  };
-  const action = keys[event.key.length === 1 ? event.key.toLowerCase() : event.key];
-  if (!action) return false;
-  event.preventDefault();
-  action();
-  return true;
-}
-
-/** The video mode's buttons, slider and forms (called once, when the page starts). */
-export function wireVideo() {
-  $("video-input").addEventListener("change", (event) => {
-    openVideo(event.target.files).catch(showError);
-    event.target.value = "";
-  });
-  $("video-slider").addEventListener("input", (event) => {
-    video.follow = false;
-    showFrame(Number(event.target.value));
-  });
-  $("play").addEventListener("click", play);
-  $("propagate").addEventListener("click", () => propagateAll().catch(showError));
-  $("stop-propagation").addEventListener("click", () => video.propagation?.abort());
-  $("video-new-object").addEventListener("click", () => {
-    video.selected = null;
-    draw();
-  });
-  $("close-video").addEventListener("click", () => closeVideo().catch(showError));
-  $("export-video-coco").addEventListener("click", () => exportAs("coco"));
-  $("export-ytvis").addEventListener("click", () => exportAs("ytvis"));
-  $("video-concept-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const text = $("video-concept").value.trim();
-    if (text) videoConcept(text).catch(showError);
-  });
-  addEventListener("pagehide", leaving);
+/** Select an object (null: the next click starts a new one). */
+export function selectObject(objId) {
+  video.selected = objId;
+  draw();
 }
