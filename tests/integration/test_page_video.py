@@ -22,14 +22,17 @@ from playwright.sync_api import Browser, expect
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from bench.harness import TINY_ENGINE, LocalCluster
+from bench.harness import LocalCluster
 from sam3_core.demo.scenes import COLOURS
-from tests.integration.serving import deploy
-from tests.integration.test_page import Annotator, browser  # noqa: F401 (a fixture)
+
+# test_page.py's deployment: after it (the suite's order) deploying it again changes nothing.
+from tests.integration.test_page import Annotator, browser, served  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.ray, pytest.mark.browser]
 
 FRAMES, WIDTH, HEIGHT, FPS = 4, 160, 120, 8
+# A model call on 2 busy cores (a session's first click builds sam3's tracker state): ms.
+MODEL_WAIT = 120_000
 STEP = 8  # pixels the circle moves right per frame
 
 
@@ -68,12 +71,6 @@ def clip(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def served(service: LocalCluster) -> LocalCluster:
-    deploy(service, 1, args={"engine": TINY_ENGINE})
-    return service
-
-
 @pytest.fixture
 def annotator(browser: Browser, served: LocalCluster) -> Iterator[Annotator]:  # noqa: F811
     context = browser.new_context(viewport={"width": 1366, "height": 768}, accept_downloads=True)
@@ -97,7 +94,7 @@ def frame_point(annotator: Annotator, x: float, y: float) -> tuple[float, float]
 def propagated(annotator: Annotator, count: int) -> dict:
     """Wait for the `count`th propagation to have streamed every frame; its request body."""
     page = annotator.page
-    expect(page.get_by_test_id("stop-propagation")).to_be_hidden(timeout=120_000)
+    expect(page.get_by_test_id("stop-propagation")).to_be_hidden(timeout=MODEL_WAIT)
     expect(page.get_by_test_id("video-progress-text")).to_have_text(f"{FRAMES} / {FRAMES} frames")
     calls = [call for call in annotator.calls if call["route"] == "propagate_in_video"]
     assert len(calls) == count and all(call["status"] == 200 for call in calls)
@@ -105,11 +102,11 @@ def propagated(annotator: Annotator, count: int) -> dict:
     return calls[-1]["body"]
 
 
-def test_open_click_propagate_correct_play_export_and_close(annotator, served, clip, tmp_path):
+def test_open_click_propagate_correct_play_export_and_close(annotator, served, clip, tmp_path):  # noqa: F811
     page = annotator.page
     page.get_by_test_id("video-input").set_input_files(clip)
     # sam3 takes clicks on frames it has been through: the page's first pass, from frame 0.
-    expect(page.get_by_test_id("status")).to_have_text(re.compile("ready"), timeout=120_000)
+    expect(page.get_by_test_id("status")).to_have_text(re.compile("ready"), timeout=MODEL_WAIT)
     first = propagated(annotator, 1)
     session_id = first["session_id"]
     assert first == {
@@ -124,8 +121,8 @@ def test_open_click_propagate_correct_play_export_and_close(annotator, served, c
     page.get_by_test_id("video-slider").fill("0")
     expect(page.get_by_test_id("video-frame")).to_have_text(f"1 / {FRAMES}")
     page.mouse.click(*frame_point(annotator, *circle_at(0)))
-    expect(page.get_by_test_id("video-object")).to_have_count(1)
-    expect(page.get_by_test_id("propagate")).to_be_enabled()
+    expect(page.get_by_test_id("video-object")).to_have_count(1, timeout=MODEL_WAIT)
+    expect(page.get_by_test_id("propagate")).to_be_enabled(timeout=MODEL_WAIT)
     click = annotator.last("add_prompt")["body"]
     (point,) = click.pop("points")
     assert click == {
@@ -145,7 +142,7 @@ def test_open_click_propagate_correct_play_export_and_close(annotator, served, c
     page.get_by_test_id("video-slider").fill("2")
     expect(page.get_by_test_id("video-frame")).to_have_text(f"3 / {FRAMES}")
     page.mouse.click(*frame_point(annotator, *circle_at(2)), button="right")
-    expect(page.get_by_test_id("propagate")).to_be_enabled()
+    expect(page.get_by_test_id("propagate")).to_be_enabled(timeout=MODEL_WAIT)
     correction = annotator.last("add_prompt")["body"]
     assert (correction["frame_index"], correction["obj_id"]) == (2, 1)
     assert correction["point_labels"] == [0]
