@@ -60,6 +60,8 @@ PAGE_CSP = "; ".join(
         "worker-src 'self' blob:",
         "style-src 'self'",
         "img-src 'self' blob: data:",
+        # The video mode shows a video file the person opened (a blob: URL) to read its frames.
+        "media-src 'self' blob:",
         "connect-src 'self'",
         "object-src 'none'",
         "base-uri 'none'",

@@ -36,7 +36,12 @@ from sam3_core.sam3_compat import (
     quiet_sam3,
 )
 from sam3_core.settings import EngineSettings
-from sam3_core.weights import HOW_TO_GET_WEIGHTS, _checkpoint_path, resolve_device
+from sam3_core.weights import (
+    HOW_TO_GET_WEIGHTS,
+    _architecture_of,
+    _checkpoint_path,
+    resolve_device,
+)
 
 with quiet_sam3():
     from sam3.model.sam3_image import Sam3ImageOnVideoMultiGPU
@@ -129,17 +134,16 @@ def load_video_model(
     started = time.perf_counter()
     if settings.checkpoint:
         path = _checkpoint_path(settings.checkpoint)
-        model = build_video_model(checkpoint_arch, clip_vocabulary())
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:
             raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
+        # A checkpoint made here names its architecture (the demo model's is `tiny`).
+        ours = "architecture" in checkpoint
+        model = build_video_model(_architecture_of(checkpoint, checkpoint_arch), clip_vocabulary())
         if "model" in checkpoint and isinstance(checkpoint["model"], dict):
             checkpoint = checkpoint["model"]
-        try:
-            model.load_state_dict(checkpoint, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(f"{path} is not a SAM3 video checkpoint: {exc}") from exc
+        _load_video_state(model, checkpoint, path, strict=not ours)
         source = str(path)
     elif settings.random_weights:
         arch = ARCHITECTURES[settings.random_weights]
@@ -157,3 +161,24 @@ def load_video_model(
         time.perf_counter() - started,
     )
     return model
+
+
+# The neck's fourth level, which sam3's backbone drops (`scalp=1`): a checkpoint made from the
+# image model here (the demo model's) has no tensors for it, and none are read.
+_DROPPED_LEVEL = (".convs.3.", ".sam2_convs.3.")
+
+
+def _load_video_state(model: Sam3VideoModel, state: dict, path: object, strict: bool) -> None:
+    """A released checkpoint loads strictly; one made here (the demo model's, from the image
+    model) may lack the dropped neck level and hold tensors the video model has no use for."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} is not a SAM3 video checkpoint: {exc}") from exc
+    missing = [key for key in missing if not any(level in key for level in _DROPPED_LEVEL)]
+    if missing:
+        raise WeightsError(
+            f"{path} lacks {len(missing)} tensors of the video model (first: {missing[:3]})"
+        )
+    if unexpected:
+        logger.info("%s: %d tensors the video model does not use", path, len(unexpected))

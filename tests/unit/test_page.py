@@ -26,6 +26,17 @@ TEST_IDS = (
     "folder-input",
     "dataset-list",
     "clear-dataset",
+    # The video mode.
+    "video-input",
+    "video-slider",
+    "video-frame",
+    "play",
+    "propagate",
+    "stop-propagation",
+    "video-progress",
+    "export-ytvis",
+    "export-video-coco",
+    "close-video",
 )
 
 
