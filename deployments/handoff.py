@@ -61,7 +61,7 @@ RING_HISTORY = 4
 # after this long (the receiver's ring may have been the one behind).
 RING_SETTLE_S = 1.0
 # What other replicas may call (`answer`).
-CALLS = frozenset({"manifest", "settled", "adopt", "export", "forget"})
+CALLS = frozenset({"manifest", "settled", "coming", "not_coming", "adopt", "export", "forget"})
 # How often a request waiting for an image checks that its sender still runs.
 ALIVE_POLL_S = 1.0
 
@@ -87,13 +87,18 @@ class Handoff(Sending):
         self.recorder = recorder
         self.ring: Ring | None = None
         self._history: deque[Ring] = deque(maxlen=RING_HISTORY)
-        self._without_me: Ring | None = None
         self.ownership = Ownership(me, timeout_s)
         engine.pictures.stamp = self.ownership.clock.tick
         # Each sender's latest manifest (its ring's version, the keys it lists) and the
         # version it said "settled" for; what changed since a waiter last looked.
+        # `relaying`: more images may come from it before its "settled" (images on their way
+        # to it that are not its own, or a replica that left and has not yet settled with it).
         self._manifests: dict[str, tuple[str, frozenset[ImageKey]]] = {}
+        self._relaying: set[str] = set()
         self._settled: dict[str, str] = {}
+        # Keys announced by `coming`, by whom and when: a sender's "settled" does not end
+        # them; they end when the key comes, its sender says it will not, or the timeout.
+        self._coming: dict[ImageKey, dict[str, float]] = {}
         self._news = asyncio.Event()
         self._fetches: dict[tuple[ImageKey, str | None], asyncio.Task[bool]] = {}
         # Requests running here, by key; who waits for a key to have none.
@@ -102,6 +107,9 @@ class Handoff(Sending):
         # Forgotten pictures that requests still running here use: dropped once they end.
         self._stale: dict[ImageKey, str] = {}
         self._tasks: set[asyncio.Task] = set()
+        # The latest ring change's sending: the next one says "settled" only after it.
+        self._moving: asyncio.Task | None = None
+        self._leaving = False  # stopping: images that reach it go on at once
         self._concurrency = concurrency
         self._sending: asyncio.Semaphore | None = None
 
@@ -127,16 +135,56 @@ class Handoff(Sending):
         result = getattr(self, method)(*args)
         return await result if inspect.isawaitable(result) else result
 
-    def manifest(self, sender: str, version: str, keys: Iterable[ImageKey], clock: int = 0) -> None:
-        """`sender` announces the images it is about to send here for its ring `version`."""
+    def manifest(
+        self,
+        sender: str,
+        version: str,
+        keys: Iterable[ImageKey],
+        clock: int = 0,
+        relaying: bool = False,
+    ) -> None:
+        """`sender` announces the images it is about to send here for its ring `version`
+        (`relaying`: and maybe others, that reach it before it says "settled")."""
         self.ownership.clock.observe(clock)
         listed = frozenset(tuple(key) for key in keys)
         self._manifests[sender] = (version, listed)  # type: ignore[assignment]
+        if relaying:
+            self._relaying.add(sender)
+        else:
+            self._relaying.discard(sender)
         if self._settled.get(sender) != version:  # else it came after its "settled"
             for key in listed:
                 if not self.engine.pictures.holds(key):  # else it came before its manifest
                     self.ownership.announce(key, sender)
         self._announce_news()
+
+    def coming(self, sender: str, keys: Iterable[ImageKey], clock: int = 0) -> None:
+        """`sender` holds `keys` though its ring makes this replica their owner (they reached
+        it late, or by a router behind): they will come, whatever manifests said."""
+        self.ownership.clock.observe(clock)
+        for key in keys:
+            key = tuple(key)  # type: ignore[assignment]
+            if not self.engine.pictures.holds(key):
+                self.ownership.announce(key, sender)
+                self._coming.setdefault(key, {})[sender] = self._now()
+        self._announce_news()
+
+    def not_coming(self, sender: str, keys: Iterable[ImageKey]) -> None:
+        """`sender` will not send `keys` after all (announced by `coming`)."""
+        for key in keys:
+            self._received(tuple(key), sender)  # type: ignore[arg-type]
+        self._announce_news()
+
+    def _received(self, key: ImageKey, sender: str | None = None) -> None:
+        """`key` arrived (or will not come from `sender`): its receiving ends (for it)."""
+        self.ownership.received(key, sender)
+        senders = self._coming.get(key)
+        if senders is not None:
+            if sender is None:
+                senders.clear()
+            senders.pop(sender, None)
+            if not senders or self.ownership.role(key) is not Role.RECEIVING:
+                del self._coming[key]
 
     def settled(self, sender: str, version: str) -> None:
         """`sender` is done sending for `version`: stop waiting for what did not come."""
@@ -144,8 +192,9 @@ class Handoff(Sending):
         manifest = self._manifests.get(sender)
         still = manifest[1] if manifest is not None and manifest[0] != version else frozenset()
         for key in self.ownership.keys(Role.RECEIVING):
-            if key not in still:  # a later manifest's keys may still come
-                self.ownership.received(key, sender)
+            # A later manifest's keys may still come, and those it relays (`coming`).
+            if key not in still and sender not in self._coming.get(key, ()):
+                self._received(key, sender)
         self._announce_news()
 
     async def adopt(
@@ -162,8 +211,9 @@ class Handoff(Sending):
             lambda: [self.engine.pictures.adopt_image(key, state) for key, state in states]
         )
         each = (time.perf_counter() - started) / len(states)
+        onward: list[ImageKey] = []
         for (key, state), kept in zip(states, accepted, strict=True):
-            self.ownership.received(key)
+            self._received(key)
             if not kept:
                 continue
             if self.recorder is not None:
@@ -171,8 +221,11 @@ class Handoff(Sending):
             old = before[key]
             if old is not None and old[0] != state.content_digest:
                 await self._invalidate(key)
-            self._spawn(self._send_on_if_not_mine(key))
+            onward.append(key)
         self._announce_news()
+        # Before the sender hears they arrived (and says "settled" to their owner): the
+        # owner of images that are not ours hears they will come from here.
+        await asyncio.gather(*(self._send_on_if_not_mine(key) for key in onward))
         return accepted
 
     # Helpers' side: fetching from the owner, forgetting ---------------------------------
@@ -207,6 +260,11 @@ class Handoff(Sending):
                 self.engine.pictures.drop_image(key, held[0])
 
     def _sweep(self) -> None:
+        now = self._now()
+        for key, senders in list(self._coming.items()):
+            for sender, since in list(senders.items()):
+                if now - since >= self.timeout_s:
+                    self._received(key, sender)
         orphans = self.ownership.sweep(self.engine.pictures.holds, self._now())
         for borrower, keys in orphans.items():
             version = self.ownership.clock.tick()
@@ -259,21 +317,29 @@ class Handoff(Sending):
         None to serve it here."""
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
-        if (
-            self.engine.pictures.holds(key, digest)
-            and self.ownership.role(key) is not Role.SENDING
-            and key not in self._stale
-        ):
-            return None
-        owner = self.ring.owner(ring_key(key)) if self.ring is not None else None
-        if forwarded or owner is None or owner == self.me:
-            if not self.engine.pictures.holds(key) or self.ownership.role(key) is Role.RECEIVING:
+        while True:
+            if (
+                self.engine.pictures.holds(key, digest)
+                and self.ownership.role(key) is not Role.SENDING
+                and key not in self._stale
+            ):
+                return None
+            ring = self.ring
+            owner = ring.owner(ring_key(key)) if ring is not None else None
+            if forwarded or owner is None or owner == self.me:
+                if (
+                    self.engine.pictures.holds(key)
+                    and self.ownership.role(key) is not Role.RECEIVING
+                ):
+                    return None
                 await self._await_incoming(key)
-            return None
-        if await self._fetch(owner, key, digest):
-            return None
-        logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
-        return owner
+                if forwarded or self.ring == ring:
+                    return None
+                continue  # the ring changed while it waited: whose is the image now?
+            if await self._fetch(owner, key, digest):
+                return None
+            logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
+            return owner
 
     async def forward(self, owner: str, operation: str, request: ImageRequest) -> Any:
         """Serve `request` on its owner and return the owner's reply."""
@@ -290,7 +356,7 @@ class Handoff(Sending):
             and self.ring is not None
             and self.ring.owner(ring_key(key)) not in (None, self.me)
         ):
-            self._spawn(self._send_on_if_not_mine(key))
+            await self._send_on_if_not_mine(key)
 
     async def _invalidate(self, key: ImageKey) -> None:
         """Borrowers of `key` forget their copies (acknowledged, each within the timeout)."""
@@ -303,24 +369,31 @@ class Handoff(Sending):
 
     async def _send_on_if_not_mine(self, key: ImageKey) -> None:
         """An image reached this replica though its ring names another owner (routers or
-        replicas disagreed for a moment): once rings have settled, it goes on to its owner
-        if that still holds. The owner hears of it at once (a manifest of this replica's
-        ring), so that a request there waits for it rather than answering 404."""
-        if self.ring is not None:
-            owner = self.ring.owner(ring_key(key))
-            if owner is not None and owner != self.me:
-                clock = self.ownership.clock.now
-                await self._notify(owner, "manifest", self.me, self.ring.version, [key], clock)
-        await asyncio.sleep(RING_SETTLE_S)
-        if (
-            self.ring is None
-            or self.ownership.role(key) is Role.BORROWED
-            or not self.engine.pictures.holds(key)
-        ):
+        replicas disagreed for a moment): the owner hears at once that it will come
+        (`coming`, acknowledged), so that a request there waits for it rather than answering
+        404 or embedding it again; once rings have settled, it goes on to its owner if that
+        still holds (in a task of its own), else the owner hears it will not come."""
+        if self.ring is None or self.ownership.role(key) is Role.BORROWED:
             return
         owner = self.ring.owner(ring_key(key))
-        if owner is not None and owner != self.me:
-            await self._deliver(owner, [key])
+        if owner is None or owner == self.me:
+            return
+        await self._call_quietly(owner, "coming", self.me, [key], self.ownership.clock.now)
+        self._spawn(self._send_on_later(key, owner))
+
+    async def _send_on_later(self, key: ImageKey, announced_to: str) -> None:
+        if not self._leaving:
+            await asyncio.sleep(RING_SETTLE_S)
+        owner = self.ring.owner(ring_key(key)) if self.ring is not None else None
+        if (
+            owner not in (None, self.me)
+            and self.ownership.role(key) not in (Role.BORROWED, Role.SENDING)
+            and self.engine.pictures.holds(key)
+        ):
+            await self._deliver(owner, [key])  # type: ignore[arg-type]
+            if owner == announced_to:
+                return
+        await self._notify(announced_to, "not_coming", self.me, [key])
 
     async def _fetch(self, owner: str, key: ImageKey, digest: str | None) -> bool:
         """Borrow the owner's picture of `key` (that picture, given `digest`); one fetch at a
@@ -365,14 +438,23 @@ class Handoff(Sending):
         started = self._now()
         deadline = started + self.timeout_s
         done: set[str] = set()
+        ring = self.ring
         while not self.engine.pictures.holds(key) or self.ownership.role(key) is Role.RECEIVING:
+            if self.ring != ring:
+                return  # the caller asks again whose the image is
             sender = self._sender_of(key, done)
-            if sender is None:
-                return
             news = self._news
             remaining = deadline - self._now()
+            if sender is None:
+                if remaining <= 0 or not self._behind(key):
+                    return
+                # Another replica's ring, newer than ours, gives the image to a third:
+                # ours will follow within moments.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(news.wait(), remaining)
+                continue
             if remaining <= 0 or not await self.peers.alive(sender):
-                self.ownership.received(key, sender)
+                self._received(key, sender)
                 done.add(sender)
                 logger.info(
                     "segmenter %s: stopped waiting for %s from %s after %.1f s",
@@ -385,14 +467,27 @@ class Handoff(Sending):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(news.wait(), min(remaining, ALIVE_POLL_S))
 
+    def _behind(self, key: ImageKey) -> bool:
+        """Whether a manifest came for a ring with a replica this one never saw (so newer
+        than its own: names are never reused) that makes another replica `key`'s owner."""
+        if self.ring is None:
+            return False
+        known = self.ring.replicas.union(*(r.replicas for r in self._history))
+        for version, _ in self._manifests.values():
+            names = frozenset(version.split(",")) if version else frozenset()
+            if names - known and Ring(names, self.ring.virtual_nodes).owner(ring_key(key)) not in (
+                None,
+                self.me,
+            ):
+                return True
+        return False
+
     def _sender_of(self, key: ImageKey, done: set[str]) -> str | None:
         """The replica this one waits on for `key`: the one that announced it, else an
         earlier owner that has not yet said (in a manifest for a ring that no longer makes
         it the owner, whichever ring that is) whether it sends it here."""
-        if self.ownership.role(key) is Role.RECEIVING:
-            sender = self.ownership.peer(key)
-            if sender not in done:
-                return sender
+        for sender in sorted(self.ownership.senders(key) - done):
+            return sender
         rk = ring_key(key)
         for sender in self._previous_owners(key):
             if sender in done:
@@ -404,27 +499,33 @@ class Handoff(Sending):
             their_ring = Ring(version.split(",") if version else (), self.ring.virtual_nodes)
             if their_ring.owner(rk) == sender:
                 return sender  # it still owns it on its ring: its next manifest will tell
-            if key in listed and self._settled.get(sender) != version:
+            if self._settled.get(sender) != version and (key in listed or sender in self._relaying):
                 return sender
         return None
 
     def _previous_owners(self, key: ImageKey) -> list[str]:
-        """Replicas that owned `key` on the rings this replica saw before, and on the
-        current ring without it (what owned it before this replica joined)."""
+        """Replicas that owned `key` on the rings this replica saw before, and those that
+        may have owned it before this replica joined: every replica of the current ring
+        ranked after this one for `key` (rings this replica never saw, e.g. the one
+        between a scale-out it was not part of and the next one, gave it to one of them)."""
         rk = ring_key(key)
         owners: list[str] = []
-        rings = [*reversed(self._history), self._without_me]
-        for ring in rings:
-            owner = ring.owner(rk) if ring is not None else None
+        for ring in reversed(self._history):
+            owner = ring.owner(rk)
             if owner is not None and owner != self.me and owner not in owners:
                 owners.append(owner)
+        if self.ring is not None:
+            ranked = self.ring.ranked(rk)
+            after = ranked[ranked.index(self.me) + 1 :] if self.me in ranked else ranked
+            owners += [owner for owner in after if owner not in owners]
         return owners
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_failure)
+        return task
 
     async def drain(self) -> None:
         """Wait until no hand-off work runs here (tests)."""

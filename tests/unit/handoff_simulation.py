@@ -129,6 +129,7 @@ class SimEngine:
     def __init__(self, rng: random.Random, cache_entries: int, fail_rate: float) -> None:
         self.rng = rng
         self.fail_rate = fail_rate
+        self.on_embed: Callable[[Any, str], None] = lambda key, digest: None
         self.logits = LogitsCache(100, 2**20)
         self.embeddings = EmbeddingCache(
             2**30,
@@ -155,7 +156,9 @@ class SimEngine:
 
 def sim_run(engine: SimEngine, operation: Any, request: Any, replica: str, *_: Any) -> Reply:
     """`deployments.operations.run` for `SimEngine`: the reply's body names the picture."""
-    image_id, _, cached, outcome = engine.pictures.resolve(request, {})
+    image_id, key, cached, outcome = engine.pictures.resolve(request, {})
+    if outcome == "miss":
+        engine.on_embed(key, cached.content_digest)
     if request.image is not None and engine.rng.random() < engine.fail_rate:
         raise InjectedFailure("out of memory after the embed")
     return Reply(image_id, outcome, cached.content_digest.encode(), replica)
@@ -345,6 +348,7 @@ class World:
         replica._pool = None
         replica.metrics = NullMetrics()
         replica.handoff = Handoff(replica.engine, name, SimPeers(self, name), HANDOFF_TIMEOUT_S)
+        replica.engine.on_embed = lambda key, digest: self.check_embed(name, key, digest)
         replica._left = True
         self.replicas[name] = replica
         self.states[name] = "running"
@@ -494,6 +498,22 @@ class World:
             and self.replicas[name].handoff.ownership.role(key) is not Role.BORROWED
         ]
 
+    def check_embed(self, name: str, key: Any, digest: str) -> None:
+        """An embed on `name`: no live replica may hold that picture as its own (nor be
+        sending it), else the image was embedded twice (lossy schedules excepted)."""
+        holders = [
+            other
+            for other in sorted(self.replicas)
+            if other != name
+            and self.running(other)
+            and self.replicas[other].engine.pictures.holds(key, digest)
+            and self.replicas[other].handoff.ownership.role(key) is not Role.BORROWED
+        ]
+        self.log(f"{name} embeds {key[1]} {digest[:6]}")
+        if holders and not self.lossy:
+            now = asyncio.get_running_loop().time()
+            self.violation(f"{key[1]} embedded again on {name} at {now:.3f}, held by {holders}")
+
     def check_bookkeeping(self) -> None:
         for name in sorted(self.replicas):
             if not self.running(name):
@@ -521,6 +541,7 @@ class World:
             "serving": len(handoff._serving),
             "quiet": len(handoff._quiet),
             "stale": len(handoff._stale),
+            "coming": len(handoff._coming),
         }
         if any(left.values()):
             self.violation(f"at rest: {name} still tracks {left}")
