@@ -37,7 +37,7 @@ import random
 import selectors
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,6 +54,7 @@ from sam3_core.errors import ImageBytesNeededError, ImageNotCachedError, Sam3Err
 from sam3_core.images import content_id
 from sam3_core.model import ImageEmbedding
 from sam3_core.pictures import Pictures
+from tests.unit.handoff_history import Checker, Op
 
 HANDOFF_TIMEOUT_S = 3.0
 # A request waiting for an image that is already here, for longer than this, is a violation.
@@ -251,49 +252,6 @@ class SimPeers:
 async def _quietly(work: Any) -> None:
     with contextlib.suppress(Exception, asyncio.CancelledError):  # lost: the protocol's bound
         await work
-
-
-@dataclass
-class Op:
-    """One client request in the history."""
-
-    image_id: str
-    sent: float
-    write: str | None  # the digest of the bytes it sent (a write), or None: a click by id
-    acked: float | None = None
-    answer: str | None = None
-    outcome: str = "pending"
-    holders: list[str] = field(default_factory=list)  # live replicas holding it when sent
-
-
-@dataclass
-class Checker:
-    """The history of client requests, checked as answers come (see the module)."""
-
-    lossy: bool
-    ops: list[Op] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
-
-    def stale(self, op: Op) -> str | None:
-        """Whether `op`'s answer is older than a write acknowledged before it was sent."""
-        for done in self.ops:
-            if done.write is None or done.acked is None or done.acked >= op.sent:
-                continue
-            if done.write == op.answer or done.image_id != op.image_id:
-                continue
-            # `done` was acknowledged before `op` was sent, with other content: `op`'s
-            # answer must come from a write not known to precede `done`.
-            givers = [
-                w
-                for w in self.ops
-                if w.image_id == op.image_id and w.write == op.answer and w.sent < op.acked  # type: ignore[operator]
-            ]
-            if all(w.acked is not None and w.acked < done.sent for w in givers):
-                return (
-                    f"{op.image_id}: answered {op.answer[:6]} at {op.acked:.3f}, but "  # type: ignore[index]
-                    f"{done.write[:6]} was acknowledged at {done.acked:.3f}"
-                )
-        return None
 
 
 class World:
