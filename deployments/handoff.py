@@ -219,6 +219,14 @@ class Handoff(Receiving, Sending):
                 return None
             ring = self.ring
             owner = ring.owner(ring_key(key)) if ring is not None else None
+            # Sent on by a replica whose ring is behind ours: ours sent the image on.
+            if (
+                forwarded
+                and owner not in (None, self.me)
+                and not self.engine.pictures.holds(key)
+                and await self._fetch(owner, key, digest)  # type: ignore[arg-type]
+            ):
+                return None
             if forwarded or owner is None or owner == self.me:
                 if (
                     self.engine.pictures.holds(key)
