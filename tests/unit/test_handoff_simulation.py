@@ -42,6 +42,8 @@ def test_scale_out_with_clients_clicking_resending_failing_and_hanging_up():
     seeds = int(os.environ.get("SIM_SEEDS", "300"))
     answers = 0
     for seed in range(seeds):
+        if seed in RESIDUAL_SCALE_OUT:
+            continue
         world = simulate(seed, off=SCALE_OUT)
         assert not world.checker.violations, explain(world)
         answers += sum(op.outcome == "ok" for op in world.checker.ops)
@@ -96,13 +98,15 @@ def test_one_seed():
 # Seeds that still break a check: each must keep failing until fixed (strict), so that a
 # fix is noticed and the seed moves into the runs above (docs/operations.md, "Residual
 # orders"). Scale in and out: 11 of seeds 0-299; every fault on: 14 of seeds 0-59.
+RESIDUAL_SCALE_OUT = (497,)  # of seeds 0-1999 (`SIM_SEEDS=2000`)
 RESIDUAL_SCALE_IN_OUT = (5, 17, 19, 108, 113, 119, 147, 186, 197, 217, 276)
 RESIDUAL_ALL_FAULTS = (3, 5, 6, 8, 12, 15, 20, 24, 27, 39, 40, 49, 50, 51)
 
 
 @pytest.mark.parametrize(
     "seed, off",
-    [(seed, SCALE_IN_OUT) for seed in RESIDUAL_SCALE_IN_OUT]
+    [(seed, SCALE_OUT) for seed in RESIDUAL_SCALE_OUT]
+    + [(seed, SCALE_IN_OUT) for seed in RESIDUAL_SCALE_IN_OUT]
     + [(seed, frozenset()) for seed in RESIDUAL_ALL_FAULTS],
 )
 @pytest.mark.xfail(strict=True, reason="known residual order of events (see RESIDUAL_*)")
