@@ -39,16 +39,16 @@ import inspect
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+from deployments.handoff_receiving import Receiving
 from deployments.handoff_sending import Sending
 from deployments.ownership import Ownership, Role
 from deployments.peers import HandoffRecorder, Peers
 from deployments.ring import Ring, request_key, ring_key
 from sam3_core.calls import ImageRequest
 from sam3_core.engine import ImageKey, Segmenter
-from sam3_core.handoff import ImageState
 
 logger = logging.getLogger("ray.serve")
 
@@ -56,17 +56,11 @@ logger = logging.getLogger("ray.serve")
 FORWARD_TIMEOUT_S = 120.0
 # Earlier rings a replica remembers, to know who owned an image before.
 RING_HISTORY = 4
-# Routers and replicas learn a new replica set within milliseconds of each other: an image
-# that reached a replica whose ring says another owns it goes on only if that still holds
-# after this long (the receiver's ring may have been the one behind).
-RING_SETTLE_S = 1.0
 # What other replicas may call (`answer`).
-CALLS = frozenset({"manifest", "settled", "adopt", "export", "forget"})
-# How often a request waiting for an image checks that its sender still runs.
-ALIVE_POLL_S = 1.0
+CALLS = frozenset({"manifest", "settled", "coming", "not_coming", "adopt", "export", "forget"})
 
 
-class Handoff(Sending):
+class Handoff(Receiving, Sending):
     """One replica's part in moving images between owners (see the module's docstring). Which
     state each image is in (owned, lent, borrowed, receiving, sending, forgotten) is
     `self.ownership`'s (`deployments.ownership`); this class moves messages and pictures."""
@@ -87,13 +81,18 @@ class Handoff(Sending):
         self.recorder = recorder
         self.ring: Ring | None = None
         self._history: deque[Ring] = deque(maxlen=RING_HISTORY)
-        self._without_me: Ring | None = None
         self.ownership = Ownership(me, timeout_s)
         engine.pictures.stamp = self.ownership.clock.tick
         # Each sender's latest manifest (its ring's version, the keys it lists) and the
         # version it said "settled" for; what changed since a waiter last looked.
+        # `relaying`: more images may come from it before its "settled" (images on their way
+        # to it that are not its own, or a replica that left and has not yet settled with it).
         self._manifests: dict[str, tuple[str, frozenset[ImageKey]]] = {}
+        self._relaying: set[str] = set()
         self._settled: dict[str, str] = {}
+        # Keys announced by `coming`, by whom and when: a sender's "settled" does not end
+        # them; they end when the key comes, its sender says it will not, or the timeout.
+        self._coming: dict[ImageKey, dict[str, float]] = {}
         self._news = asyncio.Event()
         self._fetches: dict[tuple[ImageKey, str | None], asyncio.Task[bool]] = {}
         # Requests running here, by key; who waits for a key to have none.
@@ -102,6 +101,9 @@ class Handoff(Sending):
         # Forgotten pictures that requests still running here use: dropped once they end.
         self._stale: dict[ImageKey, str] = {}
         self._tasks: set[asyncio.Task] = set()
+        # The latest ring change's sending: the next one says "settled" only after it.
+        self._moving: asyncio.Task | None = None
+        self._leaving = False  # stopping: images that reach it go on at once
         self._concurrency = concurrency
         self._sending: asyncio.Semaphore | None = None
 
@@ -110,15 +112,7 @@ class Handoff(Sending):
         """Borrowed keys and their lenders (tests, metrics)."""
         return {k: self.ownership.peer(k) for k in self.ownership.keys(Role.BORROWED)}  # type: ignore[misc]
 
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def _announce_news(self) -> None:
-        """Wake every request waiting for an image: something it waits on may have come."""
-        self._news.set()
-        self._news = asyncio.Event()
-
-    # Receiving ---------------------------------------------------------------------------
+    # Calls from other replicas ---------------------------------------------------------
 
     async def answer(self, method: str, args: tuple) -> Any:
         """Another replica's call (`Peers.call`)."""
@@ -126,54 +120,6 @@ class Handoff(Sending):
             raise ValueError(f"no hand-off call {method!r}")
         result = getattr(self, method)(*args)
         return await result if inspect.isawaitable(result) else result
-
-    def manifest(self, sender: str, version: str, keys: Iterable[ImageKey], clock: int = 0) -> None:
-        """`sender` announces the images it is about to send here for its ring `version`."""
-        self.ownership.clock.observe(clock)
-        listed = frozenset(tuple(key) for key in keys)
-        self._manifests[sender] = (version, listed)  # type: ignore[assignment]
-        if self._settled.get(sender) != version:  # else it came after its "settled"
-            for key in listed:
-                if not self.engine.pictures.holds(key):  # else it came before its manifest
-                    self.ownership.announce(key, sender)
-        self._announce_news()
-
-    def settled(self, sender: str, version: str) -> None:
-        """`sender` is done sending for `version`: stop waiting for what did not come."""
-        self._settled[sender] = version
-        manifest = self._manifests.get(sender)
-        still = manifest[1] if manifest is not None and manifest[0] != version else frozenset()
-        for key in self.ownership.keys(Role.RECEIVING):
-            if key not in still:  # a later manifest's keys may still come
-                self.ownership.received(key, sender)
-        self._announce_news()
-
-    async def adopt(
-        self, sender: str, states: list[tuple[ImageKey, ImageState]], clock: int = 0
-    ) -> list[bool]:
-        """Images `sender` no longer owns; returns which are kept."""
-        self.ownership.clock.observe(clock)
-        states = [(tuple(key), state) for key, state in states]  # type: ignore[misc]
-        for _, state in states:
-            self.ownership.clock.observe(state.version)
-        before = {key: self.engine.pictures.image_version(key) for key, _ in states}
-        started = time.perf_counter()
-        accepted = await asyncio.to_thread(
-            lambda: [self.engine.pictures.adopt_image(key, state) for key, state in states]
-        )
-        each = (time.perf_counter() - started) / len(states)
-        for (key, state), kept in zip(states, accepted, strict=True):
-            self.ownership.received(key)
-            if not kept:
-                continue
-            if self.recorder is not None:
-                self.recorder.record_handoff("received", each)
-            old = before[key]
-            if old is not None and old[0] != state.content_digest:
-                await self._invalidate(key)
-            self._spawn(self._send_on_if_not_mine(key))
-        self._announce_news()
-        return accepted
 
     # Helpers' side: fetching from the owner, forgetting ---------------------------------
 
@@ -207,6 +153,11 @@ class Handoff(Sending):
                 self.engine.pictures.drop_image(key, held[0])
 
     def _sweep(self) -> None:
+        now = self._now()
+        for key, senders in list(self._coming.items()):
+            for sender, since in list(senders.items()):
+                if now - since >= self.timeout_s:
+                    self._received(key, sender)
         orphans = self.ownership.sweep(self.engine.pictures.holds, self._now())
         for borrower, keys in orphans.items():
             version = self.ownership.clock.tick()
@@ -259,21 +210,37 @@ class Handoff(Sending):
         None to serve it here."""
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
-        if (
-            self.engine.pictures.holds(key, digest)
-            and self.ownership.role(key) is not Role.SENDING
-            and key not in self._stale
-        ):
-            return None
-        owner = self.ring.owner(ring_key(key)) if self.ring is not None else None
-        if forwarded or owner is None or owner == self.me:
-            if not self.engine.pictures.holds(key) or self.ownership.role(key) is Role.RECEIVING:
+        while True:
+            if (
+                self.engine.pictures.holds(key, digest)
+                and self.ownership.role(key) is not Role.SENDING
+                and key not in self._stale
+            ):
+                return None
+            ring = self.ring
+            owner = ring.owner(ring_key(key)) if ring is not None else None
+            # Sent on by a replica whose ring is behind ours: ours sent the image on.
+            if (
+                forwarded
+                and owner not in (None, self.me)
+                and not self.engine.pictures.holds(key)
+                and await self._fetch(owner, key, digest)  # type: ignore[arg-type]
+            ):
+                return None
+            if forwarded or owner is None or owner == self.me:
+                if (
+                    self.engine.pictures.holds(key)
+                    and self.ownership.role(key) is not Role.RECEIVING
+                ):
+                    return None
                 await self._await_incoming(key)
-            return None
-        if await self._fetch(owner, key, digest):
-            return None
-        logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
-        return owner
+                if forwarded or self.ring == ring:
+                    return None
+                continue  # the ring changed while it waited: whose is the image now?
+            if await self._fetch(owner, key, digest):
+                return None
+            logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
+            return owner
 
     async def forward(self, owner: str, operation: str, request: ImageRequest) -> Any:
         """Serve `request` on its owner and return the owner's reply."""
@@ -290,7 +257,7 @@ class Handoff(Sending):
             and self.ring is not None
             and self.ring.owner(ring_key(key)) not in (None, self.me)
         ):
-            self._spawn(self._send_on_if_not_mine(key))
+            await self._send_on_if_not_mine(key)
 
     async def _invalidate(self, key: ImageKey) -> None:
         """Borrowers of `key` forget their copies (acknowledged, each within the timeout)."""
@@ -300,27 +267,6 @@ class Handoff(Sending):
             await asyncio.gather(
                 *(self._call_quietly(b, "forget", key, version) for b in sorted(borrowers))
             )
-
-    async def _send_on_if_not_mine(self, key: ImageKey) -> None:
-        """An image reached this replica though its ring names another owner (routers or
-        replicas disagreed for a moment): once rings have settled, it goes on to its owner
-        if that still holds. The owner hears of it at once (a manifest of this replica's
-        ring), so that a request there waits for it rather than answering 404."""
-        if self.ring is not None:
-            owner = self.ring.owner(ring_key(key))
-            if owner is not None and owner != self.me:
-                clock = self.ownership.clock.now
-                await self._notify(owner, "manifest", self.me, self.ring.version, [key], clock)
-        await asyncio.sleep(RING_SETTLE_S)
-        if (
-            self.ring is None
-            or self.ownership.role(key) is Role.BORROWED
-            or not self.engine.pictures.holds(key)
-        ):
-            return
-        owner = self.ring.owner(ring_key(key))
-        if owner is not None and owner != self.me:
-            await self._deliver(owner, [key])
 
     async def _fetch(self, owner: str, key: ImageKey, digest: str | None) -> bool:
         """Borrow the owner's picture of `key` (that picture, given `digest`); one fetch at a
@@ -359,72 +305,12 @@ class Handoff(Sending):
             and key not in self._stale
         )
 
-    async def _await_incoming(self, key: ImageKey) -> None:
-        """Wait (bounded) for `key` while a replica that owned it before may send it here:
-        until it is here, its sender says it will not come or is gone, or the timeout."""
-        started = self._now()
-        deadline = started + self.timeout_s
-        done: set[str] = set()
-        while not self.engine.pictures.holds(key) or self.ownership.role(key) is Role.RECEIVING:
-            sender = self._sender_of(key, done)
-            if sender is None:
-                return
-            news = self._news
-            remaining = deadline - self._now()
-            if remaining <= 0 or not await self.peers.alive(sender):
-                self.ownership.received(key, sender)
-                done.add(sender)
-                logger.info(
-                    "segmenter %s: stopped waiting for %s from %s after %.1f s",
-                    self.me,
-                    key[1],
-                    sender,
-                    self._now() - started,
-                )
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(news.wait(), min(remaining, ALIVE_POLL_S))
-
-    def _sender_of(self, key: ImageKey, done: set[str]) -> str | None:
-        """The replica this one waits on for `key`: the one that announced it, else an
-        earlier owner that has not yet said (in a manifest for a ring that no longer makes
-        it the owner, whichever ring that is) whether it sends it here."""
-        if self.ownership.role(key) is Role.RECEIVING:
-            sender = self.ownership.peer(key)
-            if sender not in done:
-                return sender
-        rk = ring_key(key)
-        for sender in self._previous_owners(key):
-            if sender in done:
-                continue
-            manifest = self._manifests.get(sender)
-            if manifest is None:
-                return sender
-            version, listed = manifest
-            their_ring = Ring(version.split(",") if version else (), self.ring.virtual_nodes)
-            if their_ring.owner(rk) == sender:
-                return sender  # it still owns it on its ring: its next manifest will tell
-            if key in listed and self._settled.get(sender) != version:
-                return sender
-        return None
-
-    def _previous_owners(self, key: ImageKey) -> list[str]:
-        """Replicas that owned `key` on the rings this replica saw before, and on the
-        current ring without it (what owned it before this replica joined)."""
-        rk = ring_key(key)
-        owners: list[str] = []
-        rings = [*reversed(self._history), self._without_me]
-        for ring in rings:
-            owner = ring.owner(rk) if ring is not None else None
-            if owner is not None and owner != self.me and owner not in owners:
-                owners.append(owner)
-        return owners
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_failure)
+        return task
 
     async def drain(self) -> None:
         """Wait until no hand-off work runs here (tests)."""

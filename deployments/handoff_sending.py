@@ -46,28 +46,42 @@ class Sending:
         if self.ring is not None:
             self._history.append(self.ring)
         self.ring = ring
-        self._without_me = ring.without(self.me)
-        for sender in [s for s in self._manifests if s not in ring.replicas]:
+        known = ring.replicas.union(*(r.replicas for r in self._history))
+        for sender in [s for s in self._manifests if s not in known]:
             del self._manifests[sender]
             self._settled.pop(sender, None)
+            self._relaying.discard(sender)
         self._sweep()
         self._announce_news()
         logger.info("segmenter %s: ring of %d replicas", self.me, len(ring.replicas))
-        self._spawn(self._send_moved(ring))
+        self._moving = self._spawn(self._send_moved(ring, self._moving))
 
     async def leave(self) -> None:
-        """Before this replica stops: send every image it holds to its owner."""
+        """Before this replica stops: send every image it holds to its owner (and those
+        that reach it meanwhile, at once: `_leaving`)."""
+        self._leaving = True
         if self.ring is not None and self.me in self.ring.replicas:
             self.on_ring(self.ring.without(self.me))  # Serve's routers have dropped us already
-        pending = list(self._tasks)
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.timeout_s)
-            for task in late:
-                task.cancel()
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        while self._tasks:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(list(self._tasks), timeout=remaining)
+        for task in list(self._tasks):
+            task.cancel()
 
-    async def _send_moved(self, ring: Ring) -> None:
+    async def _send_moved(self, ring: Ring, before: asyncio.Task | None) -> None:
         moves: dict[str, list[ImageKey]] = defaultdict(list)
         underway: dict[str, list[ImageKey]] = defaultdict(list)
+        # Images on their way here that are no longer ours: they go on once here (`adopt`).
+        relayed = [
+            k for k in self.ownership.keys(Role.RECEIVING) if not self.engine.pictures.holds(k)
+        ]
+        for key in relayed:
+            owner = ring.owner(ring_key(key))
+            if owner is not None and owner != self.me:
+                underway[owner].append(key)
         # Images of requests running here first (they may be embedding them), then the
         # cached ones, most recently used first.
         for key in dict.fromkeys([*self._serving, *self.engine.pictures.image_keys()]):
@@ -81,7 +95,8 @@ class Sending:
                     self.engine.pictures.drop_image(key)
                 continue
             if self.ownership.role(key) is Role.SENDING:
-                if owner == self.ownership.peer(key):  # on its way there already: listed
+                # On its way (there, or to a replica that will send it on): listed.
+                if owner is not None and owner != self.me:
                     underway[owner].append(key)
                 continue
             if owner is not None and owner != self.me:
@@ -108,9 +123,12 @@ class Sending:
                 len(moves),
             )
         clock = self.ownership.clock.now
+        relaying = bool(relayed or self._unsettled_leavers(ring))
         await asyncio.gather(
             *(
-                self._notify(t, "manifest", self.me, ring.version, moves[t] + underway[t], clock)
+                self._notify(
+                    t, "manifest", self.me, ring.version, moves[t] + underway[t], clock, relaying
+                )
                 for t in targets
             )
         )
@@ -120,6 +138,9 @@ class Sending:
             for i in range(0, len(keys), BATCH_IMAGES)
         ]
         await asyncio.gather(*(self._deliver(target, keys) for target, keys in batches))
+        if before is not None:  # images it sends reach their receivers first (`adopt`)
+            await asyncio.wait([before], timeout=self.timeout_s)
+        await self._until_relayed(ring, relayed)
         await asyncio.gather(*(self._notify(t, "settled", self.me, ring.version) for t in targets))
 
     async def _reachable(self, target: str) -> bool:
@@ -134,52 +155,92 @@ class Sending:
         return True
 
     async def _deliver(self, target: str, keys: list[ImageKey]) -> None:
-        """Send images to `target` in one call, then forget them here, delivered or not."""
+        """Send images to their owner in one call per owner, then forget them here,
+        delivered or not. `target`: their owner when the ring changed; requests for them
+        may run here for a while first, and by then the ring may have changed again."""
         if self._sending is None:
             self._sending = asyncio.Semaphore(self._concurrency)
         async with self._sending:
             await self._until_served(keys)
-            keys = [k for k in keys if self.ownership.role(k) is not Role.BORROWED]
+            owners: dict[str, list[ImageKey]] = defaultdict(list)
             for key in keys:
-                await self._tell_borrowers(self.ownership.sending(key, target), key)
-            started = time.perf_counter()
-            exported = await asyncio.to_thread(
-                lambda: [(key, self.engine.pictures.export_image(key)) for key in keys]
+                owner = self.ring.owner(ring_key(key)) if self.ring is not None else target
+                if (
+                    owner not in (None, self.me)
+                    and self.ownership.role(key) not in (Role.BORROWED, Role.SENDING)
+                    and self.engine.pictures.holds(key)
+                ):
+                    owners[owner].append(key)  # type: ignore[index]
+            for owner, owned in owners.items():
+                await self._send_batch(owner, owned)
+
+    async def _send_batch(self, target: str, keys: list[ImageKey]) -> None:
+        """`keys` to `target`, now their owner, in one call; forgotten here however it ends."""
+        for key in keys:
+            await self._tell_borrowers(self.ownership.sending(key, target), key)
+        started = time.perf_counter()
+        exported = await asyncio.to_thread(
+            lambda: [(key, self.engine.pictures.export_image(key)) for key in keys]
+        )
+        states = [(key, state) for key, state in exported if state is not None]
+        for key, state in exported:
+            if state is None:  # evicted meanwhile
+                self.ownership.sent(key)
+        if not states:
+            return
+        try:
+            accepted = await self.peers.call(
+                target,
+                "adopt",
+                self.me,
+                states,
+                self.ownership.clock.now,
+                timeout_s=self.timeout_s,
             )
-            states = [(key, state) for key, state in exported if state is not None]
-            for key, state in exported:
-                if state is None:  # evicted meanwhile
-                    self.ownership.sent(key)
-            if not states:
+        except Exception as error:  # any failure: the images are lost
+            logger.warning(
+                "segmenter %s: hand-off of %d image(s) to %s failed (%s): dropped",
+                self.me,
+                len(states),
+                target,
+                type(error).__name__,
+            )
+            accepted = [False] * len(states)
+        finally:
+            for key, state in states:
+                self.engine.pictures.drop_image(key, state.content_digest)
+                self.ownership.sent(key)
+        if self.recorder is not None:
+            # What one image cost, the call's time shared among the images it carried.
+            each = (time.perf_counter() - started) / len(states)
+            for kept in accepted:
+                if kept:
+                    self.recorder.record_handoff("sent", each)
+
+    def _unsettled_leavers(self, ring: Ring) -> list[str]:
+        """Replicas that left (on an earlier ring, not on `ring`) and have not yet said
+        "settled" for a ring without them: images of theirs may still come here."""
+        leavers: list[str] = []
+        for earlier in self._history:
+            for name in sorted(earlier.replicas - ring.replicas - {self.me}):
+                settled = self._settled.get(name)
+                if name not in leavers and (settled is None or name in settled.split(",")):
+                    leavers.append(name)
+        return leavers
+
+    async def _until_relayed(self, ring: Ring, keys: list[ImageKey]) -> None:
+        """Wait (bounded) until none of `keys` is on its way here and every replica that
+        left has settled (or is gone): what reaches this replica is then sent on first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while True:
+            leavers = [r for r in self._unsettled_leavers(ring) if await self.peers.alive(r)]
+            busy = any(self.ownership.role(k) is Role.RECEIVING for k in keys)
+            remaining = deadline - loop.time()
+            if not (leavers or busy) or remaining <= 0:
                 return
-            try:
-                accepted = await self.peers.call(
-                    target,
-                    "adopt",
-                    self.me,
-                    states,
-                    self.ownership.clock.now,
-                    timeout_s=self.timeout_s,
-                )
-            except Exception as error:  # any failure: the images are lost
-                logger.warning(
-                    "segmenter %s: hand-off of %d image(s) to %s failed (%s): dropped",
-                    self.me,
-                    len(states),
-                    target,
-                    type(error).__name__,
-                )
-                accepted = [False] * len(states)
-            finally:
-                for key, state in states:
-                    self.engine.pictures.drop_image(key, state.content_digest)
-                    self.ownership.sent(key)
-            if self.recorder is not None:
-                # What one image cost, the call's time shared among the images it carried.
-                each = (time.perf_counter() - started) / len(states)
-                for kept in accepted:
-                    if kept:
-                        self.recorder.record_handoff("sent", each)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._news.wait(), min(remaining, 1.0))
 
     async def _until_served(self, keys: list[ImageKey]) -> None:
         """Wait (bounded) until no request for `keys` runs here."""
@@ -212,8 +273,11 @@ class Sending:
             logger.info("segmenter %s: %s to %s failed: %r", self.me, method, target, error)
 
     async def _call_quietly(self, target: str, method: str, *args: Any) -> None:
-        """`method` on `target`, waiting for it to be done (within the timeout)."""
+        """`method` on `target`, waiting for it to be done (within the timeout); nothing
+        if `target` is gone (a call to it would wait the whole timeout)."""
         try:
+            if not await self.peers.alive(target):
+                return
             await self.peers.call(target, method, *args, timeout_s=self.timeout_s)
         except Exception as error:  # gone or too slow: its own ring change drops its copies
             logger.info("segmenter %s: %s to %s failed: %r", self.me, method, target, error)

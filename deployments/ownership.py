@@ -9,7 +9,8 @@ A key on a replica is in one of these states (the ring, `deployments.ring`, says
   the owner answers a request that gave the key new content, or sends the key away, or
   finds it evicted, every borrower is told to forget (`changed`, `sending`, `sweep`).
 - **borrowed**: a helper's copy of the owner's value, fetched from `peer`. Never lent on.
-- **receiving**: `peer` (an earlier owner) announced it is sending the key here.
+- **receiving**: `senders` (earlier owners, or a replica it reached by mistake) announced
+  they are sending the key here; `peer` is the latest of them.
 - **sending**: on its way to `peer`, its new owner; forgotten here once sent.
 - **forgotten**: dropped because the owner has a newer version: a copy older than `version`
   still on its way is refused, for `ttl_s`.
@@ -22,7 +23,8 @@ older than anything the receiver accepts afterwards; wall clocks of two nodes ne
 Invariants (`check`, run by the simulation after every step):
 1. a borrowed key has a lender other than this replica, and no borrowers;
 2. a lent key has at least one borrower, never this replica;
-3. a receiving or sending key names a peer other than this replica;
+3. a receiving or sending key names a peer other than this replica (receiving: among its
+   senders, none of them this replica);
 4. at most `max_forgotten` forgotten keys (and none older than `ttl_s` after a `sweep`);
 5. after a `sweep` (at every ring change, loan and borrow), borrowed and lent keys are
    held here, so bookkeeping is bounded by the cache; receiving and sending ones end when
@@ -85,6 +87,8 @@ class _Entry:
     borrowers: set[str] = field(default_factory=set)
     version: int = 0
     since: float = 0.0
+    # receiving: every replica that announced the key (it may come from any of them).
+    senders: set[str] = field(default_factory=set)
 
 
 class Ownership:
@@ -110,6 +114,14 @@ class Ownership:
         """The lender (borrowed), sender (receiving) or target (sending) of `key`."""
         entry = self._entries.get(key)
         return None if entry is None else entry.peer
+
+    def senders(self, key: Hashable) -> frozenset[str]:
+        """The replicas that announced `key` and have not said it will not come (receiving);
+        `peer` is the latest of them."""
+        entry = self._entries.get(key)
+        if entry is None or entry.role is not Role.RECEIVING:
+            return frozenset()
+        return frozenset(entry.senders)
 
     def borrowers(self, key: Hashable) -> frozenset[str]:
         entry = self._entries.get(key)
@@ -195,25 +207,35 @@ class Ownership:
             raise InvariantError(f"{self.me} announces {key!r} to itself")
         entry = self._entries.get(key)
         if entry is None or entry.role in (Role.FORGOTTEN, Role.BORROWED):
-            self._entries[key] = _Entry(Role.RECEIVING, peer=sender)
-        elif entry.role in (Role.LENT, Role.RECEIVING):
-            entry.role, entry.peer = Role.RECEIVING, sender
+            entry = self._entries[key] = _Entry(Role.RECEIVING)
+        elif entry.role is Role.LENT:
+            entry.role = Role.RECEIVING
+        elif entry.role is not Role.RECEIVING:
+            return
+        entry.peer = sender
+        entry.senders.add(sender)
 
     def received(self, key: Hashable, sender: str | None = None) -> None:
-        """receiving -> owned/lent: the key arrived, or (from `sender`) will not come."""
+        """receiving -> owned/lent: the key arrived, or will come from none of its senders
+        (`sender`: this one says it will not come; the key may still come from another)."""
         entry = self._entries.get(key)
         if entry is None or entry.role is not Role.RECEIVING:
             return
-        if sender is not None and entry.peer != sender:
-            return
+        if sender is not None:
+            entry.senders.discard(sender)
+            if entry.senders:
+                if entry.peer == sender:
+                    entry.peer = sorted(entry.senders)[0]
+                return
         if entry.borrowers:
             entry.role, entry.peer = Role.LENT, None
+            entry.senders.clear()
         else:
             del self._entries[key]
 
     def stop_receiving(self, sender: str) -> list[Hashable]:
         """Every key `sender` announced: it is gone, nothing more comes from it."""
-        keys = [k for k in self.keys(Role.RECEIVING) if self._entries[k].peer == sender]
+        keys = [k for k in self.keys(Role.RECEIVING) if sender in self._entries[k].senders]
         for key in keys:
             self.received(key, sender)
         return keys
@@ -277,6 +299,10 @@ class Ownership:
                 raise InvariantError(f"{self.me}: lent {key!r} to {entry.borrowers}")
             if role in (Role.RECEIVING, Role.SENDING) and entry.peer in (None, self.me):
                 raise InvariantError(f"{self.me}: {role.value} {key!r} with {entry.peer}")
+            if role is Role.RECEIVING and (
+                self.me in entry.senders or entry.peer not in entry.senders
+            ):
+                raise InvariantError(f"{self.me}: receiving {key!r} from {entry.senders}")
             if role is Role.FORGOTTEN:
                 forgotten += 1
             elif swept and role in (Role.BORROWED, Role.LENT) and key not in held:

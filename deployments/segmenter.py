@@ -107,10 +107,17 @@ class SegmenterReplica:
         async with self.handoff.serving(request, forwarded) as owner:
             if owner is not None:  # not ours, and the owner's picture could not be fetched
                 return await self.handoff.forward(owner, operation.name, request)
+            work = asyncio.get_running_loop().run_in_executor(
+                self._pool, run, self.engine, operation, request, self.replica, arrived
+            )
             try:
-                reply = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, run, self.engine, operation, request, self.replica, arrived
-                )
+                reply = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The client hung up, but the engine's thread runs on and may store new
+                # content: the request counts as running here (its image is not sent
+                # away) until that is done.
+                await asyncio.wait([work])
+                raise
             except Sam3Error as error:
                 # A digest-first request without its bytes is routine; the rest are clients'.
                 level = logging.DEBUG if isinstance(error, ImageBytesNeededError) else logging.INFO

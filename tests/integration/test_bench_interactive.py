@@ -98,12 +98,9 @@ def test_the_autoscaler_scales_out_and_in_and_images_are_handed_off(report):
     ins = [e for e in scale["scale_events"] if e["replicas"] < e["from_replicas"]]
     assert outs and ins
     assert sum(e["moved"] for e in outs) > 0 and sum(e["moved"] for e in ins) > 0
-    # Every image embedded once, whatever the events: none lost ... and at most one
-    # re-embedded: since the ownership rewrite one clean-clone run of two re-embedded 1 of 62
-    # images during a scale event (an open item of the ownership issue; docs/operations.md,
-    # "Residual orders"). Before it, 0 in every run.
-    assert scale["re_embedded"] <= 1, scale["re_embedded"]
-    assert scale["embeddings_computed"] == scale["unique_images"] + scale["re_embedded"]
+    # Every image embedded once, whatever the events: none lost, none re-embedded.
+    assert scale["re_embedded"] == 0, scale["re_embedded"]
+    assert scale["embeddings_computed"] == scale["unique_images"]
     # ... and no click by id had to re-send its image.
     assert scale["not_found_after_scale_events"] == 0
     assert scale["handoff_ms_per_image"]["count"] > 0

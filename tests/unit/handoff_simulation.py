@@ -19,14 +19,16 @@ What is simulated (never the protocol itself):
 Checked after every answer (`Checker`), and the ownership invariants after every answer:
 - no stale picture: never an answer older than a picture acknowledged before the request
   was sent (unless a write sent after that one, or never acknowledged, gave it);
-- no 404 for an image a live replica holds as its own (lossy schedules excepted: a lost
-  hand-off message loses images by design);
+- no 404 for an image a live replica holds as its own, and no second embed of a picture a
+  live replica holds as its own or is sending (lossy schedules excepted: a lost hand-off
+  message loses images by design);
 - no request waits on a hand-off once its image is there (within `PROMPT_S`), nor longer
   than the hand-off timeout and a few message delays;
 - bookkeeping bounded (`Ownership.check`, and the hand-off's other tables).
 
-Run one seed: `SIM_SEED=123 python -m pytest tests/unit/test_handoff_simulation.py`, or
-`python -m tests.unit.handoff_simulation 123` (prints the schedule's events).
+Run one seed: `SIM_SEED=123 python -m pytest tests/unit/test_handoff_simulation.py -k one_seed
+-s` (every fault on), or `python -m tests.unit.handoff_simulation 123 [profile]` (prints the
+schedule's events; profile `scale-out`, `scale-in-out` or `all`, the default).
 """
 
 from __future__ import annotations
@@ -34,142 +36,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import selectors
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 import deployments.segmenter as segmenter_module
 from deployments.handoff import Handoff
-from deployments.operations import EMBED, SEGMENT, Reply
+from deployments.operations import EMBED, SEGMENT
 from deployments.ownership import Role
 from deployments.ring import Ring, ring_key
 from deployments.segmenter import SegmenterReplica
-from sam3_core.caches import EmbeddingCache, LogitsCache
 from sam3_core.calls import EmbedRequest, SegmentRequest
 from sam3_core.errors import ImageBytesNeededError, ImageNotCachedError, Sam3Error
 from sam3_core.images import content_id
-from sam3_core.model import ImageEmbedding
-from sam3_core.pictures import Pictures
+from tests.unit.handoff_history import Checker, Op
+from tests.unit.handoff_stand_ins import (
+    InjectedFailure,
+    NullMetrics,
+    SimEngine,
+    SimLoop,
+    _inline,
+    sim_run,
+)
 
 HANDOFF_TIMEOUT_S = 3.0
 # A request waiting for an image that is already here, for longer than this, is a violation.
 PROMPT_S = 0.05
 IDS = ("cat", "dog", "owl")
 PICTURES = tuple(f"picture-{n}".encode() for n in range(3))
-
-
-class SimLoop(asyncio.SelectorEventLoop):
-    """An event loop on virtual time: when nothing is ready, time jumps to the next timer.
-    Executor work (the engine's) runs on the loop after a virtual delay, never in threads."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self._virtual = 0.0
-        self.rng = rng
-        super().__init__(selector=_VirtualSelector(self))
-
-    def time(self) -> float:
-        return self._virtual
-
-    def run_in_executor(self, executor: Any, func: Callable, *args: Any) -> asyncio.Future:
-        future = self.create_future()
-
-        def work() -> None:  # runs even if the caller is gone, like a worker thread
-            try:
-                result = func(*args)
-            except BaseException as error:
-                if not future.cancelled():
-                    future.set_exception(error)
-                return
-            if not future.cancelled():
-                future.set_result(result)
-
-        self.call_later(self.rng.uniform(0.001, 0.05), work)
-        return future
-
-
-class _VirtualSelector(selectors.BaseSelector):
-    def __init__(self, loop: SimLoop) -> None:
-        self._loop = loop
-        self._keys: dict[Any, selectors.SelectorKey] = {}
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        key = selectors.SelectorKey(fileobj, fileobj, events, data)
-        self._keys[fileobj] = key
-        return key
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._keys.pop(fileobj)
-
-    def select(self, timeout: float | None = None) -> list:
-        if timeout is None:
-            raise RuntimeError("simulation deadlock: nothing scheduled and nothing ready")
-        self._loop._virtual += max(timeout, 0.0)
-        return []
-
-    def get_map(self) -> dict:
-        return self._keys
-
-
-async def _inline(func: Callable, /, *args: Any, **kwargs: Any) -> Any:
-    return func(*args, **kwargs)
-
-
-class InjectedFailure(RuntimeError):
-    """A request that failed after its embed (as a CUDA OOM in the decoder would)."""
-
-
-class SimEngine:
-    """What `SegmenterReplica` needs of `sam3_core.Segmenter`: real `Pictures` over real
-    caches, with a stand-in embed (one number per picture)."""
-
-    def __init__(self, rng: random.Random, cache_entries: int, fail_rate: float) -> None:
-        self.rng = rng
-        self.fail_rate = fail_rate
-        self.logits = LogitsCache(100, 2**20)
-        self.embeddings = EmbeddingCache(
-            2**30,
-            cache_entries,
-            on_evict=lambda key, entry: self.logits.drop_image((key, entry.content_digest)),
-        )
-        self.pictures = Pictures(
-            self.embeddings,
-            self.logits,
-            self._embed,
-            device=torch.device("cpu"),
-            store_dtype=torch.float32,
-            needs_trunk=False,
-            max_image_id_length=64,
-        )
-
-    def _embed(self, image: bytes) -> ImageEmbedding:
-        tensor = torch.zeros(1)
-        return ImageEmbedding(tensor, (tensor, tensor), (1, 1))
-
-    def stats(self) -> None:
-        return None
-
-
-def sim_run(engine: SimEngine, operation: Any, request: Any, replica: str, *_: Any) -> Reply:
-    """`deployments.operations.run` for `SimEngine`: the reply's body names the picture."""
-    image_id, _, cached, outcome = engine.pictures.resolve(request, {})
-    if request.image is not None and engine.rng.random() < engine.fail_rate:
-        raise InjectedFailure("out of memory after the embed")
-    return Reply(image_id, outcome, cached.content_digest.encode(), replica)
-
-
-class NullMetrics:
-    def record_stats(self, stats: object) -> None:
-        pass
-
-    def record_timings(self, operation: str, timings: object) -> None:
-        pass
-
-    def record_handoff(self, direction: str, seconds: float) -> None:
-        pass
 
 
 @dataclass
@@ -250,49 +144,6 @@ async def _quietly(work: Any) -> None:
         await work
 
 
-@dataclass
-class Op:
-    """One client request in the history."""
-
-    image_id: str
-    sent: float
-    write: str | None  # the digest of the bytes it sent (a write), or None: a click by id
-    acked: float | None = None
-    answer: str | None = None
-    outcome: str = "pending"
-    holders: list[str] = field(default_factory=list)  # live replicas holding it when sent
-
-
-@dataclass
-class Checker:
-    """The history of client requests, checked as answers come (see the module)."""
-
-    lossy: bool
-    ops: list[Op] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
-
-    def stale(self, op: Op) -> str | None:
-        """Whether `op`'s answer is older than a write acknowledged before it was sent."""
-        for done in self.ops:
-            if done.write is None or done.acked is None or done.acked >= op.sent:
-                continue
-            if done.write == op.answer or done.image_id != op.image_id:
-                continue
-            # `done` was acknowledged before `op` was sent, with other content: `op`'s
-            # answer must come from a write not known to precede `done`.
-            givers = [
-                w
-                for w in self.ops
-                if w.image_id == op.image_id and w.write == op.answer and w.sent < op.acked  # type: ignore[operator]
-            ]
-            if all(w.acked is not None and w.acked < done.sent for w in givers):
-                return (
-                    f"{op.image_id}: answered {op.answer[:6]} at {op.acked:.3f}, but "  # type: ignore[index]
-                    f"{done.write[:6]} was acknowledged at {done.acked:.3f}"
-                )
-        return None
-
-
 class World:
     """The replicas, rings, clients and faults of one schedule, driven by one seed."""
 
@@ -345,6 +196,7 @@ class World:
         replica._pool = None
         replica.metrics = NullMetrics()
         replica.handoff = Handoff(replica.engine, name, SimPeers(self, name), HANDOFF_TIMEOUT_S)
+        replica.engine.on_embed = lambda key, digest: self.check_embed(name, key, digest)
         replica._left = True
         self.replicas[name] = replica
         self.states[name] = "running"
@@ -494,6 +346,24 @@ class World:
             and self.replicas[name].handoff.ownership.role(key) is not Role.BORROWED
         ]
 
+    def check_embed(self, name: str, key: Any, digest: str) -> None:
+        """An embed on `name`, which held no picture under `key`: no live replica may hold
+        that picture as its own (nor be sending it), else the image was embedded twice
+        (lossy schedules excepted). An embed that replaces another picture is a client's
+        write changing the content, whatever other replicas hold."""
+        holders = [
+            other
+            for other in sorted(self.replicas)
+            if other != name
+            and self.running(other)
+            and self.replicas[other].engine.pictures.holds(key, digest)
+            and self.replicas[other].handoff.ownership.role(key) is not Role.BORROWED
+        ]
+        self.log(f"{name} embeds {key[1]} {digest[:6]}")
+        if holders and not self.lossy:
+            now = asyncio.get_running_loop().time()
+            self.violation(f"{key[1]} embedded again on {name} at {now:.3f}, held by {holders}")
+
     def check_bookkeeping(self) -> None:
         for name in sorted(self.replicas):
             if not self.running(name):
@@ -521,6 +391,7 @@ class World:
             "serving": len(handoff._serving),
             "quiet": len(handoff._quiet),
             "stale": len(handoff._stale),
+            "coming": len(handoff._coming),
         }
         if any(left.values()):
             self.violation(f"at rest: {name} still tracks {left}")
@@ -588,7 +459,19 @@ def simulate(seed: int, events: int = 60, off: frozenset[str] = frozenset()) -> 
     return world
 
 
+# The profiles the tests run (`tests/unit/test_handoff_simulation.py`): the faults each
+# leaves out. scale-out: replicas only added (the clients' own faults, hang-ups, failures
+# after an embed and evictions stay on); scale-in-out: replicas added and removed
+# gracefully, the transport otherwise faultless; all: every fault.
+PROFILES = {
+    "scale-out": frozenset({"late", "lost", "skip", "old-ingress", "helpers", "kill", "remove"}),
+    "scale-in-out": frozenset({"late", "lost", "skip", "old-ingress", "helpers", "kill"}),
+    "all": frozenset(),
+}
+
+
 if __name__ == "__main__":
-    world = simulate(int(sys.argv[1]))
+    profile = sys.argv[2] if len(sys.argv) > 2 else "all"
+    world = simulate(int(sys.argv[1]), off=PROFILES[profile])
     print("\n".join(world.trace))
     print(f"violations: {world.checker.violations or 'none'}")
