@@ -33,7 +33,8 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
-from deployments.handoff import ALIVE_POLL_S, RING_HISTORY, _log_failure
+from deployments.handoff import RING_HISTORY, _log_failure
+from deployments.handoff_receiving import ALIVE_POLL_S
 from deployments.handoff_sending import REACH_WAIT_S
 from deployments.owners import ServiceUnavailableError
 from deployments.ownership import Clock, Ownership, Role
