@@ -155,7 +155,7 @@ def load_video_model(
         raise WeightsError(HOW_TO_GET_WEIGHTS)
     model = model.to(device).eval()
     logger.info(
-        "SAM3 video model (%s) from %s on %s, built in %.1f s",
+        "SAM3 video model from %s on %s, built in %.1f s",
         source,
         device,
         time.perf_counter() - started,
