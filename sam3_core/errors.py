@@ -107,3 +107,10 @@ class SessionMovedError(Sam3Error):
     same request, sent again, reaches it there."""
 
     code = "session_moved"
+
+
+class PropagationError(Sam3Error):
+    """sam3 refused to go on with the session as it stands (for one, clicks after a first pass
+    that did not reach every frame); the message says what to do."""
+
+    code = "propagation_failed"

@@ -28,6 +28,7 @@ import torch
 
 from sam3_core.errors import (
     InvalidPromptError,
+    PropagationError,
     SessionBusyError,
     SessionMovedError,
     SessionNotFoundError,
@@ -233,7 +234,7 @@ class VideoSessions:
                         if session.closed:
                             raise SessionNotFoundError("the session was closed while propagating")
                         with self._model_lock, self._running():
-                            step = next(steps, None)
+                            step = _next_step(steps)
                         if step is None:
                             break
                         session.last_used = time.monotonic()
@@ -426,3 +427,19 @@ def _not_found(key: SessionKey) -> SessionNotFoundError:
         f"no video session {key[1]!r} here: it was never started, was closed, expired after "
         "SAM3_VIDEO_IDLE_SECONDS idle, or was lost with its replica; start it again"
     )
+
+
+def _next_step(steps: Iterator) -> tuple | None:
+    """sam3's next frame, its refusals (its own asserts and RuntimeErrors on a session's state)
+    said as one: a session whose first pass stopped short and was then clicked has "no cached
+    outputs" for the frames that pass never reached."""
+    try:
+        return next(steps, None)
+    except (AssertionError, RuntimeError) as error:
+        hint = (
+            " (the session's first pass did not reach every frame: reset_session, then "
+            "propagate over the whole video before adding prompts)"
+            if "No cached outputs" in str(error)
+            else ""
+        )
+        raise PropagationError(f"sam3 could not propagate: {error}{hint}") from error

@@ -21,6 +21,7 @@ from sam3_core.architecture import TINY
 from sam3_core.errors import (
     InvalidImageError,
     InvalidPromptError,
+    PropagationError,
     SessionBusyError,
     SessionNotFoundError,
     VideoCapacityError,
@@ -160,6 +161,17 @@ def test_propagation_is_exclusive_stops_on_hang_up_and_close_returns_memory(mode
     assert [ref for ref in tensors if ref() is not None] == []
     stats = sessions.stats()
     assert (stats.sessions, stats.frame_bytes, stats.state_bytes) == (0, 0, 0)
+
+
+def test_clicks_after_a_first_pass_cut_short_are_refused_not_a_broken_stream(model) -> None:
+    sessions = sessions_of(model)
+    key = sessions.start_session(VideoSource(frames=FRAMES)).key
+    assert [f.frame_index for f in sessions.propagate_in_video(key, "forward", 0, 0)] == [0]
+    sessions.add_prompt(key, 0, points=[[0.25, 0.5]], point_labels=[1], obj_id=1)
+    with pytest.raises(PropagationError, match="reset_session"):
+        list(sessions.propagate_in_video(key, "forward"))
+    sessions.reset_session(key)  # and the session still works
+    assert [f.frame_index for f in sessions.propagate_in_video(key, "forward", 0)] == [0, 1]
 
 
 def test_closing_a_session_stops_its_propagation(model) -> None:
