@@ -172,13 +172,19 @@ def _load_video_state(model: Sam3VideoModel, state: dict, path: object, strict: 
     """A released checkpoint loads strictly; one made here (the demo model's, from the image
     model) may lack the dropped neck level and hold tensors the video model has no use for."""
     try:
-        missing, unexpected = model.load_state_dict(state, strict=strict)
-    except RuntimeError as exc:
-        raise WeightsError(f"{path} is not a SAM3 video checkpoint: {exc}") from exc
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of the wrong shape: torch names every one
+        first = str(exc).splitlines()[:4]
+        raise WeightsError(f"{path} is not a SAM3 video checkpoint: {' '.join(first)}") from exc
     missing = [key for key in missing if not any(level in key for level in _DROPPED_LEVEL)]
     if missing:
         raise WeightsError(
             f"{path} lacks {len(missing)} tensors of the video model (first: {missing[:3]})"
+        )
+    if unexpected and strict:
+        raise WeightsError(
+            f"{path} is not a SAM3 video checkpoint: {len(unexpected)} tensors the video model "
+            f"does not have (first: {unexpected[:3]})"
         )
     if unexpected:
         logger.info("%s: %d tensors the video model does not use", path, len(unexpected))
