@@ -27,6 +27,9 @@ logger = logging.getLogger("ray.serve")
 RING_SETTLE_S = 1.0
 # How often a request waiting for an image checks that its sender still runs.
 ALIVE_POLL_S = 1.0
+# How long a replica that may have owned an image on a ring this one never saw, and has said
+# nothing, is waited on: long enough for its manifest to arrive after a ring change.
+UNANNOUNCED_WAIT_S = 2.0
 
 
 class Receiving:
@@ -197,6 +200,8 @@ class Receiving:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(news.wait(), remaining)
                 continue
+            if self._only_ranked_after(key, sender):
+                remaining = min(remaining, started + UNANNOUNCED_WAIT_S - self._now())
             if remaining <= 0 or not await self.peers.alive(sender):
                 self._received(key, sender)
                 done.add(sender)
@@ -210,6 +215,19 @@ class Receiving:
                 continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(news.wait(), min(remaining, ALIVE_POLL_S))
+
+    def _only_ranked_after(self, key: ImageKey, sender: str) -> bool:
+        """Whether `sender` is waited on only because it ranks after this replica on the
+        current ring: it announced nothing, sent no manifest and owned `key` on no ring this
+        replica saw. Such a replica that joined with nothing says nothing, so it is given
+        `UNANNOUNCED_WAIT_S`, not the whole hand-off timeout (a fresh deployment's replicas
+        otherwise held each new image 30 s)."""
+        rk = ring_key(key)
+        return (
+            sender not in self.ownership.senders(key)
+            and sender not in self._manifests
+            and all(ring.owner(rk) != sender for ring in self._history)
+        )
 
     def _behind(self, key: ImageKey) -> bool:
         """Whether a manifest came for a ring with a replica this one never saw (so newer
