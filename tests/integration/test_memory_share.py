@@ -8,8 +8,10 @@ the plans add up per node, as on a real cluster, not over the three together.
 from __future__ import annotations
 
 import pytest
+from ray import serve
 
 from bench.harness import LocalCluster, Prometheus, wait_for
+from deployments.config import APP_NAME
 from tests.integration.serving import deploy
 
 pytestmark = pytest.mark.ray
@@ -17,6 +19,9 @@ pytestmark = pytest.mark.ray
 
 def test_four_cpu_replicas_of_the_shipped_config_add_up_per_node(service: LocalCluster):
     # serve_config.yaml's CPUs per segmenter (1) and its autoscaling maximum (4 replicas).
+    # From nothing: while an earlier test's replicas drain they may still answer (and name
+    # themselves to) the probes that tell this deployment's replicas, which plan nothing here.
+    serve.delete(APP_NAME)
     replicas = deploy(service, 4, args={"segmenter_cpus": 1})
 
     def plans_by_node() -> dict[int, dict[str, dict[str, float]]] | None:
