@@ -120,13 +120,12 @@ def run(preset: str, count: int) -> dict:
     }
 
 
-def rss_cycles(preset: str, count: int, cycles: int = 5) -> dict:
-    """RSS (psutil) before and after `cycles` sessions opened, prompted, propagated and
-    closed, after one that warms allocators and sam3's lazily built buffers."""
-    torch.set_num_threads(1)
-    model = random_video_model(ARCHITECTURES[preset])
-    sessions = VideoSessions(model, VideoSettings(), RequestLimits(), torch.device("cpu"))
-    frames = tuple(panning_frames(count))
+def rss_over_cycles(
+    sessions: VideoSessions, frames: tuple[bytes, ...], cycles: int
+) -> tuple[list[int], int, int]:
+    """What each of `cycles` sessions held, and RSS (psutil) before and after them: each
+    opened, prompted, propagated and closed, after one that warms allocators and sam3's
+    lazily built buffers."""
     process = psutil.Process()
 
     def cycle() -> int:
@@ -142,7 +141,15 @@ def rss_cycles(preset: str, count: int, cycles: int = 5) -> dict:
     before = process.memory_info().rss
     held = [cycle() for _ in range(cycles)]
     gc.collect()
-    after = process.memory_info().rss
+    return held, before, process.memory_info().rss
+
+
+def rss_cycles(preset: str, count: int, cycles: int = 5) -> dict:
+    """RSS before and after `cycles` sessions of `count` frames (`rss_over_cycles`)."""
+    torch.set_num_threads(1)
+    model = random_video_model(ARCHITECTURES[preset])
+    sessions = VideoSessions(model, VideoSettings(), RequestLimits(), torch.device("cpu"))
+    held, before, after = rss_over_cycles(sessions, tuple(panning_frames(count)), cycles)
     return {
         "preset": preset,
         "frames": count,

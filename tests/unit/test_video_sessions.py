@@ -11,11 +11,11 @@ import weakref
 import av
 import cv2
 import numpy as np
-import psutil
 import pytest
 import torch
 import torchvision.transforms.functional as TF
 
+from bench.video import rss_over_cycles
 from bench.video_reference import random_video_model
 from sam3_core.architecture import TINY
 from sam3_core.errors import (
@@ -236,21 +236,7 @@ def test_five_sessions_opened_propagated_and_closed_leave_the_process_as_it_was(
     one session held: closed sessions' memory is handed back (sam3 issue #305)."""
     sessions = sessions_of(model)
     frames = tuple(encode_image(random_pixels(seed, 96, 128), "JPEG") for seed in range(3))
-    process = psutil.Process()
-
-    def cycle() -> int:
-        key = sessions.start_session(VideoSource(frames=frames)).key
-        sessions.add_prompt(key, 0, text="cat")
-        list(sessions.propagate_in_video(key, "forward"))
-        held = sessions.session_bytes(key)
-        sessions.close_session(key)
-        return held
-
-    cycle()
-    gc.collect()
-    before = process.memory_info().rss
-    held = max(cycle() for _ in range(5))
-    gc.collect()
-    grown = process.memory_info().rss - before
+    sizes, before, after = rss_over_cycles(sessions, frames, cycles=5)
+    held, grown = max(sizes), after - before
     assert held > 2 * 2**20, "a session must hold enough to see a leak"
     assert grown < held / 4, f"RSS grew {grown / 2**20:.1f} MiB; a session held {held / 2**20:.1f}"
