@@ -81,6 +81,7 @@ class Handoff(Receiving, Sending):
         self.recorder = recorder
         self.ring: Ring | None = None
         self._history: deque[Ring] = deque(maxlen=RING_HISTORY)
+        self._first_ring: Ring | None = None  # the replicas there when this one joined
         self.ownership = Ownership(me, timeout_s)
         engine.pictures.stamp = self.ownership.clock.tick
         # Each sender's latest manifest (its ring's version, the keys it lists) and the

@@ -43,6 +43,7 @@ class Receiving:
     ring: Ring | None
     ownership: Ownership
     _history: Any
+    _first_ring: Ring | None
     _manifests: dict[str, tuple[str, frozenset[ImageKey]]]
     _relaying: set[str]
     _settled: dict[str, str]
@@ -218,13 +219,16 @@ class Receiving:
 
     def _only_ranked_after(self, key: ImageKey, sender: str) -> bool:
         """Whether `sender` is waited on only because it ranks after this replica on the
-        current ring: it announced nothing, sent no manifest and owned `key` on no ring this
-        replica saw. Such a replica that joined with nothing says nothing, so it is given
-        `UNANNOUNCED_WAIT_S`, not the whole hand-off timeout (a fresh deployment's replicas
-        otherwise held each new image 30 s)."""
+        current ring, though it joined after this one (so every ring that has it has this
+        one, ranked first for `key`: it cannot have owned `key`), and it announced nothing,
+        sent no manifest and owned `key` on no ring seen here. Such a replica says nothing,
+        so it is given `UNANNOUNCED_WAIT_S`, not the whole hand-off timeout (a deployment's
+        first replicas otherwise held each new image 30 s for those started after them)."""
         rk = ring_key(key)
         return (
-            sender not in self.ownership.senders(key)
+            self._first_ring is not None
+            and sender not in self._first_ring.replicas
+            and sender not in self.ownership.senders(key)
             and sender not in self._manifests
             and all(ring.owner(rk) != sender for ring in self._history)
         )

@@ -36,6 +36,7 @@ class Sending:
     recorder: HandoffRecorder | None
     ring: Ring | None
     ownership: Ownership
+    _first_ring: Ring | None
 
     # Ring changes, and sending -----------------------------------------------------------
 
@@ -46,6 +47,8 @@ class Sending:
         if self.ring is not None:
             self._history.append(self.ring)
         self.ring = ring
+        if self._first_ring is None:
+            self._first_ring = ring
         known = ring.replicas.union(*(r.replicas for r in self._history))
         for sender in [s for s in self._manifests if s not in known]:
             del self._manifests[sender]
