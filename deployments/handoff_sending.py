@@ -12,7 +12,7 @@ from collections import defaultdict
 from typing import Any
 
 from deployments.ownership import Ownership, Role
-from deployments.peers import HandoffRecorder, Peers
+from deployments.peers import HandoffRecorder, Peers, reachable
 from deployments.ring import Ring, ring_key
 from sam3_core.engine import Segmenter
 from sam3_core.pictures import ImageKey
@@ -21,9 +21,6 @@ logger = logging.getLogger("ray.serve")
 
 # Images per hand-off call: each call is a few messages, whatever it carries.
 BATCH_IMAGES = 8
-# Longest a replica waits for a new peer to read its hand-off board before counting it as of
-# another code version (whose board is another).
-REACH_WAIT_S = 2.0
 
 
 class Sending:
@@ -107,8 +104,9 @@ class Sending:
         # Replicas of another code version (a redeploy replacing this one) read another board
         # and may run another model: nothing goes to them, and what they now own is dropped.
         others = sorted(ring.replicas - {self.me})
-        reachable = await asyncio.gather(*(self._reachable(t) for t in others))
-        targets = [t for t, ok in zip(others, reachable, strict=True) if ok]
+        answers = [reachable(self.peers, t, self.timeout_s) for t in others]
+        reached = await asyncio.gather(*answers)
+        targets = [t for t, ok in zip(others, reached, strict=True) if ok]
         if unreachable := [k for t in sorted(set(moves) - set(targets)) for k in moves.pop(t)]:
             logger.info(
                 "segmenter %s: %d image(s) owned by replicas of another version: dropped",
@@ -145,17 +143,6 @@ class Sending:
             await asyncio.wait([before], timeout=self.timeout_s)
         await self._until_relayed(ring, relayed)
         await asyncio.gather(*(self._notify(t, "settled", self.me, ring.version) for t in targets))
-
-    async def _reachable(self, target: str) -> bool:
-        """Whether `target` reads this replica's board. A replica that has just started may
-        not have read it yet when the new ring arrives: asked again for a short while."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(REACH_WAIT_S, self.timeout_s / 4)
-        while not await self.peers.alive(target):
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.1)
-        return True
 
     async def _deliver(self, target: str, keys: list[ImageKey]) -> None:
         """Send images to their owner in one call per owner, then forget them here,

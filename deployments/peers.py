@@ -69,6 +69,23 @@ class Peers(Protocol):
         ...
 
 
+# Longest a replica waits for a new peer to read its hand-off board before counting it as of
+# another code version (whose board is another).
+REACH_WAIT_S = 2.0
+
+
+async def reachable(peers: Peers, target: str, timeout_s: float) -> bool:
+    """Whether `target` reads this replica's board. A replica that has just started may not
+    have read it yet when the new ring arrives: asked again for a short while."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(REACH_WAIT_S, timeout_s / 4)
+    while not await peers.alive(target):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
 class HandoffRecorder(Protocol):
     def record_handoff(self, direction: str, seconds: float) -> None:
         """One image moved: "sent" (pushed to its new owner), "received", or "borrowed"

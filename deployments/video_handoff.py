@@ -35,10 +35,9 @@ from typing import Any
 
 from deployments.handoff import RING_HISTORY, _log_failure
 from deployments.handoff_receiving import ALIVE_POLL_S
-from deployments.handoff_sending import REACH_WAIT_S
 from deployments.owners import ServiceUnavailableError
 from deployments.ownership import Clock, Ownership, Role
-from deployments.peers import HandoffRecorder, Peers
+from deployments.peers import HandoffRecorder, Peers, reachable
 from deployments.ring import Ring
 from deployments.video_operations import VideoCall, session_ring_key
 from sam3_core.video_handoff import SessionState
@@ -268,8 +267,9 @@ class VideoHandoff:
             if owner not in (None, self.me):
                 moves[owner].append(key)
         others = sorted(ring.replicas - {self.me})
-        reachable = await asyncio.gather(*(self._reachable(t) for t in others))
-        targets = [t for t, ok in zip(others, reachable, strict=True) if ok]
+        answers = [reachable(self.peers, t, self.timeout_s) for t in others]
+        reached = await asyncio.gather(*answers)
+        targets = [t for t, ok in zip(others, reached, strict=True) if ok]
         for target in sorted(set(moves) - set(targets)):  # another code version: lost
             for key in moves.pop(target):
                 sessions.close_session(key)  # type: ignore[union-attr]
@@ -307,15 +307,6 @@ class VideoHandoff:
                 )  # fmt: skip
             finally:
                 self.ownership.sent(key)
-
-    async def _reachable(self, target: str) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(REACH_WAIT_S, self.timeout_s / 4)
-        while not await self.peers.alive(target):
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.1)
-        return True
 
     async def _notify(self, target: str, method: str, *args: Any) -> None:
         try:
