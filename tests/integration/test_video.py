@@ -16,6 +16,8 @@ from pycocotools.mask import area
 
 from bench.harness import LocalCluster, wait_for
 from bench.samples import encode_image, random_pixels
+from deployments.ring import Ring
+from deployments.video_operations import session_ring_key
 from tests.integration.serving import deploy, settled_total
 
 pytestmark = pytest.mark.ray
@@ -136,16 +138,33 @@ def points(frame_index: int, obj_id: int, x: float, y: float) -> tuple[str, dict
     return ("add_prompt", body)
 
 
+def ring_key(session_id: str) -> str:
+    return session_ring_key(None, session_id)
+
+
+def spread_sessions(replicas: set[str], per_replica: int) -> list[str]:
+    """Session ids of which the ring gives each replica `per_replica`: whichever a scale-in
+    removes held some."""
+    ring, taken = Ring(replicas), {replica: [] for replica in replicas}
+    names = (f"moves-{number}" for number in range(10_000))
+    while min(len(held) for held in taken.values()) < per_replica:
+        name = next(names)
+        held = taken[ring.owner(ring_key(name))]
+        if len(held) < per_replica:
+            held.append(name)
+    return sorted(session for held in taken.values() for session in held)
+
+
 def test_sessions_move_with_scale_events_and_answer_as_if_they_never_moved(
     service: LocalCluster,
 ):
     """Identical sessions on 3 replicas, scaled in to 2 and out to 3 again between requests:
     those that moved answer as those that did not (same masks, scores and ids), each
     request on one replica, the moved ones on their new owner."""
-    deploy(service, replicas=3)
-    ids = [f"moves-{i}" for i in range(6)]
+    replicas = deploy(service, replicas=3)
+    ids = spread_sessions(replicas, per_replica=2)
     owner = {i: start(service, i, count=3).headers["x-sam3-replica"] for i in ids}
-    assert len(set(owner.values())) >= 2
+    assert owner == {i: Ring(replicas).owner(ring_key(i)) for i in ids}
     before = [
         ("add_prompt", {"frame_index": 0, "text": "cat"}),
         ("propagate_in_video", {}),
@@ -172,6 +191,11 @@ def test_sessions_move_with_scale_events_and_answer_as_if_they_never_moved(
     assert all(after_in[i][0] in survivors for i in ids)
 
     out_again = deploy(service, replicas=3)
+    for _ in range(4):  # a new replica's id is random: a ring may give it none of 6 sessions
+        if any(Ring(out_again).owner(ring_key(i)) in out_again - survivors for i in ids):
+            break
+        survivors = deploy(service, replicas=2)
+        out_again = deploy(service, replicas=3)
     later = [
         points(0, 2, 0.7, 0.2),
         ("remove_object", {"obj_id": 1}),
@@ -179,7 +203,7 @@ def test_sessions_move_with_scale_events_and_answer_as_if_they_never_moved(
     ]
     after_out = {i: steps(service, i, later) for i in ids}
     same_answers(after_out)
-    added = out_again - survivors
-    assert {after_out[i][0] for i in ids} & added, "the added replica took some sessions"
+    assert all(after_out[i][0] == Ring(out_again).owner(ring_key(i)) for i in ids)
+    assert {after_out[i][0] for i in ids} & (out_again - survivors), "the added one took some"
     for session_id in ids:
         assert service.post("/sam3/video/close_session", {"session_id": session_id}).ok
