@@ -21,6 +21,16 @@ from sam3_core.weights import load_model
 __all__ = ["encode_image", "png_header", "random_pixels", "tiny_settings", "unavailable"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (README's test command: `-n 2 --dist loadgroup`) every test on the
+    session's Ray cluster runs on one worker, in file order, as they would alone: they share
+    one cluster, whose deployments each test replaces. The others spread over both workers,
+    a module with a Ray instance of its own in a group of its own."""
+    for item in items:
+        if item.get_closest_marker("ray") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 def unavailable(message: str) -> NoReturn:
     """A test whose tool is missing here: skipped on a workstation, failed under CI (`CI` set),
     where every test must run."""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# Its own Ray instance: beside the session cluster's tests, on the other xdist worker.
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("bench-interactive")]
 ROOT = Path(__file__).parents[2]
 
 RUN_FIELDS = {
