@@ -21,14 +21,31 @@ from sam3_core.weights import load_model
 __all__ = ["encode_image", "png_header", "random_pixels", "tiny_settings", "unavailable"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (README's test command: `-n 2 --dist loadgroup`) every test on the
-    session's Ray cluster runs on one worker, in file order, as they would alone: they share
-    one cluster, whose deployments each test replaces. The others spread over both workers,
-    a module with a Ray instance of its own in a group of its own."""
-    for item in items:
-        if item.get_closest_marker("ray") and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+SESSION_CLUSTER = "tests on the session's Ray cluster"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under pytest-xdist (README's test command: `-n 2`), every module marked `ray` goes to
+    one worker, whole and in file order, as they would run alone: they share one cluster
+    (`tests/integration/conftest.py`), whose deployments each test replaces. Every other
+    test goes to whichever worker is free. (xdist's `loadgroup` would do this from an
+    `xdist_group` mark, but it renames tests through `Item._nodeid`, which pytest 9 no
+    longer reads; scopes are what `LoadScopeScheduling` is for.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    tests = config.rootpath / "tests"
+    on_cluster = {
+        path.relative_to(config.rootpath).as_posix()
+        for path in tests.rglob("test_*.py")
+        if "pytest.mark.ray" in path.read_text()
+    }
+
+    class OneWorkerForTheCluster(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SESSION_CLUSTER if nodeid.split("::")[0] in on_cluster else nodeid
+
+    return OneWorkerForTheCluster(config, log)
 
 
 def unavailable(message: str) -> NoReturn:

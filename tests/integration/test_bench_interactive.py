@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-# Its own Ray instance: beside the session cluster's tests, on the other xdist worker.
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("bench-interactive")]
+# A Ray instance of its own, not the session's cluster (not `ray`): under xdist it runs
+# beside the tests on that cluster.
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
 
 RUN_FIELDS = {
