@@ -21,6 +21,18 @@ from sam3_core.weights import load_model
 __all__ = ["encode_image", "png_header", "random_pixels", "tiny_settings", "unavailable"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the session's Ray cluster first (in file order), then the other slow
+    ones: under xdist (README's `-n 2`) the longest runs start at once, one per worker."""
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        if item.get_closest_marker("ray"):
+            return (0, 0)
+        return (1, 0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)
+
+
 SESSION_CLUSTER = "tests on the session's Ray cluster"
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# A Ray instance of its own (bench.gpu's), not the session's cluster: not `ray`.
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
 
 

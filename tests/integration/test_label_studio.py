@@ -5,7 +5,7 @@ Label Studio, and the masks read back from what it stores, decoded by its own SD
 
 The service runs in-process behind uvicorn (`local_service`), not on the Ray cluster: the
 subject here is the protocol, and the engine's counters show embeds directly; routing by
-image is the Ray suite's, and the last test here runs the routes on the Ray cluster. The
+image is the Ray suite's (`test_label_studio_on_ray.py` runs these routes on the Ray cluster). The
 engine serves the demo model (`demo:shapes`, trained on shapes, not SAM3): the click's mask
 must land on the square. Its concept detector is untrained, so pre-annotation's masks are
 noise and only their structure is checked.
@@ -17,7 +17,6 @@ under CI, where it fails.
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 
@@ -30,7 +29,6 @@ from bench.samples import encode_image
 from sam3_core.engine import Segmenter
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
-from tests.integration.serving import deploy
 
 pytestmark = pytest.mark.slow  # installs and starts a real Label Studio
 
@@ -141,34 +139,3 @@ def test_label_studio_clicks_and_pre_annotation(studio, engine):
         for decoded in studio.decode_brush(results):
             assert decoded.shape == (HEIGHT, WIDTH)
         assert engine.stats().embedding_cache_misses == 1  # concepts on the same embedding
-
-
-@pytest.mark.ray
-def test_the_adapter_on_the_ray_cluster(service):
-    """The same routes through Ray's proxy and the segmenter replicas: Label Studio's clicks
-    and its pre-annotation reach the image's one owner, which embeds it once (a `data:` URI
-    task, so no Label Studio is needed: the ingress sends its digest first)."""
-    deploy(service, 2)
-    png, _ = shapes()
-    image = "data:image/png;base64," + base64.b64encode(png).decode()
-    task = {"id": 7, "data": {"image": image}}
-
-    def predict(regions: list[dict] | None) -> tuple[dict, dict]:
-        body = {
-            "tasks": [task],
-            "label_config": label_studio.BRUSH_CONFIG,
-            "params": {"context": {"result": regions} if regions else None},
-        }
-        response = service.post("/label-studio/predict", body)
-        assert response.status_code == 200, response.text
-        return response.json(), response.headers
-
-    _, first = predict([keypoint(40, 36)])
-    second_body, second = predict([keypoint(40, 36), keypoint(*CIRCLE_CENTRE, positive=False)])
-    _, concepts = predict(None)
-    assert first["x-sam3-embedding-cache"] == "miss"
-    assert second["x-sam3-embedding-cache"] == concepts["x-sam3-embedding-cache"] == "hit"
-    assert second["x-sam3-logits-cache"] == "hit"
-    assert first["x-sam3-replica"] == second["x-sam3-replica"] == concepts["x-sam3-replica"]
-    (result,) = second_body["results"][0]["result"]
-    assert result["type"] == "brushlabels" and result["original_width"] == WIDTH
