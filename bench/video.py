@@ -4,8 +4,10 @@ weights (`bench.video_reference.random_video_model`: made to detect a few object
 
     python -m bench.video --frames 8 --longer 32   # narrow preset (1008 px, narrow widths)
 
-Also: where each side's bytes are (`bench.video_bytes`), and the process's RSS across five
-sessions opened, prompted, propagated and closed (memory handed back on close).
+Also: where each side's bytes are (`bench.video_bytes`), a session's bytes at rest (compacted
+as after SAM3_VIDEO_CACHE_IDLE_SECONDS idle), the bytes each frame beyond the shorter clip's
+adds, and the process's RSS across five sessions opened, prompted, propagated and closed
+(memory handed back on close).
 
 Writes bench/results/video.json. sam3's predictor with its defaults keeps every frame at the
 model's input size (1008² float16 for frames read from a folder) beside its tracking state;
@@ -69,6 +71,7 @@ def run(preset: str, count: int) -> dict:
     session = sessions._sessions[key]
     ours_bytes = {"frames": session.frames.nbytes, "state": state_nbytes(session.state)}
     ours_fields = state_breakdown(session.state)
+    ours_at_rest = sessions.compact(key)  # idle for SAM3_VIDEO_CACHE_IDLE_SECONDS
     sessions.close_session(key)
 
     reference = ReferencePredictor(model)
@@ -117,7 +120,21 @@ def run(preset: str, count: int) -> dict:
         "ours": side(ours_seconds, ours_bytes, ours_fields),
         "sam3_predictor": side(theirs_seconds, theirs_bytes, theirs_fields),
         "ratio_bytes_per_frame": sum(ours_bytes.values()) / sum(theirs_bytes.values()),
+        "ours_at_rest_bytes": ours_at_rest,
+        "ratio_bytes_per_frame_at_rest": ours_at_rest / sum(theirs_bytes.values()),
     }
+
+
+def per_added_frame(short: dict, longer: dict) -> dict:
+    """What each frame beyond the shorter clip's adds to a session, on each side: the bytes
+    of the longer run less the shorter's, over the frames added."""
+    added = longer["frames"] - short["frames"]
+
+    def growth(side: str) -> float:
+        return (sum(longer[side]["bytes"].values()) - sum(short[side]["bytes"].values())) / added
+
+    ours, theirs = growth("ours"), growth("sam3_predictor")
+    return {"ours": ours, "sam3_predictor": theirs, "ratio": ours / theirs}
 
 
 def rss_over_cycles(
@@ -178,6 +195,7 @@ def main() -> None:
     else:
         result = run(args.preset, args.frames)
         result["longer"] = run(args.preset, args.longer)
+        result["per_added_frame"] = per_added_frame(result, result["longer"])
     result["rss_cycles"] = cycles
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -76,6 +76,14 @@ class VideoSettings(BaseSettings):
     video_idle_seconds: float = Field(
         900.0, gt=0, description="A session untouched this long is closed (then 404)."
     )
+    video_cache_idle_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A session untouched this long drops its per-frame caches (sam3's "
+        "feature_cache: the last frame's features and detector outputs, ~70 MB at 1008 px), "
+        "computed again, alike, by the request that next needs them. Every session does so "
+        "before one is refused or stopped for SAM3_VIDEO_SESSION_BYTES.",
+    )
     video_frame_format: Literal["png", "jpeg"] = Field(
         "png",
         description="How frames decoded from a video file are kept: png (lossless, results "

@@ -20,7 +20,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +124,9 @@ class VideoSessions:
                     f"this replica holds SAM3_VIDEO_MAX_SESSIONS={limit} video sessions; close "
                     "one or retry later"
                 )
-            used = sum(session.nbytes for session in self._sessions.values())
+            used = self._used_locked()
+            if used + encoded.nbytes > self.settings.video_budget:
+                used = self._compact_locked(self._sessions.values())
             if used + encoded.nbytes > self.settings.video_budget:
                 raise VideoCapacityError(
                     f"the video sessions of this replica would exceed SAM3_VIDEO_SESSION_BYTES="
@@ -301,6 +303,7 @@ class VideoSessions:
                 del self._sessions[key]
             session.closed = True
             with self._model_lock:
+                _compact(session)  # the next owner computes its caches again
                 payload = pack(session.state)
                 idle_s = time.monotonic() - session.last_used
                 session.state.clear()
@@ -324,7 +327,11 @@ class VideoSessions:
         )
         session.state_bytes = state_nbytes(state)
         with self._registry:
-            used = sum(s.nbytes for k, s in self._sessions.items() if k != key)
+            others = [s for k, s in self._sessions.items() if k != key]
+            used = sum(s.nbytes for s in others)
+            if fits and used + session.nbytes > self.settings.video_budget:
+                self._compact_locked(others)
+                used = sum(s.nbytes for s in others)
             if not fits or used + session.nbytes > self.settings.video_budget:
                 return False
             replaced = self._sessions.get(key)
@@ -338,9 +345,22 @@ class VideoSessions:
     # -- bookkeeping -----------------------------------------------------------------------
 
     def expire_idle(self) -> int:
-        """Close the sessions idle for `SAM3_VIDEO_IDLE_SECONDS`; returns how many."""
+        """Close the sessions idle for `SAM3_VIDEO_IDLE_SECONDS` (returns how many), and
+        compact those idle for `SAM3_VIDEO_CACHE_IDLE_SECONDS`."""
         with self._registry:
-            return self._expire_idle_locked()
+            closed = self._expire_idle_locked()
+            cutoff = time.monotonic() - self.settings.video_cache_idle_seconds
+            self._compact_locked(s for s in self._sessions.values() if s.last_used <= cutoff)
+            return closed
+
+    def compact(self, key: SessionKey) -> int:
+        """Drop a session's per-frame caches now (`_compact`); returns its bytes after."""
+        with self._registry:
+            session = self._sessions.get(key)
+            if session is None:
+                raise _not_found(key)
+            self._compact_locked([session])
+            return session.nbytes
 
     def stats(self) -> VideoStats:
         with self._registry:
@@ -359,6 +379,22 @@ class VideoSessions:
         if session is None:
             raise _not_found(key)
         return session.nbytes
+
+    def _used_locked(self) -> int:
+        return sum(session.nbytes for session in self._sessions.values())
+
+    def _compact_locked(self, sessions: Iterable[_Session]) -> int:
+        """`_compact` the sessions given that no request is using; returns the bytes all
+        sessions hold after."""
+        for session in list(sessions):
+            if not session.lock.acquire(blocking=False):
+                continue  # a request is using it
+            try:
+                if not (session.propagating or session.closed):
+                    _compact(session)
+            finally:
+                session.lock.release()
+        return self._used_locked()
 
     def _expire_idle_locked(self) -> int:
         cutoff = time.monotonic() - self.settings.video_idle_seconds
@@ -413,13 +449,34 @@ class VideoSessions:
 
     def _check_budget(self, session: _Session) -> None:
         with self._registry:
-            used = sum(s.nbytes for s in self._sessions.values())
+            used = self._used_locked()
+            if used > self.settings.video_budget:
+                used = self._compact_locked(s for s in self._sessions.values() if s is not session)
         if used > self.settings.video_budget:
             raise VideoCapacityError(
                 f"propagation stopped: the video sessions of this replica hold {used} bytes, "
                 f"over SAM3_VIDEO_SESSION_BYTES={self.settings.video_budget}; close a "
                 "session or propagate fewer frames (max_frame_num_to_track)"
             )
+
+
+def _compact(session: _Session) -> None:
+    """Drop a session's per-frame caches in sam3's `feature_cache`, where that cannot change
+    a later answer. The last frame's image and tracker features (under its index) always:
+    sam3 derives them again from its detector's outputs before any step reads them
+    (`_prepare_backbone_feats`). The detector's outputs (`multigpu_buffer`, the largest)
+    only while no frame has box prompts: sam3 computes a frame's detections ahead, with
+    the frame before's box prompts, so that detections computed again, with the frame's
+    own, could differ from what an uncompacted session (and sam3's predictor) answers.
+    Text features and tracking bounds stay. The dict is changed in place: sam3's tracker
+    states hold it as their `cached_features`."""
+    cache = session.state.get("feature_cache", {})
+    boxes = any(p is not None for p in session.state.get("per_frame_geometric_prompt", ()))
+    cached = [k for k in cache if isinstance(k, int) or (k == "multigpu_buffer" and not boxes)]
+    for name in cached:
+        del cache[name]
+    if cached:
+        session.state_bytes = state_nbytes(session.state)
 
 
 def _not_found(key: SessionKey) -> SessionNotFoundError:

@@ -55,6 +55,13 @@ FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT = 20.0, 1.0, 1.0
 # Losses are computed on the logits upsampled to this side (the model's input is 224 px):
 # a quarter of the pixels of 224, for masks of shapes that are no finer than this.
 LOSS_SIZE = 128
+# Round 0's hint (`hint_masks`): a decoder trained from scratch first answers every prompt
+# with the same whole-image mask and stays there for a long time (in the 3000-step run
+# shipped before, until step ~1300) although the trunk's features already tell the shapes
+# apart. A soft disc around the click as the mask input, given at every step at first and
+# less often until `--hint-fade` of the steps, ends that plateau by step ~400; the steps
+# after train as the service decodes, without it.
+HINT_SIGMA = 3.0
 
 
 def batch_features(
@@ -185,6 +192,26 @@ def make_batch(
     return torch.stack(pixels), torch.stack(targets), prompts
 
 
+def hint_masks(prompts: list[list[tuple]], image_size: int, side: int) -> torch.Tensor:
+    """(B, 1, side, side) mask-input logits: a soft disc (+6 at its centre, -6 far away,
+    sigma 3 low-res pixels) at the mean of each prompt's positive points or box corners."""
+    grid = torch.arange(side) + 0.5
+    ys, xs = torch.meshgrid(grid, grid, indexing="ij")
+    discs = []
+    for points in prompts:
+        positive = [(x, y) for x, y, label in points if label in (1, 2, 3)]
+        cx = sum(x for x, _ in positive) / len(positive) * side / image_size
+        cy = sum(y for _, y in positive) / len(positive) * side / image_size
+        squared = (xs - cx) ** 2 + (ys - cy) ** 2
+        discs.append(12 * torch.exp(-squared / (2 * HINT_SIGMA**2)) - 6)
+    return torch.stack(discs)[:, None]
+
+
+def hint_probability(step: int, steps: int, fade: float) -> float:
+    """How often round 0 gets `hint_masks`: 1 at the start, 0 from `fade` of the steps on."""
+    return max(0.0, 1.0 - step / max(1.0, fade * steps)) if fade > 0 else 0.0
+
+
 def train_step(
     model: InteractiveSam3,
     optimizer: torch.optim.Optimizer,
@@ -192,7 +219,9 @@ def train_step(
     batch: int,
     rounds: int,
     objects: int = 1,
+    hint: float = 0.0,
 ) -> dict[str, float]:
+    """One optimiser step; with probability `hint` round 0's mask input is `hint_masks`."""
     size = LOSS_SIZE
     scale = model.arch.image_size / size
     pixels, targets, prompts = make_batch(rng, model, batch, size, objects)
@@ -203,6 +232,8 @@ def train_step(
     batch = batch * objects
     truth = targets[:, 0].bool().numpy()
     mask_input, total, logged = None, 0.0, {}
+    if hint and rng.random() < hint:
+        mask_input = hint_masks(prompts, model.arch.image_size, embed.shape[-1] * 4)
     for round_ in range(rounds):
         coords, labels = _pad(prompts)
         # The service lets clients choose: the page asks for one mask once it refines
@@ -265,7 +296,8 @@ def interactive_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         rounds = 2 if rng.random() < 0.7 else 3
-        window.append(train_step(model, optimizer, rng, args.batch, rounds, args.objects))
+        hint = hint_probability(step, args.steps, args.hint_fade)
+        window.append(train_step(model, optimizer, rng, args.batch, rounds, args.objects, hint))
         if (step + 1) % args.log_every == 0:
             _log_window(window, step + 1, started, history)
         if args.out and (step + 1) % args.save_every == 0:
@@ -333,6 +365,7 @@ def train(args: argparse.Namespace) -> dict:
         "batch": args.batch,
         "objects_per_scene": args.objects,
         "peak_lr": args.lr,
+        "hint_fade": args.hint_fade,
         "concept_steps": concept_steps,
         "concept_steps_planned": args.concept_steps,
         "concept_batch": args.concept_batch,
@@ -365,7 +398,16 @@ def train(args: argparse.Namespace) -> dict:
     return record
 
 
-STAGE1_KEYS = ("steps", "steps_planned", "batch", "objects_per_scene", "peak_lr", "losses", "note")
+STAGE1_KEYS = (
+    "steps",
+    "steps_planned",
+    "batch",
+    "objects_per_scene",
+    "peak_lr",
+    "hint_fade",
+    "losses",
+    "note",
+)
 
 
 def with_stage1(record: dict, init: Path) -> dict:
@@ -393,13 +435,16 @@ def with_stage1(record: dict, init: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=7000)
     parser.add_argument("--batch", type=int, default=4, help="scenes per step")
     parser.add_argument("--objects", type=int, default=4, help="instances decoded per scene")
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--warmup", type=int, default=200, help="steps of linear warm-up")
+    parser.add_argument(
+        "--hint-fade", type=float, default=0.4, help="share of steps with round 0 hinted; 0: none"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--time-budget", type=float, default=0, help="stage 1 seconds; 0: none")
     parser.add_argument("--init", default="", help="start from this demo checkpoint")
     parser.add_argument("--concept-steps", type=int, default=0, help="stage 2; 0: none")

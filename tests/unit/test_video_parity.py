@@ -1,6 +1,7 @@
 """Video sessions give sam3's own results: the same frames, prompts and random weights through
 `VideoSessions` and through sam3's `Sam3VideoPredictor`, step by step (points, boxes, text;
-forward, backward, both; remove and reset).
+forward, backward, both; remove and reset), and as well by a session compacted before each
+request (`SAM3_VIDEO_CACHE_IDLE_SECONDS=0`).
 
 Random weights (`bench.video_reference.random_video_model`): tracks are meaningless but
 deterministic, and the weights are made to detect a few objects so that there is something
@@ -103,12 +104,18 @@ def transcripts() -> dict[str, tuple[Any, Any]]:
     frames = [encode_image(random_pixels(seed, 48, 64), "JPEG") for seed in range(NUM_FRAMES)]
     sessions = VideoSessions(model, VideoSettings(), RequestLimits(), torch.device("cpu"))
     key = sessions.start_session(VideoSource(frames=tuple(frames))).key
+    # Each request finds this one compacted (its caches dropped: `video_sessions._compact`).
+    compacting = VideoSessions(
+        model, VideoSettings(video_cache_idle_seconds=0), RequestLimits(), torch.device("cpu")
+    )
+    compacted = compacting.start_session(VideoSource(frames=tuple(frames))).key
     reference = ReferencePredictor(model)
     with frame_folder(frames, "jpg") as folder:
         session_id = reference.request(type="start_session", resource_path=folder)["session_id"]
     steps = {}
     for name, request in SCENARIO:
         steps[name] = (_ours(sessions, key, request), _theirs(reference, session_id, request))
+        steps[f"{name}, compacted"] = (_ours(compacting, compacted, request), steps[name][1])
     reference.request(type="close_session", session_id=session_id)
     return steps
 
@@ -122,7 +129,9 @@ def _same(ours: list[FrameOutputs], theirs: list[FrameOutputs]) -> None:
         np.testing.assert_array_equal(a.masks, b.masks)
 
 
-@pytest.mark.parametrize("step", [name for name, _ in SCENARIO])
+@pytest.mark.parametrize(
+    "step", [f"{name}{how}" for name, _ in SCENARIO for how in ("", ", compacted")]
+)
 def test_each_step_equals_sam3s_predictor(
     transcripts: dict[str, tuple[Any, Any]], step: str
 ) -> None:

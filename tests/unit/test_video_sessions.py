@@ -163,6 +163,45 @@ def test_propagation_is_exclusive_stops_on_hang_up_and_close_returns_memory(mode
     assert (stats.sessions, stats.frame_bytes, stats.state_bytes) == (0, 0, 0)
 
 
+def test_a_compacted_session_holds_less_and_keeps_what_box_prompts_need(model) -> None:
+    """Compaction drops sam3's per-frame caches; the detector's outputs stay once a frame has
+    box prompts (sam3 computed them ahead with the frame before's boxes). That it changes
+    no answer, boxes or not: `test_video_parity.py`, compacted before each request."""
+    sessions = sessions_of(model, video_cache_idle_seconds=3600)
+    key = sessions.start_session(VideoSource(frames=FRAMES)).key
+    sessions.add_prompt(key, 0, text="cat")
+    list(sessions.propagate_in_video(key, "forward"))
+    cache = sessions._sessions[key].state["feature_cache"]
+    hot = sessions.session_bytes(key)
+    assert "multigpu_buffer" in cache and any(isinstance(k, int) for k in cache)
+    assert sessions.compact(key) < hot
+    assert set(cache) <= {"text", "tracking_bounds"}
+    assert sessions.compact(key) == sessions.session_bytes(key)
+    sessions.add_prompt(key, 1, bounding_boxes=[[0.1, 0.2, 0.5, 0.6]], bounding_box_labels=[1])
+    sessions.compact(key)
+    assert "multigpu_buffer" in cache and not any(isinstance(k, int) for k in cache)
+
+
+def test_sessions_compact_before_one_is_refused_for_bytes(model) -> None:
+    """A budget that a prompted session fits in only once compacted: a second session
+    starts, the first compacted for it, and the first still answers."""
+    probe = sessions_of(model, video_cache_idle_seconds=3600)
+    key = probe.start_session(VideoSource(frames=FRAMES)).key
+    probe.add_prompt(key, 0, text="cat")
+    hot = probe.session_bytes(key)
+    small = probe.compact(key)
+    sessions = sessions_of(
+        model, video_cache_idle_seconds=3600, video_session_bytes=small + (hot - small) // 2
+    )
+    first = sessions.start_session(VideoSource(frames=FRAMES)).key
+    sessions.add_prompt(first, 0, text="cat")
+    assert sessions.session_bytes(first) == hot
+    second = sessions.start_session(VideoSource(frames=FRAMES)).key
+    assert sessions.session_bytes(first) == small
+    assert sessions.add_prompt(first, 1, text="cat").frame_index == 1
+    assert sessions.holds(second)
+
+
 def test_clicks_after_a_first_pass_cut_short_are_refused_not_a_broken_stream(model) -> None:
     sessions = sessions_of(model)
     key = sessions.start_session(VideoSource(frames=FRAMES)).key
