@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "steps",
                 "batch",
                 "objects_per_scene",
+                "hint_fade",
+                "threads",
                 "concept_steps",
                 "concept_batch",
                 "concept_queries_per_scene",

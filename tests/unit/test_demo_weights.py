@@ -83,6 +83,22 @@ def test_the_training_forward_is_the_serving_forward():
     )
 
 
+def test_round_zero_hint_is_a_disc_at_the_positive_prompts_that_fades_out():
+    """`train.hint_masks`: a soft disc at the positive points' (or box corners') mean, on
+    the low-res grid, negative points ignored; given always at first, never after the fade."""
+    hints = train.hint_masks(
+        [[(57.75, 113.75, 1), (200.0, 10.0, 0)], [(0, 0, 2), (115.5, 227.5, 3)]], 224, 64
+    )
+    assert hints.shape == (2, 1, 64, 64)
+    assert np.unravel_index(int(hints[0, 0].argmax()), (64, 64)) == (32, 16)
+    assert np.unravel_index(int(hints[1, 0].argmax()), (64, 64)) == (32, 16)
+    assert hints.max() <= 6 and hints.min() >= -6 and hints[0, 0, 32, 16] == 6
+    assert hints[0, 0, 2, 57] < -5.9  # the negative point's place: as far from the disc
+    fades = [train.hint_probability(step, 100, 0.4) for step in (0, 20, 40, 99)]
+    assert fades == [1.0, 0.5, 0.0, 0.0]
+    assert train.hint_probability(0, 100, 0.0) == 0.0
+
+
 def test_a_few_steps_of_both_stages_run_and_write_a_loadable_checkpoint(tmp_path):
     out, record_path = tmp_path / "shapes.pt", tmp_path / "shapes.json"
     record = train.main(
