@@ -81,8 +81,8 @@ class VideoSettings(BaseSettings):
         ge=0,
         description="A session untouched this long drops its per-frame caches (sam3's "
         "feature_cache: the last frame's features and detector outputs, ~70 MB at 1008 px), "
-        "computed again, alike, by the request that next needs them. Every session does so "
-        "before one is refused or stopped for SAM3_VIDEO_SESSION_BYTES.",
+        "computed again, alike, by the request that next needs them. Every idle session does "
+        "so when the sessions go over SAM3_VIDEO_SESSION_BYTES.",
     )
     video_frame_format: Literal["png", "jpeg"] = Field(
         "png",

@@ -173,6 +173,7 @@ class VideoSessions:
                     obj_id=obj_id,
                 )
             session.state_bytes = state_nbytes(session.state)
+            self._make_room(session)  # a prompt is not refused: the others are compacted
             return frame_outputs(index, outputs)
 
     def propagate_in_video(
@@ -447,11 +448,17 @@ class VideoSessions:
         ):
             yield
 
-    def _check_budget(self, session: _Session) -> None:
+    def _make_room(self, session: _Session) -> int:
+        """The bytes all sessions hold, the others than `session` compacted if that is over
+        the budget."""
         with self._registry:
             used = self._used_locked()
             if used > self.settings.video_budget:
                 used = self._compact_locked(s for s in self._sessions.values() if s is not session)
+            return used
+
+    def _check_budget(self, session: _Session) -> None:
+        used = self._make_room(session)
         if used > self.settings.video_budget:
             raise VideoCapacityError(
                 f"propagation stopped: the video sessions of this replica hold {used} bytes, "

@@ -184,7 +184,8 @@ def test_a_compacted_session_holds_less_and_keeps_what_box_prompts_need(model) -
 
 def test_sessions_compact_before_one_is_refused_for_bytes(model) -> None:
     """A budget that a prompted session fits in only once compacted: a second session
-    starts, the first compacted for it, and the first still answers."""
+    starts, the first compacted for it, and the first still answers; a prompt that takes
+    them over the budget compacts the other."""
     probe = sessions_of(model, video_cache_idle_seconds=3600)
     key = probe.start_session(VideoSource(frames=FRAMES)).key
     probe.add_prompt(key, 0, text="cat")
@@ -199,7 +200,9 @@ def test_sessions_compact_before_one_is_refused_for_bytes(model) -> None:
     second = sessions.start_session(VideoSource(frames=FRAMES)).key
     assert sessions.session_bytes(first) == small
     assert sessions.add_prompt(first, 1, text="cat").frame_index == 1
-    assert sessions.holds(second)
+    assert sessions.holds(second) and sessions.session_bytes(first) > small
+    sessions.add_prompt(second, 0, text="cat")  # over the budget: not refused, first compacted
+    assert sessions.session_bytes(first) == small
 
 
 def test_clicks_after_a_first_pass_cut_short_are_refused_not_a_broken_stream(model) -> None:
