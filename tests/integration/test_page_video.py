@@ -8,6 +8,7 @@ session closed on leaving."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -18,7 +19,8 @@ import av
 import cv2
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Route, expect
+from playwright.sync_api import Error as PlaywrightError
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
@@ -194,3 +196,35 @@ def test_open_click_propagate_correct_play_export_and_close(annotator, served, c
     expect(page.get_by_test_id("video-bar")).to_be_hidden()
     gone = served.post("/sam3/video/reset_session", {"session_id": session_id})
     assert gone.status_code == 404 and gone.json()["code"] == "session_not_found"
+
+
+def test_stop_ends_a_propagation_under_way_and_the_next_one_runs(annotator, clip):
+    """Stop while a propagation's stream has not begun (its request held back by the
+    browser, so that the click cannot come too late): the page drops it, says so, and the
+    next propagation runs to the end. (The service's side of a hang-up: `test_video.py`.)"""
+    page = annotator.page
+    page.get_by_test_id("video-input").set_input_files(clip)
+    expect(page.get_by_test_id("status")).to_have_text(re.compile("ready"), timeout=MODEL_WAIT)
+    propagated(annotator, 1)
+    page.get_by_test_id("video-slider").fill("0")
+    page.mouse.click(*frame_point(annotator, *circle_at(0)))
+    expect(page.get_by_test_id("propagate")).to_be_enabled(timeout=MODEL_WAIT)
+
+    held: list[Route] = []
+    page.route(PROPAGATE, lambda route: held.append(route))
+    page.get_by_test_id("propagate").click()
+    expect(page.get_by_test_id("stop-propagation")).to_be_visible()
+    page.get_by_test_id("stop-propagation").click()
+    expect(page.get_by_test_id("stop-propagation")).to_be_hidden()
+    expect(page.get_by_test_id("status")).to_have_text(re.compile("stopped after 0 frames"))
+    expect(page.get_by_test_id("propagate")).to_be_enabled()
+    assert len(held) == 1
+    page.unroute(PROPAGATE)
+    with contextlib.suppress(PlaywrightError):  # the page has dropped it already
+        held[0].abort()
+
+    page.get_by_test_id("propagate").click()
+    assert propagated(annotator, 2)["propagation_direction"] == "both"
+
+
+PROPAGATE = re.compile(r"/sam3/video/propagate_in_video$")
