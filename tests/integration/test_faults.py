@@ -93,8 +93,7 @@ def test_logs_never_hold_image_bytes(service: LocalCluster):
     service.post("/sam3/visual_segment", {"image": {"type": "base64", "value": body["value"][:-9]}})
     service.post("/sam3/visual_segment", {"image": body, "prompts": "not prompts"})
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    # Searched as bytes (base64 is ASCII), in the files written since the requests began:
-    # the session's logs hold every earlier test's too, and decoding them took minutes.
+    # Searched as bytes (base64 is ASCII), in the files written since the requests began.
     written = [p for p in logs.rglob("*") if p.is_file() and p.stat().st_mtime >= started - 1]
     assert written, "no log was written"
     for path in written:
