@@ -478,8 +478,11 @@ def _compact(session: _Session) -> None:
     Text features and tracking bounds stay. The dict is changed in place: sam3's tracker
     states hold it as their `cached_features`."""
     cache = session.state.get("feature_cache", {})
-    boxes = any(p is not None for p in session.state.get("per_frame_geometric_prompt", ()))
-    cached = [k for k in cache if isinstance(k, int) or (k == "multigpu_buffer" and not boxes)]
+    cached = [k for k in cache if isinstance(k, int) or k == "multigpu_buffer"]
+    if "multigpu_buffer" in cached and any(
+        p is not None for p in session.state.get("per_frame_geometric_prompt", ())
+    ):
+        cached.remove("multigpu_buffer")
     for name in cached:
         del cache[name]
     if cached:
