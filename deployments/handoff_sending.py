@@ -141,7 +141,12 @@ class Sending:
         await asyncio.gather(*(self._deliver(target, keys) for target, keys in batches))
         if before is not None:  # images it sends reach their receivers first (`adopt`)
             await asyncio.wait([before], timeout=self.timeout_s)
-        await self._until_relayed(ring, relayed)
+        # With no replica of this version on the ring beside this one (an app deleted, `serve
+        # shutdown`, a redeploy's old replicas, one replica left) there is no one to relay
+        # images to, nor to say "settled" to: leavers waiting for each other's "settled" here
+        # would each wait out the timeout (30 s and a forced kill each, on Ray).
+        if targets:
+            await self._until_relayed(ring, relayed)
         await asyncio.gather(*(self._notify(t, "settled", self.me, ring.version) for t in targets))
 
     async def _deliver(self, target: str, keys: list[ImageKey]) -> None:
