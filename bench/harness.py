@@ -66,6 +66,17 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, every: float
         time.sleep(every)
 
 
+def _named(text: str, prefix: str) -> str:
+    """The exposition's lines about metrics whose names start with `prefix`. Ray's own
+    metrics are most of each node's text, and parsing all of it was most of a scrape."""
+    kept = []
+    for line in text.splitlines():
+        name = line.split(" ", 3)[2] if line.startswith("# ") and line.count(" ") >= 2 else line
+        if name.startswith(prefix):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 class Prometheus:
     """Ray's metrics endpoints (one per node), read as Prometheus would."""
 
@@ -79,7 +90,7 @@ class Prometheus:
                 text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
             except requests.RequestException:
                 continue  # a node that is gone, or its agent restarting
-            for family in text_string_to_metric_families(text):
+            for family in text_string_to_metric_families(_named(text, prefix)):
                 out += [
                     (s.name, s.labels, s.value) for s in family.samples if s.name.startswith(prefix)
                 ]
