@@ -71,7 +71,8 @@ def _named(text: str, prefix: str) -> str:
     metrics are most of each node's text, and parsing all of it was most of a scrape."""
     kept = []
     for line in text.splitlines():
-        name = line.split(" ", 3)[2] if line.startswith("# ") and line.count(" ") >= 2 else line
+        words = line.split(" ", 3)  # "# HELP name ...", "# TYPE name kind", or a sample
+        name = words[2] if line.startswith("# ") and len(words) > 2 else line
         if name.startswith(prefix):
             kept.append(line)
     return "\n".join(kept) + "\n"
@@ -91,9 +92,7 @@ class Prometheus:
             except requests.RequestException:
                 continue  # a node that is gone, or its agent restarting
             for family in text_string_to_metric_families(_named(text, prefix)):
-                out += [
-                    (s.name, s.labels, s.value) for s in family.samples if s.name.startswith(prefix)
-                ]
+                out += [(s.name, s.labels, s.value) for s in family.samples]
         return out
 
     def total(self, name: str, **labels: str) -> float:

@@ -97,8 +97,9 @@ def test_logs_never_hold_image_bytes(service: LocalCluster):
     grown = 0
     for path in (p for p in logs.rglob("*") if p.is_file()):
         with path.open("rb") as log:
-            size = log.seek(0, 2)
-            start = sizes.get(path, 0) if size >= sizes.get(path, 0) else 0  # rotated: all
+            size, start = log.seek(0, 2), sizes.get(path, 0)
+            if size < start:  # rotated: all of it is new
+                start = 0
             if size == start:
                 continue
             log.seek(start)

@@ -179,6 +179,18 @@ def masks(reply: Reply) -> bytes:
 IDS = [f"img-{i}" for i in range(24)]
 
 
+async def replicas_holding(cluster: LocalCluster, *names: str) -> Ring:
+    """Start `names` on one ring and embed every id of `IDS` on its owner, all one picture
+    (`images(1)`)."""
+    for name in names:
+        cluster.start(name)
+    ring = cluster.ring(*names)
+    (data,) = images(1)
+    for image_id in IDS:
+        await owner_call(cluster, ring, EMBED, embed(data, image_id))
+    return ring
+
+
 @pytest.mark.parametrize("scale_in", ["graceful", "crash"])
 def test_a_moved_image_re_sent_elsewhere_is_never_answered_from_its_old_picture(cluster, scale_in):
     """The issue's stale scenario: 2 -> 3 -> 2 replicas, an id re-embedded with a new picture
@@ -226,12 +238,7 @@ def test_a_moved_image_re_sent_elsewhere_is_never_answered_from_its_old_picture(
 
 def test_scale_out_and_in_embed_nothing_again(cluster):
     async def scenario() -> None:
-        for name in ("a", "b", "c"):
-            cluster.start(name)
-        three = cluster.ring("a", "b", "c")
-        (data,) = images(1)
-        for image_id in IDS:
-            await owner_call(cluster, three, EMBED, embed(data, image_id))
+        three = await replicas_holding(cluster, "a", "b", "c")
         embedded = {n: r.engine.stats().embedding_cache_misses for n, r in cluster.replicas.items()}
         cluster.start("d")
         four = cluster.ring("a", "b", "c", "d")
@@ -291,12 +298,7 @@ def test_replicas_that_leave_together_hand_off_and_stop_at_once(cluster):
     in the simulation (stale answers, 404s): docs/operations.md."""
 
     async def scenario() -> None:
-        for name in ("a", "b", "c"):
-            cluster.start(name)
-        three = cluster.ring("a", "b", "c")
-        (data,) = images(1)
-        for image_id in IDS:
-            await owner_call(cluster, three, EMBED, embed(data, image_id))
+        await replicas_holding(cluster, "a", "b", "c")
         one = cluster.ring("c")
         started = time.monotonic()
         await asyncio.gather(cluster.stop("a"), cluster.stop("b"))
@@ -315,12 +317,7 @@ def test_the_replicas_of_a_deleted_or_redeployed_app_stop_at_once(cluster, after
     once (30 s each and a forced kill on Ray before: they waited for each other)."""
 
     async def scenario() -> None:
-        for name in ("a", "b"):
-            cluster.start(name)
-        two = cluster.ring("a", "b")
-        (data,) = images(1)
-        for image_id in IDS:
-            await owner_call(cluster, two, EMBED, embed(data, image_id))
+        await replicas_holding(cluster, "a", "b")
         if after == "deleted":
             cluster.ring()
         else:
@@ -380,12 +377,8 @@ def test_a_click_that_arrives_before_its_image_waits_for_it(cluster):
 
 def test_a_crashed_owners_images_are_lost_without_a_long_wait(cluster):
     async def scenario() -> None:
-        for name in ("a", "b"):
-            cluster.start(name)
-        two = cluster.ring("a", "b")
+        two = await replicas_holding(cluster, "a", "b")
         (data,) = images(1)
-        for image_id in IDS:
-            await owner_call(cluster, two, EMBED, embed(data, image_id))
         cluster.dead.add("b")  # crashed: sends nothing
         one = cluster.ring("a")
         lost = next(i for i in IDS if two.owner(i) == "b")
