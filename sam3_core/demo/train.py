@@ -34,18 +34,16 @@ every other loss off, lr 3e-3) learns colour-only queries to a semantic mIoU of 
 steps (0.33 is every shape whatever the text), but the mixed queries only to ~0.37 (at most
 0.40) from step 600 to 1200, the trunk trained too or not (0.37 at step 300 either way); a
 linear probe on the trunk's features pooled over each shape tells colours apart (0.96
-held-out accuracy) but hardly kinds (0.26, chance 0.21). 300 steps of that head alone
-before the detection losses did not move the instance queries on the mixed queries. On
-colour-only queries it did: 250 steps of the semantic head alone (mIoU 0.78), then 400 with
-every loss (the semantic one kept), took the instance masks' dice loss from ~0.72 to ~0.39,
-and on 12 held-out scenes the best query's mask fits the named shape at IoU 0.72 for a
-colour (0.59 for a colour and kind, 0.21 for a kind), but no score passed 0.18, the boxes'
-GIoU loss still ~0.6. So: a dense start for what the trunk tells apart, and boxes (hence
-scores) as the next obstacle. sam3's `IABCEMdetr`
-trains a matched query's probability towards prob^0.25 x IoU^0.75, which settles at the
-box's IoU: until the one-layer decoder's boxes pass IoU ~0.5, no score can pass the
-service's 0.5 threshold. The shipped checkpoint's concept parts keep their seeded
-random initialisation.
+held-out accuracy) but hardly kinds (0.26, chance 0.21). A dense start does not make the
+queries localise: on colour-only queries, 250 steps of the semantic head alone (mIoU 0.78)
+then 400 with every loss took the instance masks' dice loss from ~0.72 to ~0.39, and on 12
+held-out scenes the best query's mask fits a named shape at IoU 0.72, but its box at 0.07
+(scores under 0.2). The masks fit through the pixel embeddings, which now carry the text,
+not because a query found its shape; the one-layer decoder's queries are the obstacle to
+tackle next. sam3's `IABCEMdetr` trains a matched query's probability towards
+prob^0.25 x IoU^0.75, which settles at the box's IoU: until the boxes pass IoU ~0.5, no
+score can pass the service's 0.5 threshold. The shipped checkpoint's concept parts keep
+their seeded random initialisation.
 """
 
 from __future__ import annotations
