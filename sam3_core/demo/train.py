@@ -22,28 +22,28 @@ learn enough to ship: 500 steps (2 scenes x 4 queries, peak lr 4e-4, 31 min on t
 2-core machine) left concept F1 at 0.0 on 40 held-out scenes, as random weights; its
 presence head still answered "present" for every text.
 
-Measured since (from `shapes.pt`, idle machine; experiment scripts, not kept): the pipeline
-is right, as it overfits one fixed batch of 8 queries in 100 steps (GIoU loss 0.61 to 0.11,
-dice 0.66 to 0.06), but it does not generalise. Matched boxes plateau by step ~200 (GIoU
-loss ~0.6) whatever was tried: peak lr 4e-4 to 2e-3, dropout off, the detector neck started
-from stage 1's neck, 4 scenes x 8 queries, 20 queries and 3 decoder layers for 1000 steps.
-The presence loss stays at a constant answer's (0.35 on colour-only queries, half present),
-and on 12 held-out scenes the best query's mask overlaps any shape at IoU ~0.12. The text
-does reach the image: sam3's `SemanticSegCriterion` alone (the detector's semantic head,
-every other loss off, lr 3e-3) learns colour-only queries to a semantic mIoU of 0.82 in 225
-steps (0.33 is every shape whatever the text), but the mixed queries only to ~0.37 (at most
-0.40) from step 600 to 1200, the trunk trained too or not (0.37 at step 300 either way); a
-linear probe on the trunk's features pooled over each shape tells colours apart (0.96
-held-out accuracy) but hardly kinds (0.26, chance 0.21). A dense start does not make the
-queries localise: on colour-only queries, 250 steps of the semantic head alone (mIoU 0.78)
-then 400 with every loss took the instance masks' dice loss from ~0.72 to ~0.39, and on 12
-held-out scenes the best query's mask fits a named shape at IoU 0.72, but its box at 0.07
-(scores under 0.2). The masks fit through the pixel embeddings, which now carry the text,
-not because a query found its shape; the one-layer decoder's queries are the obstacle to
-tackle next. sam3's `IABCEMdetr` trains a matched query's probability towards
-prob^0.25 x IoU^0.75, which settles at the box's IoU: until the boxes pass IoU ~0.5, no
-score can pass the service's 0.5 threshold. The shipped checkpoint's concept parts keep
-their seeded random initialisation.
+Measured since (from `shapes.pt`, idle machine; the experiment scripts are in issue #17's
+closing note, not here): the pipeline is right, as it overfits one fixed batch of 8 queries
+in 100 steps (GIoU loss 0.61 to 0.11, dice 0.66 to 0.06), but it does not generalise.
+Matched boxes plateau by step ~200 (GIoU loss ~0.6) whatever was tried: peak lr 4e-4 to
+2e-3, dropout off, the detector neck started from stage 1's neck, 4 scenes x 8 queries, 20
+queries and 3 decoder layers for 1000 steps. The presence loss stays at a constant answer's
+(0.35 on colour-only queries, half present), and on 12 held-out scenes the best query's mask
+overlaps any shape at IoU ~0.12. The text does reach the image: sam3's
+`SemanticSegCriterion` alone (the detector's semantic head, every other loss off, lr 3e-3)
+learns colour-only queries to a semantic mIoU of 0.82 in 225 steps (0.33 is every shape
+whatever the text), but the mixed queries only to ~0.37 (at most 0.40) from step 600 to
+1200, the trunk trained too or not (0.37 at step 300 either way); a linear probe on the
+trunk's features pooled over each shape tells colours apart (0.96 held-out accuracy) but
+hardly kinds (0.26, chance 0.21). A dense start does not make the queries localise: on
+colour-only queries, 250 steps of the semantic head alone (mIoU 0.78) then 400 with every
+loss took the instance masks' dice loss from ~0.72 to ~0.39, and on 12 held-out scenes the
+best query's mask fits a named shape at IoU 0.72, but its box at 0.07 (scores under 0.2).
+The masks fit through the pixel embeddings, which now carry the text, not because a query
+found its shape; the one-layer decoder's queries are the obstacle to tackle next. sam3's
+`IABCEMdetr` trains a matched query's probability towards prob^0.25 x IoU^0.75, which
+settles at the box's IoU: until the boxes pass IoU ~0.5, no score can pass the service's 0.5
+threshold. The shipped checkpoint's concept parts keep their seeded random initialisation.
 """
 
 from __future__ import annotations
