@@ -59,10 +59,11 @@ QUICK = {
     "cross_talk": {"clients": 32, "images": 8, "clicks": 3},
     "replica_failure": {"load_s": 9},
     "node_loss": {"load_s": 12},
-    # 4x the budget: the cache is full after the first quarter, the plateau's last third
-    # holds the steady state.
-    "soak": {"budget_images": 12, "factor": 4},
-    "soak_without_release": {"budget_images": 12, "factor": 4},
+    # 3x the budget: the cache is full after the first third (the baseline), the plateau's
+    # last third holds the steady state (plateau 1.04 budgets alone here, as with 4x; the
+    # soak is the suite's longest test on the Ray worker: 110 to 240 s at 4x).
+    "soak": {"budget_images": 12, "factor": 3},
+    "soak_without_release": {"budget_images": 12, "factor": 3},
 }
 FULL = {
     "overload": {"clicks": 400},
