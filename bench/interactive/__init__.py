@@ -1,6 +1,6 @@
 """Interactive annotation workload against the real service, request routers side by side.
 
-    python -m bench.interactive --quick     # < 3 min on 2 cores (CI runs it)
+    python -m bench.interactive --quick     # ~5 min on 2 cores (CI runs it: 6.5 to 8 min there)
     python -m bench.interactive             # R = 3 and 4, 12 annotators x 6 clicks (~25 min)
 
 U simulated annotators work through images as an annotation tool does: embed, then k clicks
@@ -16,7 +16,7 @@ ours adds a replica mid-run and later removes one. Weights are random ("narrow":
 1008 px input with narrow widths, whose embed:decode cost ratio on this CPU is close to
 SAM3's on a GPU; the ratio is measured and printed).
 
-Writes bench/results/interactive[-quick].json and two PNG plots.
+Writes bench/results/interactive[-quick].json and three PNG plots.
 
 Modules: `workload` (the annotators and what they record), `metrics` (the replicas'
 counters and cache bytes, from Prometheus), `scenario` (deploying one app per router, the
