@@ -148,10 +148,16 @@ class Handoff(Receiving, Sending):
         if self.ownership.forget(key, version, self._now()) or (
             held[1] < version and self.ownership.role(key) is Role.FORGOTTEN
         ):
-            if key in self._serving:  # requests sent before the change finish from it
-                self._stale[key] = held[0]
-            else:
-                self.engine.pictures.drop_image(key, held[0])
+            self._drop_borrowed(key, held[0])
+
+    def _drop_borrowed(self, key: ImageKey, digest: str) -> None:
+        """Drop the copy of `key` (`digest`) held here; requests sent before the change
+        finish from it."""
+        self.ownership.unborrow(key)
+        if key in self._serving:
+            self._stale[key] = digest
+        else:
+            self.engine.pictures.drop_image(key, digest)
 
     def _sweep(self) -> None:
         now = self._now()
@@ -212,11 +218,7 @@ class Handoff(Receiving, Sending):
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
         while True:
-            if (
-                self.engine.pictures.holds(key, digest)
-                and self.ownership.role(key) is not Role.SENDING
-                and key not in self._stale
-            ):
+            if self._usable(key, digest):
                 return None
             ring = self.ring
             owner = ring.owner(ring_key(key)) if ring is not None else None
@@ -300,10 +302,16 @@ class Handoff(Receiving, Sending):
                     self.recorder.record_handoff("borrowed", time.perf_counter() - started)
             else:
                 self.ownership.unborrow(key)
+        return self._usable(key, digest)
+
+    def _usable(self, key: ImageKey, digest: str | None) -> bool:
+        """Whether a request for `key` (its picture `digest`, if given) can be served from
+        the picture held here: not on its way out, not forgotten, no newer one coming."""
         return (
             self.engine.pictures.holds(key, digest)
             and self.ownership.role(key) is not Role.SENDING
             and key not in self._stale
+            and not self._awaits_newer(key)
         )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task:

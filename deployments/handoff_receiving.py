@@ -82,16 +82,33 @@ class Receiving:
                     self.ownership.announce(key, sender)
         self._announce_news()
 
-    def coming(self, sender: str, keys: Iterable[ImageKey], clock: int = 0) -> None:
-        """`sender` holds `keys` though its ring makes this replica their owner (they reached
-        it late, or by a router behind): they will come, whatever manifests said."""
+    def coming(
+        self,
+        sender: str,
+        keys: Iterable[ImageKey],
+        clock: int = 0,
+        versions: Iterable[int] | None = None,
+    ) -> None:
+        """`sender` holds `keys` (their pictures at `versions`) though its ring makes this
+        replica their owner (they reached it late, or by a router behind): they will come,
+        whatever manifests said. A picture held here that is older waits for them: the
+        sender may hold new bytes a client sent through it and was answered for."""
         self.ownership.clock.observe(clock)
-        for key in keys:
-            key = tuple(key)  # type: ignore[assignment]
-            if not self.engine.pictures.holds(key):
-                self.ownership.announce(key, sender)
-                self._coming.setdefault(key, {})[sender] = self._now()
+        keys = [tuple(key) for key in keys]
+        versions = list(versions) if versions is not None else [0] * len(keys)
+        for key, version in zip(keys, versions, strict=True):
+            held = self.engine.pictures.image_version(key)  # type: ignore[arg-type]
+            if held is None or held[1] < version:
+                if held is not None and self.ownership.role(key) is Role.BORROWED:
+                    self._drop_borrowed(key, held[0])  # its lender's copy is older too
+                self.ownership.announce(key, sender, version)
+                self._coming.setdefault(key, {})[sender] = self._now()  # type: ignore[index]
         self._announce_news()
+
+    def _awaits_newer(self, key: ImageKey) -> bool:
+        """Whether a newer picture of `key` than the one held here was announced (`coming`)."""
+        held = self.engine.pictures.image_version(key)
+        return held is not None and self.ownership.awaits_newer(key, held[1])
 
     def not_coming(self, sender: str, keys: Iterable[ImageKey]) -> None:
         """`sender` will not send `keys` after all (announced by `coming`)."""
@@ -163,7 +180,11 @@ class Receiving:
         owner = self.ring.owner(ring_key(key))
         if owner is None or owner == self.me:
             return
-        await self._call_quietly(owner, "coming", self.me, [key], self.ownership.clock.now)
+        held = self.engine.pictures.image_version(key)
+        versions = [held[1] if held is not None else 0]
+        await self._call_quietly(
+            owner, "coming", self.me, [key], self.ownership.clock.now, versions
+        )
         self._spawn(self._send_on_later(key, owner))
 
     async def _send_on_later(self, key: ImageKey, announced_to: str) -> None:

@@ -10,7 +10,8 @@ A key on a replica is in one of these states (the ring, `deployments.ring`, says
   finds it evicted, every borrower is told to forget (`changed`, `sending`, `sweep`).
 - **borrowed**: a helper's copy of the owner's value, fetched from `peer`. Never lent on.
 - **receiving**: `senders` (earlier owners, or a replica it reached by mistake) announced
-  they are sending the key here; `peer` is the latest of them.
+  they are sending the key here; `peer` is the latest of them; `version`, the newest value
+  announced (0: unknown). A value held here older than that is not answered from.
 - **sending**: on its way to `peer`, its new owner; forgotten here once sent.
 - **forgotten**: dropped because the owner has a newer version: a copy older than `version`
   still on its way is refused, for `ttl_s`.
@@ -130,6 +131,12 @@ class Ownership:
     def keys(self, role: Role) -> list[Hashable]:
         return [key for key, entry in self._entries.items() if entry.role is role]
 
+    def awaits_newer(self, key: Hashable, held_version: int) -> bool:
+        """Whether a value of `key` newer than the one held here (at `held_version`) was
+        announced: requests wait for it instead of answering from the older one."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.role is Role.RECEIVING and entry.version > held_version
+
     def refuses(self, key: Hashable, version: int) -> bool:
         """Whether a copy of `key` at `version` is older than one the owner said to forget."""
         entry = self._entries.get(key)
@@ -201,8 +208,8 @@ class Ownership:
         self._bound_forgotten()
         return borrowed
 
-    def announce(self, key: Hashable, sender: str) -> None:
-        """-> receiving: `sender` will send `key` here."""
+    def announce(self, key: Hashable, sender: str, version: int = 0) -> None:
+        """-> receiving: `sender` will send `key` here (its value at `version`, if known)."""
         if sender == self.me:
             raise InvariantError(f"{self.me} announces {key!r} to itself")
         entry = self._entries.get(key)
@@ -214,6 +221,7 @@ class Ownership:
             return
         entry.peer = sender
         entry.senders.add(sender)
+        entry.version = max(entry.version, version)
 
     def received(self, key: Hashable, sender: str | None = None) -> None:
         """receiving -> owned/lent: the key arrived, or will come from none of its senders

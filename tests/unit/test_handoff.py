@@ -375,6 +375,43 @@ def test_a_click_that_arrives_before_its_image_waits_for_it(cluster):
     asyncio.run(scenario())
 
 
+def test_a_newer_picture_announced_on_its_way_is_waited_for(cluster):
+    """The owner holds an id's older picture when a replica that took new bytes for it (by
+    a router behind) announces the new one (`coming`, with its version): a click by id
+    waits for it instead of answering from the older one (a stale answer before; the
+    simulation's scale-in-out seed 838)."""
+
+    async def scenario() -> None:
+        for name in ("a", "b"):
+            cluster.start(name)
+        two = cluster.ring("a", "b")
+        old, new = images(2)
+        a, b = cluster.replicas["a"], cluster.replicas["b"]
+        image_id = next(i for i in IDS if two.owner(i) == "b")
+        probe = next(i for i in IDS if two.owner(i) == "a")
+        await serve(b, EMBED, embed(old, image_id))
+        want_old = (await serve(b, SEGMENT, click(image_id))).body
+        a.handoff.ownership.clock.observe(b.handoff.ownership.clock.now)  # as a forward does
+        await serve(a, EMBED, embed(new, probe))
+        want_new = (await serve(a, SEGMENT, click(probe))).body
+        assert want_new != want_old
+        state = a.engine.pictures.export_image(("", probe))
+        clock = a.handoff.ownership.clock.now
+        b.handoff.coming("a", [("", image_id)], clock, [state.version])
+        waiting = asyncio.ensure_future(serve(b, SEGMENT, click(image_id)))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await b.handoff.adopt("a", [(("", image_id), state)], clock)
+        reply = await asyncio.wait_for(waiting, TIMEOUT_S)
+        assert reply.body == want_new
+        # The same announcement again, once the picture is here, holds nothing up.
+        b.handoff.coming("a", [("", image_id)], clock, [state.version])
+        reply = await asyncio.wait_for(serve(b, SEGMENT, click(image_id)), 1.0)
+        assert reply.body == want_new
+
+    asyncio.run(scenario())
+
+
 def test_a_crashed_owners_images_are_lost_without_a_long_wait(cluster):
     async def scenario() -> None:
         two = await replicas_holding(cluster, "a", "b")
