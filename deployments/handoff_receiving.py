@@ -79,7 +79,7 @@ class Receiving:
         if self._settled.get(sender) != version:  # else it came after its "settled"
             for key in listed:
                 if not self.engine.pictures.holds(key):  # else it came before its manifest
-                    self.ownership.announce(key, sender)
+                    self.ownership.announce(key, sender, now=self._now())
         self._announce_news()
 
     def coming(
@@ -101,7 +101,7 @@ class Receiving:
             if held is None or held[1] < version:
                 if held is not None and self.ownership.role(key) is Role.BORROWED:
                     self._drop_borrowed(key, held[0])  # its lender's copy is older too
-                self.ownership.announce(key, sender, version)
+                self.ownership.announce(key, sender, version, self._now())
                 self._coming.setdefault(key, {})[sender] = self._now()  # type: ignore[index]
         self._announce_news()
 

@@ -141,6 +141,13 @@ class Sending:
         await asyncio.gather(*(self._deliver(target, keys) for target, keys in batches))
         if before is not None:  # images it sends reach their receivers first (`adopt`)
             await asyncio.wait([before], timeout=self.timeout_s)
+        # Replicas that left (a scale-in by two at once) wait for the "settled" of each other
+        # leaver: this one sends them nothing more (its ring has neither), so they hear it
+        # now, not after this one's own wait for them (each waited the whole timeout).
+        leavers = sorted(set().union(*(r.replicas for r in self._history)) - ring.replicas)
+        await asyncio.gather(
+            *(self._notify(t, "settled", self.me, ring.version) for t in leavers if t != self.me)
+        )
         # With no replica of this version on the ring beside this one (an app deleted, `serve
         # shutdown`, a redeploy's old replicas, one replica left) there is no one to relay
         # images to, nor to say "settled" to: leavers waiting for each other's "settled" here

@@ -29,8 +29,8 @@ Invariants (`check`, run by the simulation after every step):
 4. at most `max_forgotten` forgotten keys (and none older than `ttl_s` after a `sweep`);
 5. after a `sweep` (at every ring change, loan and borrow), borrowed and lent keys are
    held here, so bookkeeping is bounded by the cache; receiving and sending ones end when
-   the key arrives or leaves, its sender says "settled", or a request gives up waiting
-   (`quiet`: none left once hand-offs are done);
+   the key arrives or leaves, its sender says "settled", a request gives up waiting, or
+   `ttl_s` after it was announced (`quiet`: none left once hand-offs are done);
 6. the clock never goes back.
 """
 
@@ -208,8 +208,12 @@ class Ownership:
         self._bound_forgotten()
         return borrowed
 
-    def announce(self, key: Hashable, sender: str, version: int = 0) -> None:
-        """-> receiving: `sender` will send `key` here (its value at `version`, if known)."""
+    def announce(
+        self, key: Hashable, sender: str, version: int = 0, now: float | None = None
+    ) -> None:
+        """-> receiving: `sender` will send `key` here (its value at `version`, if known).
+        With `now`, a `sweep` ends the wait `ttl_s` after the latest announcement (a sender
+        that stopped without saying "settled" leaves nothing behind)."""
         if sender == self.me:
             raise InvariantError(f"{self.me} announces {key!r} to itself")
         entry = self._entries.get(key)
@@ -222,6 +226,8 @@ class Ownership:
         entry.peer = sender
         entry.senders.add(sender)
         entry.version = max(entry.version, version)
+        if now is not None:
+            entry.since = now
 
     def received(self, key: Hashable, sender: str | None = None) -> None:
         """receiving -> owned/lent: the key arrived, or will come from none of its senders
@@ -273,6 +279,8 @@ class Ownership:
             expired = entry.role is Role.FORGOTTEN and now - entry.since >= self.ttl_s
             if expired or (entry.role is Role.BORROWED and not held(key)):
                 del self._entries[key]
+            elif entry.role is Role.RECEIVING and entry.since and now - entry.since >= self.ttl_s:
+                self.received(key)
             elif entry.role is Role.LENT and not held(key):
                 for borrower in sorted(entry.borrowers):
                     orphans.setdefault(borrower, []).append(key)

@@ -288,14 +288,11 @@ def test_a_redeploy_s_last_old_replica_leaves_at_once(cluster):
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(strict=True, reason="known: leavers that see each other leave wait it out")
 def test_replicas_that_leave_together_hand_off_and_stop_at_once(cluster):
-    """A scale-in by two at once: both leavers hand their images to the replica that stays,
-    but each then waits out the hand-off timeout for the other's "settled", which goes to
-    the ring's replicas only (30 s and a forced kill each, on Ray). Four ways out tried (a
-    leaver waiting for no other leaver; one saying "settled" to the others at once, or only
-    that its ring leaves them out, heeded by all or by leavers only) each broke other orders
-    in the simulation (stale answers, 404s): docs/operations.md."""
+    """A scale-in by two at once: both leavers hand their images to the replica that stays
+    and stop. Each used to wait out the hand-off timeout for the other's "settled", which
+    went to the ring's replicas only (30 s and a forced kill each, on Ray); a leaver now
+    also tells the replicas that left, once it sends them nothing more."""
 
     async def scenario() -> None:
         await replicas_holding(cluster, "a", "b", "c")
