@@ -133,6 +133,8 @@ class SimPeers:
             target.handoff_forwarded(operation, request, clock), timeout_s
         )
         await asyncio.sleep(self._delay())
+        if not self._reachable(replica):  # it stopped meanwhile: on Ray, no reply comes
+            raise ConnectionError(f"{replica} stopped before it answered")
         return reply
 
     async def alive(self, replica: str) -> bool:
