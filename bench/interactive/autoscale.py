@@ -207,6 +207,13 @@ def report(
     last = scale_events[-1]["t"] if scale_events else float("inf")
     clicks = [e for e in events if e.kind == "click" and e.status == 200]
     misses = Counter(e.image for e in events if e.status == 200 and e.embedding_cache == "miss")
+    # Images no answer showed embedded ("miss"), with what their requests got: an embed whose
+    # answer was lost (status 0, a broken connection) and that was sent again is answered
+    # from the picture its first attempt stored ("hit", or "handoff" on its next owner).
+    unseen = {
+        image: [(e.kind, e.status, e.embedding_cache) for e in events if e.image == image]
+        for image in sorted({e.image for e in events} - set(misses))
+    }
     summary.update(
         {
             "autoscaling": True,
@@ -215,6 +222,7 @@ def report(
             "scale_events": scale_events,
             # An image embedded more than once: each time after the first, it was lost.
             "re_embedded": sum(count - 1 for count in misses.values()),
+            "images_not_seen_embedded": unseen,
             "re_embedded_after_scale_events": sum(e["re_embedded"] for e in scale_events),
             "not_found_after_scale_events": sum(
                 1 for e in events if e.status == 404 and e.t >= first
