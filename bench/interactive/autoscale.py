@@ -208,8 +208,8 @@ def report(
     clicks = [e for e in events if e.kind == "click" and e.status == 200]
     misses = Counter(e.image for e in events if e.status == 200 and e.embedding_cache == "miss")
     # Images no answer showed embedded ("miss"), with what their requests got: an embed whose
-    # answer was lost (status 0, a broken connection) and that was sent again is answered
-    # from the picture its first attempt stored ("hit", or "handoff" on its next owner).
+    # answer was lost (status 0, a broken connection, or a 503) and that was sent again is
+    # answered from the picture its first attempt stored ("hit", or "handoff" elsewhere).
     unseen = {
         image: [(e.kind, e.status, e.embedding_cache) for e in events if e.image == image]
         for image in sorted({e.image for e in events} - set(misses))
