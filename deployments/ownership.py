@@ -242,7 +242,7 @@ class Ownership:
                     entry.peer = sorted(entry.senders)[0]
                 return
         if entry.borrowers:
-            entry.role, entry.peer = Role.LENT, None
+            entry.role, entry.peer, entry.version, entry.since = Role.LENT, None, 0, 0.0
             entry.senders.clear()
         else:
             del self._entries[key]
