@@ -101,12 +101,15 @@ class Receiving:
             if held is None or held[1] < version:
                 if held is not None and self.ownership.role(key) is Role.BORROWED:
                     self._drop_borrowed(key, held[0])  # its lender's copy is older too
-                self.ownership.announce(key, sender, version, self._now())
-                self._coming.setdefault(key, {})[sender] = self._now()  # type: ignore[index]
+                now = self._now()
+                self.ownership.announce(key, sender, version, now)
+                self._coming.setdefault(key, {})[sender] = now  # type: ignore[index]
         self._announce_news()
 
     def _awaits_newer(self, key: ImageKey) -> bool:
         """Whether a newer picture of `key` than the one held here was announced (`coming`)."""
+        if self.ownership.role(key) is not Role.RECEIVING:  # the common case: no peek
+            return False
         held = self.engine.pictures.image_version(key)
         return held is not None and self.ownership.awaits_newer(key, held[1])
 

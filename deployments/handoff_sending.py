@@ -144,9 +144,8 @@ class Sending:
         # Replicas that left (a scale-in by two at once) wait for the "settled" of each other
         # leaver: this one sends them nothing more (its ring has neither), so they hear it
         # now, not after this one's own wait for them (each waited the whole timeout).
-        leavers = sorted(set().union(*(r.replicas for r in self._history)) - ring.replicas)
         await asyncio.gather(
-            *(self._notify(t, "settled", self.me, ring.version) for t in leavers if t != self.me)
+            *(self._notify(t, "settled", self.me, ring.version) for t in self._left(ring))
         )
         # With no replica of this version on the ring beside this one (an app deleted, `serve
         # shutdown`, a redeploy's old replicas, one replica left) there is no one to relay
@@ -219,16 +218,18 @@ class Sending:
                 if kept:
                     self.recorder.record_handoff("sent", each)
 
+    def _left(self, ring: Ring) -> list[str]:
+        """Replicas that left: on an earlier ring, not on `ring`."""
+        return sorted(set().union(*(r.replicas for r in self._history)) - ring.replicas - {self.me})
+
     def _unsettled_leavers(self, ring: Ring) -> list[str]:
-        """Replicas that left (on an earlier ring, not on `ring`) and have not yet said
-        "settled" for a ring without them: images of theirs may still come here."""
-        leavers: list[str] = []
-        for earlier in self._history:
-            for name in sorted(earlier.replicas - ring.replicas - {self.me}):
-                settled = self._settled.get(name)
-                if name not in leavers and (settled is None or name in settled.split(",")):
-                    leavers.append(name)
-        return leavers
+        """Replicas that left and have not yet said "settled" for a ring without them:
+        images of theirs may still come here."""
+        return [
+            name
+            for name in self._left(ring)
+            if (settled := self._settled.get(name)) is None or name in settled.split(",")
+        ]
 
     async def _until_relayed(self, ring: Ring, keys: list[ImageKey]) -> None:
         """Wait (bounded) until none of `keys` is on its way here and every replica that
