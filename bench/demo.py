@@ -10,8 +10,10 @@ one click at each shape's centre (the point farthest from its edge), its box, an
 corrective click seeded with the first click's low-res logits (mean IoU with the
 ground-truth masks over every instance); and concept queries (each shape name, kind and
 colour present, one name absent, a box exemplar of each name) scored by F1 at mask IoU 0.5
-at the service's default threshold, with each kind of query's precision and recall; and
-where the demo model's IoU is lost (`evaluate.diagnosis`).
+at the service's default threshold, with each kind of query's precision and recall; shapes
+moving through held-out clips, each clicked once on frame 0 and tracked through the
+service's video sessions (J, `evaluate.tracking_scores`); and where the demo model's IoU is
+lost (`evaluate.diagnosis`).
 Writes bench/results/demo.json, with the training record's facts (steps, wall and CPU
 time, checkpoint size) from `sam3_core/demo/shapes.json`.
 """
@@ -36,6 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=40)
+    parser.add_argument("--clips", type=int, default=8, help="held-out clips tracked")
     parser.add_argument("--out", default=str(RESULTS / "demo.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = load_model(settings)
         scores[name] = evaluate.scores(model, args.scenes)
         scores[name]["concepts"] = evaluate.concept_scores(model, args.scenes)
+        scores[name]["tracking"] = evaluate.tracking_scores(settings, args.clips)
         scores[name]["seconds"] = round(time.perf_counter() - started, 1)
     result = {
         "model": record["model"],
@@ -70,6 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "concept_steps",
                 "concept_batch",
                 "concept_queries_per_scene",
+                "track_steps",
+                "track_batch",
+                "track_frames",
+                "stage1_wall_seconds",
+                "stage3_wall_seconds",
                 "wall_seconds",
                 "process_cpu_seconds",
                 "trained",

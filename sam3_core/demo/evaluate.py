@@ -12,8 +12,16 @@ import numpy as np
 import torch
 
 from sam3_core.concept_prompts import ConceptPrompt, ExemplarBox, exemplar_arrays
-from sam3_core.demo.scenes import COLOURS, KINDS, Scene, held_out_scenes, interior_point
+from sam3_core.demo.scenes import (
+    COLOURS,
+    KINDS,
+    Scene,
+    held_out_clips,
+    held_out_scenes,
+    interior_point,
+)
 from sam3_core.model import ImageEmbedding, InteractiveSam3
+from sam3_core.settings import EngineSettings, RequestLimits, VideoSettings
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,6 +159,61 @@ def concept_scores(model: InteractiveSam3, count: int = 50) -> dict:
         "found": total[1],
         "expected": total[2],
         **summary(*total),
+    }
+
+
+def tracking_scores(settings: EngineSettings, count: int = 8, frames: int = 30) -> dict:
+    """J (the mean IoU of tracked masks with the truth) on `count` held-out clips of moving
+    shapes, through the service's video sessions (`VideoSessions`, sam3's video model): each
+    shape clicked once on frame 0 (`Clip.first_click`, all shapes in one session, one object
+    each), then propagated forward, as the page does it. Frames where a shape is hidden and
+    no mask is given count 1, as in DAVIS. Returns J over the tracked frames (1 on) and J
+    per frame. `settings` name the weights (`checkpoint` or `random_weights`); they run on
+    the CPU."""
+    import io
+
+    from PIL import Image
+
+    from sam3_core.video_architecture import load_video_model
+    from sam3_core.video_frames import VideoSource
+    from sam3_core.video_sessions import VideoSessions
+
+    sessions = VideoSessions(
+        load_video_model(settings), VideoSettings(), RequestLimits(), torch.device("cpu")
+    )
+    per_frame: list[list[float]] = [[] for _ in range(frames)]
+    for clip in held_out_clips(count, frames):
+        pictures = []
+        for frame in clip.frames:
+            buffer = io.BytesIO()
+            Image.fromarray(frame).save(buffer, format="PNG")
+            pictures.append(buffer.getvalue())
+        info = sessions.start_session(VideoSource(frames=tuple(pictures)))
+        height, width = clip.frames.shape[1:3]
+        # Points refine objects on frames with outputs (sam3): a first pass over every frame,
+        # as the page's, before the clicks.
+        for _ in sessions.propagate_in_video(info.key, "forward", 0):
+            pass
+        for index in range(len(clip.kinds)):
+            x, y = clip.first_click(index)
+            sessions.add_prompt(
+                info.key, 0, points=[[x / width, y / height]], point_labels=[1], obj_id=index + 1
+            )
+        for out in sessions.propagate_in_video(info.key, "forward"):
+            shown = dict(zip(out.obj_ids.tolist(), out.masks, strict=True))
+            for index in range(len(clip.kinds)):
+                truth = clip.masks[index, out.frame_index]
+                found = shown.get(index + 1, np.zeros_like(truth))
+                per_frame[out.frame_index].append(iou(found, truth))
+        sessions.close_session(info.key)
+    tracked = [j for row in per_frame[1:] for j in row]
+    return {
+        "clips": count,
+        "frames": frames,
+        "objects": len(per_frame[0]),
+        "j": round(float(np.mean(tracked)), 4),
+        "j_first_frame": round(float(np.mean(per_frame[0])), 4),
+        "j_per_frame": [round(float(np.mean(row)), 4) for row in per_frame],
     }
 
 

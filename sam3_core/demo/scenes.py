@@ -121,6 +121,74 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(image, 0, 255)
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """One shape's drawing: where it is in the first picture and how it is painted."""
+
+    kind: str
+    colour: str
+    texture: str
+    r: float
+    cx: float
+    cy: float
+    angle: float
+    rgb: np.ndarray
+    light: float
+    stripes: tuple[float, float]  # period, direction (used when striped)
+
+
+def _sample_shapes(rng: np.random.Generator, height: int, width: int, wanted: int) -> list[_Shape]:
+    side = min(height, width)
+    shapes = []
+    for _ in range(wanted):
+        kind = KINDS[rng.integers(len(KINDS))]
+        colour = list(COLOURS)[rng.integers(len(COLOURS))]
+        texture = TEXTURES[int(rng.random() < 0.3)]
+        r = rng.uniform(0.06, 0.2) * side
+        cx, cy = rng.uniform(r * 0.6, width - r * 0.6), rng.uniform(r * 0.6, height - r * 0.6)
+        angle = rng.uniform(0, 2 * np.pi)
+        if _shape_mask(kind, height, width, cx, cy, r, angle).sum() < MIN_AREA:
+            continue
+        rgb = np.asarray(COLOURS[colour], np.float32) + rng.uniform(-18, 18, size=3)
+        light = rng.random()
+        stripes = (rng.uniform(5, 12), rng.uniform(0, np.pi)) if texture == "striped" else (0, 0)
+        shapes.append(_Shape(kind, colour, texture, r, cx, cy, angle, rgb, light, stripes))
+    return shapes
+
+
+def _draw(
+    background: np.ndarray, shapes: list[_Shape], offsets: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Paint `shapes` back to front, each moved by its (dx, dy) of `offsets` (its stripes move
+    with it): the image, each shape's whole mask and what is visible of it."""
+    image = background.copy()
+    height, width = image.shape[:2]
+    yy, xx = np.mgrid[0:height, 0:width]
+    full_masks = []
+    for shape, (dx, dy) in zip(shapes, offsets, strict=True):
+        cx, cy = shape.cx + dx, shape.cy + dy
+        mask = _shape_mask(shape.kind, height, width, cx, cy, shape.r, shape.angle)
+        shade = 1.0 - 0.25 * shape.light * (yy - cy) / max(shape.r, 1)  # a little lighting
+        painted = shape.rgb * np.clip(shade, 0.75, 1.25)[..., None]
+        if shape.texture == "striped":
+            period, direction = shape.stripes
+            phase = ((xx - dx) * np.cos(direction) + (yy - dy) * np.sin(direction)) / period
+            painted = np.where((phase % 1.0 < 0.5)[..., None], painted * 0.6, painted)
+        image[mask] = painted[mask]
+        full_masks.append(mask)
+    # Visible parts: what no later shape covers.
+    visible, covered = [], np.zeros((height, width), bool)
+    for mask in reversed(full_masks):
+        visible.append(mask & ~covered)
+        covered |= mask
+    visible.reverse()
+    return np.clip(image, 0, 255).astype(np.uint8), full_masks, visible
+
+
+def _boxes(masks: np.ndarray) -> np.ndarray:
+    return np.stack([mask_box(m) for m in masks]) if len(masks) else np.zeros((0, 4), np.float32)
+
+
 def make_scene(
     seed: int,
     width: int = 320,
@@ -131,52 +199,94 @@ def make_scene(
 ) -> Scene:
     """The scene of `seed` (the same seed gives the same scene on every machine)."""
     rng = np.random.default_rng(seed)
-    image = _background(rng, height, width)
-    side = min(height, width)
-    wanted = int(rng.integers(min_shapes, max_shapes + 1))
-    full_masks, kinds, colours, textures = [], [], [], []
-    yy, xx = np.mgrid[0:height, 0:width]
-    for _ in range(wanted):
-        kind = KINDS[rng.integers(len(KINDS))]
-        colour = list(COLOURS)[rng.integers(len(COLOURS))]
-        texture = TEXTURES[int(rng.random() < 0.3)]
-        r = rng.uniform(0.06, 0.2) * side
-        cx, cy = rng.uniform(r * 0.6, width - r * 0.6), rng.uniform(r * 0.6, height - r * 0.6)
-        mask = _shape_mask(kind, height, width, cx, cy, r, rng.uniform(0, 2 * np.pi))
-        if mask.sum() < MIN_AREA:
-            continue
-        rgb = np.asarray(COLOURS[colour], np.float32) + rng.uniform(-18, 18, size=3)
-        shade = 1.0 - 0.25 * rng.random() * (yy - cy) / max(r, 1)  # a little lighting
-        painted = rgb * np.clip(shade, 0.75, 1.25)[..., None]
-        if texture == "striped":
-            period, direction = rng.uniform(5, 12), rng.uniform(0, np.pi)
-            phase = (xx * np.cos(direction) + yy * np.sin(direction)) / period
-            painted = np.where((phase % 1.0 < 0.5)[..., None], painted * 0.6, painted)
-        image[mask] = painted[mask]
-        full_masks.append(mask)
-        kinds.append(kind)
-        colours.append(colour)
-        textures.append(texture)
-    # Visible parts: what no later shape covers.
-    visible, covered = [], np.zeros((height, width), bool)
-    for mask in reversed(full_masks):
-        visible.append(mask & ~covered)
-        covered |= mask
-    visible.reverse()
+    background = _background(rng, height, width)
+    shapes = _sample_shapes(rng, height, width, int(rng.integers(min_shapes, max_shapes + 1)))
+    image, full_masks, visible = _draw(background, shapes, np.zeros((len(shapes), 2)))
     keep = [
         i
         for i, (full, seen) in enumerate(zip(full_masks, visible, strict=True))
         if seen.sum() >= max(MIN_AREA, MIN_VISIBLE * full.sum())
     ]
     masks = np.stack([visible[i] for i in keep]) if keep else np.zeros((0, height, width), bool)
-    boxes = np.stack([mask_box(m) for m in masks]) if keep else np.zeros((0, 4), np.float32)
     return Scene(
-        image=np.clip(image, 0, 255).astype(np.uint8),
+        image=image,
         masks=masks,
-        kinds=[kinds[i] for i in keep],
-        colours=[colours[i] for i in keep],
-        textures=[textures[i] for i in keep],
-        boxes=boxes,
+        kinds=[shapes[i].kind for i in keep],
+        colours=[shapes[i].colour for i in keep],
+        textures=[shapes[i].texture for i in keep],
+        boxes=_boxes(masks),
+    )
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Shapes moving over a still background, each at its own steady speed, bouncing off the
+    borders: the demo model's tracking data.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8 RGB.
+        masks: (N, T, H, W) bool, what is visible of each shape in each frame (may be empty
+            where another shape hides it).
+        kinds, colours: N names each.
+    """
+
+    frames: np.ndarray
+    masks: np.ndarray
+    kinds: list[str]
+    colours: list[str]
+
+    def first_click(self, index: int) -> tuple[float, float]:
+        """The click a person would put on a shape in the first frame (`interior_point`)."""
+        return interior_point(self.masks[index, 0])
+
+
+def _bounce(start: float, speed: float, low: float, high: float, steps: int) -> np.ndarray:
+    """Positions over `steps` frames of a point moving at `speed` between two walls."""
+    span = max(high - low, 1e-6)
+    travelled = (start - low) + speed * np.arange(steps)
+    folded = np.mod(travelled, 2 * span)
+    return low + np.where(folded > span, 2 * span - folded, folded) - start
+
+
+def make_clip(seed: int, frames: int = 8, width: int = 320, height: int = 240) -> Clip:
+    """The clip of `seed`: 2 to 4 shapes (each visible enough in frame 0) moving up to
+    ~3 % of the picture's side a frame."""
+    rng = np.random.default_rng(seed)
+    background = _background(rng, height, width)
+    shapes = _sample_shapes(rng, height, width, int(rng.integers(2, 5)))
+    side = min(height, width)
+    speeds = rng.uniform(-0.03, 0.03, size=(len(shapes), 2)) * side
+    moves = np.stack(
+        [
+            np.stack(
+                [
+                    _bounce(s.cx, vx, s.r * 0.6, width - s.r * 0.6, frames),
+                    _bounce(s.cy, vy, s.r * 0.6, height - s.r * 0.6, frames),
+                ],
+                axis=1,
+            )
+            for s, (vx, vy) in zip(shapes, speeds, strict=True)
+        ]
+    ).reshape(len(shapes), frames, 2)
+    pictures, visible_per_frame, first_full = [], [], None
+    for t in range(frames):
+        image, full_masks, visible = _draw(background, shapes, moves[:, t])
+        pictures.append(image)
+        visible_per_frame.append(visible)
+        first_full = first_full if first_full is not None else full_masks
+    keep = [
+        i
+        for i, full in enumerate(first_full or [])
+        if visible_per_frame[0][i].sum() >= max(MIN_AREA, MIN_VISIBLE * full.sum())
+    ]
+    masks = np.array(
+        [[visible_per_frame[t][i] for t in range(frames)] for i in keep], bool
+    ).reshape(len(keep), frames, height, width)
+    return Clip(
+        frames=np.stack(pictures),
+        masks=masks,
+        kinds=[shapes[i].kind for i in keep],
+        colours=[shapes[i].colour for i in keep],
     )
 
 
@@ -194,6 +304,17 @@ def held_out_scenes(count: int, width: int = 320, height: int = 240) -> list[Sce
         if len(scene.kinds) >= 2:
             scenes.append(scene)
     return scenes
+
+
+def held_out_clips(count: int, frames: int = 30, width: int = 320, height: int = 240) -> list[Clip]:
+    """`count` clips training never sees, each with at least two shapes."""
+    clips, seed = [], HELD_OUT_SEED
+    while len(clips) < count:
+        clip = make_clip(seed, frames, width, height)
+        seed += 1
+        if len(clip.kinds) >= 2:
+            clips.append(clip)
+    return clips
 
 
 SAMPLE_COUNT = 4

@@ -2,6 +2,9 @@
 
     python -m sam3_core.demo.train --eval-scenes 40 \
         --out sam3_core/demo/shapes.pt --record sam3_core/demo/shapes.json
+    python -m sam3_core.demo.train --init sam3_core/demo/shapes.pt --steps 0 \
+        --track-steps 800 --track-frames 8 --eval-scenes 40 --eval-clips 8 \
+        --out sam3_core/demo/shapes.pt --record sam3_core/demo/shapes.json
 
 Interactive segmentation, SAM-style: each step embeds `--batch` scenes once and decodes
 `--objects` instances of each (as SAM trains several masks per image embedding) from a first
@@ -12,8 +15,13 @@ as clients may ask). Losses are sam3's (`sam3.train.loss.loss_fns`: focal 20, di
 IoU-prediction MSE 1, the lowest focal+dice of the proposals trained, every IoU prediction
 supervised). Seeded and deterministic for a given step count; `--time-budget` only stops
 early. Round 0 is hinted at first (`hint_masks`, `--hint-fade`: why at `HINT_SIGMA`). The
-shipped `shapes.pt` is this command's output with its defaults (its record: `shapes.json`):
-stage 1 only, 7000 steps, 43 min on 2 threads here.
+shipped `shapes.pt` is the output of the two commands above (its record: `shapes.json`):
+stage 1 with the defaults, 7000 steps, 43 min on 2 threads here; then stage 3 from it.
+
+Stage 3, tracking (`--track-steps N`, `sam3_core.demo.tracking`): clips of moving shapes, one
+shape of each clicked on the first frame and tracked through the others by sam3's own
+per-frame `track_step`; only the tracker's memory (and the object-score head it reads) is
+trained, so clicks and boxes keep stage 1's masks.
 
 Stage 2, concepts (`--concept-steps N`, `sam3_core.demo.concepts`): texts naming shapes and
 colours and box exemplars, with sam3's matcher and losses, the trunk frozen; from stage 1's
@@ -61,12 +69,13 @@ import torch
 import torch.nn.functional as F
 
 from sam3_core.architecture import Architecture, neck_features
-from sam3_core.demo import concepts, evaluate
+from sam3_core.demo import concepts, evaluate, tracking
 from sam3_core.demo.evaluate import corrective_click
 from sam3_core.demo.scenes import Scene, make_scene
 from sam3_core.demo.weights import DEMO_ARCHITECTURE, build_untrained, save_demo_checkpoint
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import quiet_sam3
+from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_checkpoint
 
 with quiet_sam3():
@@ -357,6 +366,28 @@ def concept_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[int
     return args.concept_steps, history
 
 
+def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[int, list]:
+    """Stage 3: the tracker's memory on clips of moving shapes (`sam3_core.demo.tracking`),
+    everything clicks and boxes read frozen. Seeded apart from the other stages."""
+    torch.manual_seed(args.seed + 2)
+    rng = np.random.default_rng(args.seed + 2)
+    parameters = tracking.training_mode(model)
+    optimizer = torch.optim.AdamW(parameters, lr=args.track_lr, weight_decay=0.01)
+    history: list[dict] = []
+    window: list[dict] = []
+    started = time.perf_counter()
+    warmup = min(args.warmup, args.track_steps // 8)
+    for step in range(args.track_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.track_steps, args.track_lr, warmup)
+        window.append(
+            tracking.tracking_step(model, optimizer, rng, args.track_batch, args.track_frames)
+        )
+        if (step + 1) % args.log_every == 0:
+            _log_window(window, step + 1, started, history)
+    return args.track_steps, history
+
+
 def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     arch: Architecture = DEMO_ARCHITECTURE
@@ -367,6 +398,8 @@ def train(args: argparse.Namespace) -> dict:
     steps, history = interactive_stage(model, args) if args.steps else (0, [])
     stage1_wall = time.perf_counter() - started
     concept_steps, concept_history = concept_stage(model, args) if args.concept_steps else (0, [])
+    stage2_wall = time.perf_counter() - started - stage1_wall
+    track_steps, track_history = tracking_stage(model, args) if args.track_steps else (0, [])
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     record = {
         "model": "demo model trained on synthetic shapes (SAM3's classes at a small size), "
@@ -380,7 +413,12 @@ def train(args: argparse.Namespace) -> dict:
             if concept_steps
             else "the concept detector keeps its seeded random initialisation; "
         )
-        + "the tracker's memory keeps its seeded random initialisation",
+        + (
+            "stage 3: the tracker's memory on clips of moving shapes (one click on the first "
+            "frame), all that clicks and boxes read frozen"
+            if track_steps
+            else "the tracker's memory keeps its seeded random initialisation"
+        ),
         "seed": args.seed,
         "init": args.init or None,
         "steps": steps,
@@ -394,12 +432,19 @@ def train(args: argparse.Namespace) -> dict:
         "concept_batch": args.concept_batch,
         "concept_queries_per_scene": args.concept_queries,
         "concept_peak_lr": args.concept_lr,
+        "track_steps": track_steps,
+        "track_batch": args.track_batch,
+        "track_frames": args.track_frames,
+        "track_peak_lr": args.track_lr,
         "threads": args.threads,
         "stage1_wall_seconds": round(stage1_wall, 1),
+        "stage2_wall_seconds": round(stage2_wall, 1),
+        "stage3_wall_seconds": round(wall - stage1_wall - stage2_wall, 1),
         "wall_seconds": round(wall, 1),
         "process_cpu_seconds": round(cpu, 1),
         "losses": history,
         "concept_losses": concept_history,
+        "track_losses": track_history,
     }
     if args.init and not args.steps:
         record = with_stage1(record, Path(args.init))
@@ -415,6 +460,15 @@ def train(args: argparse.Namespace) -> dict:
         record["held_out_random_weights"] = evaluate.scores(random_model, args.eval_scenes)
         record["held_out_random_weights"]["concepts"] = evaluate.concept_scores(
             random_model, args.eval_scenes
+        )
+    if args.eval_clips and args.out:
+        trained = EngineSettings(checkpoint=args.out, device="cpu")
+        random = EngineSettings(random_weights=DEMO_ARCHITECTURE.name, device="cpu")
+        record.setdefault("held_out", {})["tracking"] = evaluate.tracking_scores(
+            trained, args.eval_clips
+        )
+        record.setdefault("held_out_random_weights", {})["tracking"] = evaluate.tracking_scores(
+            random, args.eval_clips
         )
     if args.record:
         Path(args.record).write_text(json.dumps(record, indent=1) + "\n")
@@ -434,9 +488,9 @@ STAGE1_KEYS = (
 
 
 def with_stage1(record: dict, init: Path) -> dict:
-    """A stage-2 run from stage 1's checkpoint (`--init`, `--steps 0`): stage 1's facts from
-    the checkpoint's own record (`shapes.json` beside `shapes.pt`), so that one record
-    describes the whole chain."""
+    """A run of the later stages from stage 1's checkpoint (`--init`, `--steps 0`): stage 1's
+    facts from the checkpoint's own record (`shapes.json` beside `shapes.pt`), so that one
+    record describes the whole chain."""
     source = init.with_suffix(".json")
     if not source.is_file():
         return record
@@ -447,8 +501,7 @@ def with_stage1(record: dict, init: Path) -> dict:
     merged["stage1_process_cpu_seconds"] = stage1.get(
         "stage1_process_cpu_seconds", stage1.get("process_cpu_seconds")
     )
-    merged["stage2_wall_seconds"] = record["wall_seconds"]
-    merged["stage2_process_cpu_seconds"] = record["process_cpu_seconds"]
+    merged["later_stages_process_cpu_seconds"] = record["process_cpu_seconds"]
     merged["wall_seconds"] = round(record["wall_seconds"] + merged["stage1_wall_seconds"], 1)
     merged["process_cpu_seconds"] = round(
         record["process_cpu_seconds"] + merged["stage1_process_cpu_seconds"], 1
@@ -475,6 +528,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concept-queries", type=int, default=4, help="queries per scene")
     parser.add_argument("--concept-lr", type=float, default=4e-4)
     parser.add_argument("--concept-time-budget", type=float, default=0, help="stage 2 seconds")
+    parser.add_argument("--track-steps", type=int, default=0, help="stage 3; 0: none")
+    parser.add_argument("--track-batch", type=int, default=4, help="clips per step")
+    parser.add_argument("--track-frames", type=int, default=6, help="frames per clip")
+    parser.add_argument("--track-lr", type=float, default=2e-3)
+    parser.add_argument("--eval-clips", type=int, default=0, help="held-out clips tracked")
     parser.add_argument("--out", default="", help="checkpoint path (shapes.pt)")
     parser.add_argument("--record", default="", help="training record path (shapes.json)")
     parser.add_argument("--eval-scenes", type=int, default=0, help="held-out scenes scored")

@@ -1,4 +1,4 @@
-"""The synthetic scenes the demo model learns from and is tested on."""
+"""The synthetic scenes and clips the demo model learns from and is tested on."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from sam3_core.demo.scenes import (
     COLOURS,
     HELD_OUT_SEED,
     KINDS,
+    held_out_clips,
     held_out_scenes,
     interior_point,
+    make_clip,
     make_scene,
 )
 
@@ -69,3 +71,31 @@ def test_held_out_scenes_have_several_instances_and_seeds_of_their_own():
         np.array_equal(scenes[0].image, make_scene(HELD_OUT_SEED).image)
         or len(make_scene(HELD_OUT_SEED).kinds) < 2
     )
+
+
+def test_a_clip_is_seeded_and_its_shapes_move_with_masks_of_what_is_visible():
+    clip, again = make_clip(11, 12), make_clip(11, 12)
+    assert np.array_equal(clip.frames, again.frames) and np.array_equal(clip.masks, again.masks)
+    n = len(clip.kinds)
+    assert (
+        n >= 1 and clip.frames.shape == (12, 240, 320, 3) and clip.masks.shape == (n, 12, 240, 320)
+    )
+    assert (clip.masks.sum(axis=0) <= 1).all()  # no pixel of two shapes in any frame
+    assert clip.masks[:, 0].any(axis=(1, 2)).all()  # every shape is seen in the first frame
+    shifts = [
+        np.abs(np.argwhere(m[0]).mean(axis=0) - np.argwhere(m[-1]).mean(axis=0)).max()
+        for m in clip.masks
+        if m[-1].any()
+    ]
+    assert max(shifts) > 5, shifts  # the shapes move
+    for t in range(12):  # over a still background
+        still = ~clip.masks[:, 0].any(axis=0) & ~clip.masks[:, t].any(axis=0)
+        assert np.array_equal(clip.frames[0][still], clip.frames[t][still])
+
+
+def test_the_first_click_is_on_its_shape_and_held_out_clips_have_several_shapes():
+    clip = make_clip(5, 3)
+    x, y = clip.first_click(0)
+    assert clip.masks[0, 0][int(y), int(x)]
+    held = held_out_clips(2, 4)
+    assert all(len(c.kinds) >= 2 and c.frames.shape[0] == 4 for c in held)

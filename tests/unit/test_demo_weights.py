@@ -11,6 +11,7 @@ import torch
 
 from sam3_core.demo import evaluate, train
 from sam3_core.demo.scenes import held_out_scenes
+from sam3_core.demo.tracking import TRACKING_PARTS
 from sam3_core.demo.weights import (
     DEMO_ARCHITECTURE,
     build_untrained,
@@ -99,12 +100,13 @@ def test_round_zero_hint_is_a_disc_at_the_positive_prompts_that_fades_out():
     assert train.hint_probability(0, 100, 0.0) == 0.0
 
 
-def test_a_few_steps_of_both_stages_run_and_write_a_loadable_checkpoint(tmp_path):
+def test_a_few_steps_of_every_stage_run_and_write_a_loadable_checkpoint(tmp_path):
     out, record_path = tmp_path / "shapes.pt", tmp_path / "shapes.json"
     record = train.main(
         [
             *("--steps", "3", "--batch", "2", "--log-every", "1"),
             *("--concept-steps", "2", "--concept-batch", "1", "--concept-queries", "3"),
+            *("--track-steps", "2", "--track-batch", "2", "--track-frames", "3"),
             *("--out", str(out), "--record", str(record_path)),
         ]
     )
@@ -112,6 +114,8 @@ def test_a_few_steps_of_both_stages_run_and_write_a_loadable_checkpoint(tmp_path
     assert all(np.isfinite(entry["loss"]) for entry in record["losses"])
     assert record["concept_steps"] == 2 and len(record["concept_losses"]) == 2
     assert all(np.isfinite(entry["concept_loss"]) for entry in record["concept_losses"])
+    assert record["track_steps"] == 2 and len(record["track_losses"]) == 2
+    assert all(np.isfinite(entry["track_loss"]) for entry in record["track_losses"])
     assert record_path.is_file() and "not SAM3" in record["model"]
     trained = load_model(EngineSettings(checkpoint=str(out), device="cpu", concepts=False))
     # The starting point through the same float16 checkpoint: training moved the weights.
@@ -121,6 +125,7 @@ def test_a_few_steps_of_both_stages_run_and_write_a_loadable_checkpoint(tmp_path
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, untrained[k])]
     assert any(k.startswith("image_encoder.trunk.") for k in changed)
     assert any(k.startswith("predictor.model.sam_mask_decoder.") for k in changed)
+    assert any(k.startswith("predictor.model.transformer.") for k in changed)  # memory
     with_concepts = load_model(EngineSettings(checkpoint=str(out), device="cpu")).state_dict()
     before = load_model(settings).state_dict()
     moved = [k for k, v in with_concepts.items() if not torch.equal(v, before[k])]
@@ -141,17 +146,25 @@ MIN_CLICK_MIOU = 0.76
 MIN_BOX_MIOU = 0.76
 
 
-def test_the_concept_stage_leaves_what_clicks_read_as_it_was(tmp_path):
-    """Stage 2 trains the concept parts only: from the shipped checkpoint, every tensor the
-    interactive path reads is unchanged, and the concept parts moved."""
-    out = tmp_path / "stage2.pt"
+def test_the_later_stages_leave_what_clicks_read_as_it_was(tmp_path):
+    """Stage 2 trains the concept parts only, stage 3 the tracker's memory (and the object
+    score the tracker reads): from the shipped checkpoint, every tensor the interactive path
+    reads is unchanged, so are clicks' masks, and both stages' parts moved."""
+    out = tmp_path / "later.pt"
     train.main(
         [
             *("--init", str(SHIPPED), "--steps", "0", "--concept-steps", "1"),
-            *("--concept-batch", "1", "--concept-queries", "2", "--out", str(out)),
+            *("--concept-batch", "1", "--concept-queries", "2"),
+            *("--track-steps", "1", "--track-batch", "1", "--track-frames", "3"),
+            *("--out", str(out)),
         ]
     )
-    before = load_model(EngineSettings(checkpoint="demo:shapes", device="cpu")).state_dict()
-    after = load_model(EngineSettings(checkpoint=str(out), device="cpu")).state_dict()
+    before_model = load_model(EngineSettings(checkpoint="demo:shapes", device="cpu"))
+    after_model = load_model(EngineSettings(checkpoint=str(out), device="cpu"))
+    before, after = before_model.state_dict(), after_model.state_dict()
     moved = {k for k, v in after.items() if not torch.equal(v, before[k])}
-    assert moved and all(k.startswith("concepts.") for k in moved), sorted(moved)[:5]
+    tracking = [f"predictor.model.{part}" for part in TRACKING_PARTS]
+    assert any(k.startswith("concepts.") for k in moved)
+    assert any(k.startswith("predictor.model.transformer.") for k in moved)
+    assert all(k.startswith(("concepts.", *tracking)) for k in moved), sorted(moved)[:5]
+    assert evaluate.scores(after_model, 2) == evaluate.scores(before_model, 2)
