@@ -185,6 +185,15 @@ def _draw(
     return np.clip(image, 0, 255).astype(np.uint8), full_masks, visible
 
 
+def _kept(full_masks: list[np.ndarray], visible: list[np.ndarray]) -> list[int]:
+    """The shapes labelled: those of which enough stays visible."""
+    return [
+        i
+        for i, (full, seen) in enumerate(zip(full_masks, visible, strict=True))
+        if seen.sum() >= max(MIN_AREA, MIN_VISIBLE * full.sum())
+    ]
+
+
 def _boxes(masks: np.ndarray) -> np.ndarray:
     return np.stack([mask_box(m) for m in masks]) if len(masks) else np.zeros((0, 4), np.float32)
 
@@ -202,11 +211,7 @@ def make_scene(
     background = _background(rng, height, width)
     shapes = _sample_shapes(rng, height, width, int(rng.integers(min_shapes, max_shapes + 1)))
     image, full_masks, visible = _draw(background, shapes, np.zeros((len(shapes), 2)))
-    keep = [
-        i
-        for i, (full, seen) in enumerate(zip(full_masks, visible, strict=True))
-        if seen.sum() >= max(MIN_AREA, MIN_VISIBLE * full.sum())
-    ]
+    keep = _kept(full_masks, visible)
     masks = np.stack([visible[i] for i in keep]) if keep else np.zeros((0, height, width), bool)
     return Scene(
         image=image,
@@ -268,22 +273,14 @@ def make_clip(seed: int, frames: int = 8, width: int = 320, height: int = 240) -
             for s, (vx, vy) in zip(shapes, speeds, strict=True)
         ]
     ).reshape(len(shapes), frames, 2)
-    pictures, visible_per_frame, first_full = [], [], None
-    for t in range(frames):
-        image, full_masks, visible = _draw(background, shapes, moves[:, t])
-        pictures.append(image)
-        visible_per_frame.append(visible)
-        first_full = first_full if first_full is not None else full_masks
-    keep = [
-        i
-        for i, full in enumerate(first_full or [])
-        if visible_per_frame[0][i].sum() >= max(MIN_AREA, MIN_VISIBLE * full.sum())
-    ]
-    masks = np.array(
-        [[visible_per_frame[t][i] for t in range(frames)] for i in keep], bool
-    ).reshape(len(keep), frames, height, width)
+    drawn = [_draw(background, shapes, moves[:, t]) for t in range(frames)]
+    keep = _kept(drawn[0][1], drawn[0][2])  # the shapes seen well enough in the first frame
+    masks = np.zeros((len(keep), frames, height, width), bool)
+    for t, (_, _, visible) in enumerate(drawn):
+        for row, i in enumerate(keep):
+            masks[row, t] = visible[i]
     return Clip(
-        frames=np.stack(pictures),
+        frames=np.stack([image for image, _, _ in drawn]),
         masks=masks,
         kinds=[shapes[i].kind for i in keep],
         colours=[shapes[i].colour for i in keep],
