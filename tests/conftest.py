@@ -11,6 +11,7 @@ import zlib
 from typing import NoReturn
 
 import pytest
+import torch
 
 from bench.samples import encode_image, random_pixels
 from sam3_core.engine import Segmenter
@@ -19,6 +20,16 @@ from sam3_core.weights import load_model
 
 # Test modules import these from here.
 __all__ = ["encode_image", "png_header", "random_pixels", "tiny_settings", "unavailable"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """torch on one thread in every test process and what it starts (`OMP_NUM_THREADS`, unless
+    set), as Ray gives each fractional-CPU replica: the two xdist workers and the cluster's
+    replicas share two cores, and torch's default of a thread per core in each process made
+    them wait on each other's spinning threads (the memory soak: 59 s beside a full-size
+    build on one thread, 139 s beside it on two)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
