@@ -94,6 +94,9 @@ class Handoff(Receiving, Sending):
         # Keys announced by `coming`, by whom and when: a sender's "settled" does not end
         # them; they end when the key comes, its sender says it will not, or the timeout.
         self._coming: dict[ImageKey, dict[str, float]] = {}
+        # (key, earlier owner) pairs a request gave up waiting on: on this ring, no request
+        # waits on them again (emptied at each ring change).
+        self._waited_out: set[tuple[ImageKey, str]] = set()
         self._news = asyncio.Event()
         self._fetches: dict[tuple[ImageKey, str | None], asyncio.Task[bool]] = {}
         # Requests running here, by key; who waits for a key to have none.
@@ -237,9 +240,13 @@ class Handoff(Receiving, Sending):
                 ):
                     return None
                 await self._await_incoming(key)
-                if forwarded or self.ring == ring:
+                if self.ring == ring:
                     return None
-                continue  # the ring changed while it waited: whose is the image now?
+                # The ring changed while it waited: whose is the image now? A request sent
+                # on to this replica may go on again (each hop follows a ring change here,
+                # and rings change finitely often: no loop).
+                forwarded = False
+                continue
             if await self._fetch(owner, key, digest):
                 return None
             logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)

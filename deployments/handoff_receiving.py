@@ -48,6 +48,7 @@ class Receiving:
     _relaying: set[str]
     _settled: dict[str, str]
     _coming: dict[ImageKey, dict[str, float]]
+    _waited_out: set[tuple[ImageKey, str]]
     _news: asyncio.Event
     _leaving: bool
 
@@ -104,6 +105,8 @@ class Receiving:
                 now = self._now()
                 self.ownership.announce(key, sender, version, now)
                 self._coming.setdefault(key, {})[sender] = now  # type: ignore[index]
+            elif self.ownership.role(key) is Role.SENDING:  # it comes back once sent
+                self._coming.setdefault(key, {})[sender] = self._now()  # type: ignore[index]
         self._announce_news()
 
     def _awaits_newer(self, key: ImageKey) -> bool:
@@ -225,11 +228,12 @@ class Receiving:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(news.wait(), remaining)
                 continue
-            if self._only_ranked_after(key, sender):
+            if self._only_ranked_after(key, sender) or self._only_by_a_leaver(key, sender):
                 remaining = min(remaining, started + UNANNOUNCED_WAIT_S - self._now())
             if remaining <= 0 or not await self.peers.alive(sender):
                 self._received(key, sender)
                 done.add(sender)
+                self._waited_out.add((key, sender))  # later requests do not wait again
                 logger.info(
                     "segmenter %s: stopped waiting for %s from %s after %.1f s",
                     self.me,
@@ -240,6 +244,23 @@ class Receiving:
                 continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(news.wait(), min(remaining, ALIVE_POLL_S))
+
+    def _only_by_a_leaver(self, key: ImageKey, sender: str) -> bool:
+        """Whether `sender` is waited on only because its latest manifest's ring gives `key`
+        to a replica that has left ours (the image may come back through it, or through
+        the leaver): a short wait (`UNANNOUNCED_WAIT_S`), as the replica that left may be
+        one that crashed, and `sender` with it (a lost node), which Ray may report alive for
+        a while."""
+        manifest = self._manifests.get(sender)
+        if manifest is None or self.ring is None or sender in self.ownership.senders(key):
+            return False
+        version, listed = manifest
+        their_ring = Ring(version.split(",") if version else (), self.ring.virtual_nodes)
+        return (
+            key not in listed
+            and sender not in self._relaying
+            and their_ring.owner(ring_key(key)) not in (sender, *self.ring.replicas)
+        )
 
     def _only_ranked_after(self, key: ImageKey, sender: str) -> bool:
         """Whether `sender` is waited on only because it ranks after this replica on the
@@ -280,7 +301,7 @@ class Receiving:
             return sender
         rk = ring_key(key)
         for sender in self._previous_owners(key):
-            if sender in done:
+            if sender in done or (key, sender) in self._waited_out:
                 continue
             manifest = self._manifests.get(sender)
             if manifest is None:
@@ -289,7 +310,13 @@ class Receiving:
             their_ring = Ring(version.split(",") if version else (), self.ring.virtual_nodes)
             if their_ring.owner(rk) == sender:
                 return sender  # it still owns it on its ring: its next manifest will tell
-            if self._settled.get(sender) != version and (key in listed or sender in self._relaying):
+            # Not settled: what it lists may still come, and what its ring sends to a replica
+            # that has left ours (it never saw that one go) may come back through it.
+            if self._settled.get(sender) != version and (
+                key in listed
+                or sender in self._relaying
+                or their_ring.owner(rk) not in self.ring.replicas
+            ):
                 return sender
         return None
 
@@ -304,8 +331,9 @@ class Receiving:
             owner = ring.owner(rk)
             if owner is not None and owner != self.me and owner not in owners:
                 owners.append(owner)
-        if self.ring is not None:
-            ranked = self.ring.ranked(rk)
-            after = ranked[ranked.index(self.me) + 1 :] if self.me in ranked else ranked
-            owners += [owner for owner in after if owner not in owners]
+        for ring in (self.ring, self._first_ring):  # the first: some may have left since
+            if ring is not None:
+                ranked = ring.ranked(rk)
+                after = ranked[ranked.index(self.me) + 1 :] if self.me in ranked else ranked
+                owners += [owner for owner in after if owner not in owners]
         return owners

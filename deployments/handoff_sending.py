@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from deployments.ownership import Ownership, Role
@@ -34,6 +35,8 @@ class Sending:
     ring: Ring | None
     ownership: Ownership
     _first_ring: Ring | None
+    _coming: dict[ImageKey, dict[str, float]]
+    _waited_out: set[tuple[ImageKey, str]]
 
     # Ring changes, and sending -----------------------------------------------------------
 
@@ -44,6 +47,7 @@ class Sending:
         if self.ring is not None:
             self._history.append(self.ring)
         self.ring = ring
+        self._waited_out.clear()
         if self._first_ring is None:
             self._first_ring = ring
         known = ring.replicas.union(*(r.replicas for r in self._history))
@@ -91,8 +95,11 @@ class Sending:
                 if owner == self.me:
                     self.ownership.take_over(key)  # ours now
                 elif owner != lender:  # the lender no longer owns it, nor tracks this copy
-                    self.ownership.unborrow(key)
-                    self.engine.pictures.drop_image(key)
+                    held = self.engine.pictures.image_version(key)
+                    if held is None:
+                        self.ownership.unborrow(key)
+                    else:  # a request that fetched it may be about to read it
+                        self._drop_borrowed(key, held[0])
                 continue
             if self.ownership.role(key) is Role.SENDING:
                 # On its way (there, or to a replica that will send it on): listed.
@@ -152,7 +159,10 @@ class Sending:
         # images to, nor to say "settled" to: leavers waiting for each other's "settled" here
         # would each wait out the timeout (30 s and a forced kill each, on Ray).
         if targets:
-            await self._until_relayed(ring, relayed)
+            # And until what it listed as on its way from here (sent by an earlier ring
+            # change, or sent on) has left: "settled" ends the receivers' waits for it.
+            outgoing = [k for keys in underway.values() for k in keys if k not in relayed]
+            await self._until_relayed(ring, relayed, outgoing)
         await asyncio.gather(*(self._notify(t, "settled", self.me, ring.version) for t in targets))
 
     async def _deliver(self, target: str, keys: list[ImageKey]) -> None:
@@ -172,13 +182,25 @@ class Sending:
                     and self.engine.pictures.holds(key)
                 ):
                     owners[owner].append(key)  # type: ignore[index]
+            # All marked before the first call: a request arriving meanwhile must not take
+            # a key of a later batch as held here (and embed it again once it has gone).
+            borrowers = {
+                owner: [(key, self.ownership.sending(key, owner)) for key in owned]
+                for owner, owned in owners.items()
+            }
             for owner, owned in owners.items():
-                await self._send_batch(owner, owned)
+                await self._send_batch(owner, owned, borrowers[owner])
 
-    async def _send_batch(self, target: str, keys: list[ImageKey]) -> None:
-        """`keys` to `target`, now their owner, in one call; forgotten here however it ends."""
-        for key in keys:
-            await self._tell_borrowers(self.ownership.sending(key, target), key)
+    async def _send_batch(
+        self,
+        target: str,
+        keys: list[ImageKey],
+        borrowers: list[tuple[ImageKey, frozenset[str]]],
+    ) -> None:
+        """`keys` (marked as sending, with their `borrowers`) to `target`, now their owner,
+        in one call; forgotten here however it ends."""
+        for key, told in borrowers:
+            await self._tell_borrowers(told, key)
         started = time.perf_counter()
         exported = await asyncio.to_thread(
             lambda: [(key, self.engine.pictures.export_image(key)) for key in keys]
@@ -211,6 +233,10 @@ class Sending:
             for key, state in states:
                 self.engine.pictures.drop_image(key, state.content_digest)
                 self.ownership.sent(key)
+                # Announced as coming back while it left (`coming`): awaited now.
+                for sender, since in self._coming.get(key, {}).items():
+                    self.ownership.announce(key, sender, now=since)
+            self._announce_news()
         if self.recorder is not None:
             # What one image cost, the call's time shared among the images it carried.
             each = (time.perf_counter() - started) / len(states)
@@ -231,14 +257,19 @@ class Sending:
             if (settled := self._settled.get(name)) is None or name in settled.split(",")
         ]
 
-    async def _until_relayed(self, ring: Ring, keys: list[ImageKey]) -> None:
-        """Wait (bounded) until none of `keys` is on its way here and every replica that
-        left has settled (or is gone): what reaches this replica is then sent on first."""
+    async def _until_relayed(
+        self, ring: Ring, keys: list[ImageKey], outgoing: Sequence[ImageKey] = ()
+    ) -> None:
+        """Wait (bounded) until none of `keys` is on its way here, none of `outgoing` on its
+        way from here, and every replica that left has settled (or is gone): what reaches
+        this replica is then sent on first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         while True:
             leavers = [r for r in self._unsettled_leavers(ring) if await self.peers.alive(r)]
-            busy = any(self.ownership.role(k) is Role.RECEIVING for k in keys)
+            busy = any(self.ownership.role(k) is Role.RECEIVING for k in keys) or any(
+                self.ownership.role(k) is Role.SENDING for k in outgoing
+            )
             remaining = deadline - loop.time()
             if not (leavers or busy) or remaining <= 0:
                 return
@@ -246,15 +277,18 @@ class Sending:
                 await asyncio.wait_for(self._news.wait(), min(remaining, 1.0))
 
     async def _until_served(self, keys: list[ImageKey]) -> None:
-        """Wait (bounded) until no request for `keys` runs here."""
-        waits = [
-            self._quiet.setdefault(key, asyncio.Event()).wait()
-            for key in keys
-            if key in self._serving
-        ]
-        if waits:
+        """Wait (bounded) until no request for `keys` runs here, those that came while it
+        waited included (the caller marks them as sending before its next await)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while True:
+            busy = [key for key in keys if key in self._serving]
+            remaining = deadline - loop.time()
+            if not busy or remaining <= 0:
+                return
+            quiet = self._quiet.setdefault(busy[0], asyncio.Event())
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), self.timeout_s)
+                await asyncio.wait_for(quiet.wait(), remaining)
 
     async def _tell_borrowers(self, borrowers: frozenset[str], *keys: ImageKey) -> None:
         """Borrowers forget their copies of `keys` (their owner is about to change, and the

@@ -168,6 +168,7 @@ class World:
         self.heard: dict[str, int] = {}  # the last ring generation each replica heard of
         self.ingress_rings: list[Ring] = []
         self.checker = Checker(self.lossy)
+        self.evictions_at_send: dict[int, dict[str, int]] = {}
         self.trace: list[str] = []
         self._tasks: set[asyncio.Task] = set()
         self._names = (f"r{n}" for n in range(100))
@@ -282,6 +283,7 @@ class World:
         data = rng.choice(PICTURES) if kind != "click" else None
         digest = content_id(data) if data is not None else None
         op = Op(image_id, asyncio.get_running_loop().time(), digest, holders=self.holders(image_id))
+        self.evictions_at_send[id(op)] = self.evictions(image_id)
         self.checker.ops.append(op)
         hang_up = rng.random() < 0.05
         work = self.spawn(self._request(op, kind, data, digest))
@@ -313,7 +315,14 @@ class World:
         now = asyncio.get_running_loop().time()
         if isinstance(reply, ImageNotCachedError):
             op.outcome = "404"
-            holders = sorted(set(op.holders) & set(self.holders(op.image_id)))
+            # Held when the request was sent and now, and not evicted by its cache between.
+            before = self.evictions_at_send.get(id(op), {})
+            now_evicted = self.evictions(op.image_id)
+            holders = [
+                name
+                for name in sorted(set(op.holders) & set(self.holders(op.image_id)))
+                if before.get(name) == now_evicted.get(name)
+            ]
             if holders and not self.lossy:
                 self.violation(f"404 for {op.image_id} at {now:.3f}, held by {holders}")
         elif isinstance(reply, Sam3Error):
@@ -336,6 +345,10 @@ class World:
         if not self.running(target):
             raise ConnectionError(f"{target} died")
         return reply
+
+    def evictions(self, image_id: str) -> dict[str, int]:
+        """How often each replica's cache evicted `image_id` (an eviction answers 404)."""
+        return {name: r.engine.evicted[("", image_id)] for name, r in self.replicas.items()}
 
     def holders(self, image_id: str) -> list[str]:
         """Live replicas holding `image_id` as their own (not a borrowed copy)."""
@@ -362,7 +375,9 @@ class World:
             and self.replicas[other].handoff.ownership.role(key) is not Role.BORROWED
         ]
         self.log(f"{name} embeds {key[1]} {digest[:6]}")
-        if holders and not self.lossy:
+        # A stopped replica's process is gone on Ray: what its coroutines still do here
+        # (a request that waited past the stop) never happens there.
+        if holders and not self.lossy and self.running(name):
             now = asyncio.get_running_loop().time()
             self.violation(f"{key[1]} embedded again on {name} at {now:.3f}, held by {holders}")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import random
 import selectors
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
@@ -88,11 +89,10 @@ class SimEngine:
         self.fail_rate = fail_rate
         self.on_embed: Callable[[Any, str], None] = lambda key, digest: None
         self.logits = LogitsCache(100, 2**20)
-        self.embeddings = EmbeddingCache(
-            2**30,
-            cache_entries,
-            on_evict=lambda key, entry: self.logits.drop_image((key, entry.content_digest)),
-        )
+        self.embeddings = EmbeddingCache(2**30, cache_entries, on_evict=self._left)
+        # Pictures the cache's LRU pushed out, by key (not those the hand-off dropped).
+        self.evicted: Counter[Hashable] = Counter()
+        self._dropping = False
         self.pictures = Pictures(
             self.embeddings,
             self.logits,
@@ -102,6 +102,22 @@ class SimEngine:
             needs_trunk=False,
             max_image_id_length=64,
         )
+
+        drop = self.pictures.drop_image
+
+        def drop_image(*args: Any) -> bool:
+            self._dropping = True
+            try:
+                return drop(*args)
+            finally:
+                self._dropping = False
+
+        self.pictures.drop_image = drop_image  # type: ignore[method-assign]
+
+    def _left(self, key: Hashable, entry: Any) -> None:
+        self.logits.drop_image((key, entry.content_digest))
+        if not self._dropping and self.embeddings.peek(key) is None:
+            self.evicted[key] += 1
 
     def _embed(self, image: bytes) -> ImageEmbedding:
         tensor = torch.zeros(1)
