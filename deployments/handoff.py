@@ -233,6 +233,22 @@ class Handoff(Receiving, Sending):
                 and await self._fetch(owner, key, digest)  # type: ignore[arg-type]
             ):
                 return None
+            if (
+                forwarded
+                and owner not in (None, self.me)
+                and self.ownership.role(key) is Role.BORROWED
+            ):
+                # Sent on to a helper whose ring gives the image to its lender: what the
+                # copy cannot answer (new bytes) goes on to the lender, like a helper's own.
+                forwarded = False
+            if owner == self.me and self.ownership.role(key) is Role.BORROWED:
+                self.ownership.take_over(key)  # borrowed before the ring made it ours
+            if self.ownership.role(key) is Role.SENDING and (forwarded or owner in (None, self.me)):
+                # On its way out: neither answered from nor written to here (new bytes would
+                # stay behind, newer than what arrives); once gone, whose it is decides.
+                await self._until_sent(key)
+                forwarded = False
+                continue
             if forwarded or owner is None or owner == self.me:
                 if (
                     self.engine.pictures.holds(key)
@@ -251,6 +267,17 @@ class Handoff(Receiving, Sending):
                 return None
             logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
             return owner
+
+    async def _until_sent(self, key: ImageKey) -> None:
+        """Wait (bounded) until `key` is no longer on its way out of this replica."""
+        deadline = self._now() + self.timeout_s
+        while self.ownership.role(key) is Role.SENDING:
+            remaining = deadline - self._now()
+            if remaining <= 0:
+                return
+            news = self._news
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(news.wait(), min(remaining, 1.0))
 
     async def forward(self, owner: str, operation: str, request: ImageRequest) -> Any:
         """Serve `request` on its owner and return the owner's reply."""

@@ -184,8 +184,10 @@ class Sending:
                     owners[owner].append(key)  # type: ignore[index]
             # All marked before the first call: a request arriving meanwhile must not take
             # a key of a later batch as held here (and embed it again once it has gone).
+            # The new owner, if it borrowed a copy, is not told to forget it: it adopts the
+            # picture sent by version, and may hold a newer one a client sent it.
             borrowers = {
-                owner: [(key, self.ownership.sending(key, owner)) for key in owned]
+                owner: [(key, self.ownership.sending(key, owner) - {owner}) for key in owned]
                 for owner, owned in owners.items()
             }
             for owner, owned in owners.items():
