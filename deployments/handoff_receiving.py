@@ -255,7 +255,7 @@ class Receiving:
         if manifest is None or self.ring is None or sender in self.ownership.senders(key):
             return False
         version, listed = manifest
-        their_ring = Ring(version.split(",") if version else (), self.ring.virtual_nodes)
+        their_ring = Ring.of_version(version, self.ring.virtual_nodes)
         return (
             key not in listed
             and sender not in self._relaying
@@ -285,11 +285,8 @@ class Receiving:
             return False
         known = self.ring.replicas.union(*(r.replicas for r in self._history))
         for version, _ in self._manifests.values():
-            names = frozenset(version.split(",")) if version else frozenset()
-            if names - known and Ring(names, self.ring.virtual_nodes).owner(ring_key(key)) not in (
-                None,
-                self.me,
-            ):
+            theirs = Ring.of_version(version, self.ring.virtual_nodes)
+            if theirs.replicas - known and theirs.owner(ring_key(key)) not in (None, self.me):
                 return True
         return False
 
@@ -307,7 +304,7 @@ class Receiving:
             if manifest is None:
                 return sender
             version, listed = manifest
-            their_ring = Ring(version.split(",") if version else (), self.ring.virtual_nodes)
+            their_ring = Ring.of_version(version, self.ring.virtual_nodes)
             if their_ring.owner(rk) == sender:
                 return sender  # it still owns it on its ring: its next manifest will tell
             # Not settled: what it lists may still come, and what its ring sends to a replica

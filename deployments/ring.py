@@ -61,6 +61,11 @@ class Ring:
         """A name of this replica set, the same in every process."""
         return ",".join(sorted(self.replicas))
 
+    @classmethod
+    def of_version(cls, version: str, virtual_nodes: int = DEFAULT_NUM_VIRTUAL_NODES) -> Ring:
+        """The ring `version` names (a peer's, from its manifest)."""
+        return cls(version.split(",") if version else (), virtual_nodes)
+
     def owner(self, key: str) -> str | None:
         """The replica that owns `key` (None on an empty ring)."""
         ranked = self.ranked(key, 1)

@@ -172,7 +172,7 @@ class VideoHandoff:
             if manifest is None:
                 return sender
             version, listed = manifest
-            their_ring = Ring(version.split(",") if version else (), self.ring.virtual_nodes)
+            their_ring = Ring.of_version(version, self.ring.virtual_nodes)
             if their_ring.owner(rk) == sender:
                 return sender  # it still owns it on its ring: its next manifest will tell
             if key in listed and self._settled.get(sender) != version:
