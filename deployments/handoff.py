@@ -90,6 +90,9 @@ class Handoff(Receiving, Sending):
         # to it that are not its own, or a replica that left and has not yet settled with it).
         self._manifests: dict[str, tuple[str, frozenset[ImageKey]]] = {}
         self._relaying: set[str] = set()
+        # For each sender's latest manifest, the keys it relays and the replicas it awaits
+        # them from: if the relay dies, those still send them to their owner.
+        self._upstream: dict[str, dict[ImageKey, frozenset[str]]] = {}
         self._settled: dict[str, str] = {}
         # Keys announced by `coming`, by whom and when: a sender's "settled" does not end
         # them; they end when the key comes, its sender says it will not, or the timeout.
@@ -256,11 +259,15 @@ class Handoff(Receiving, Sending):
                 ):
                     return None
                 await self._await_incoming(key)
-                if self.ring == ring:
+                if self.ring == ring and (
+                    owner in (None, self.me) or self.engine.pictures.holds(key)
+                ):
                     return None
-                # The ring changed while it waited: whose is the image now? A request sent
-                # on to this replica may go on again (each hop follows a ring change here,
-                # and rings change finitely often: no loop).
+                # The ring changed while it waited (whose is the image now?), or a request sent
+                # on here by a replica whose ring was behind waited in vain (its sender sent
+                # the image elsewhere after all): it goes on to the owner on this ring. Each
+                # hop follows a ring that disagrees with the previous replica's; rings agree
+                # within moments, and the first hop's forward timeout bounds the chain.
                 forwarded = False
                 continue
             if await self._fetch(owner, key, digest):
@@ -326,6 +333,16 @@ class Handoff(Receiving, Sending):
         except Exception as error:  # the owner will serve it itself
             logger.info("segmenter %s: fetch of %s failed: %r", self.me, key[1], error)
             state = None
+        held = self.engine.pictures.image_version(key)
+        if (
+            state is not None
+            and held is not None
+            and held[1] < state.version
+            and self.ownership.role(key) is Role.BORROWED
+        ):
+            # The lender holds a newer picture than the copy borrowed here: the forget that
+            # should have said so was lost.
+            self._drop_borrowed(key, held[0])
         if (
             state is not None
             and (not self.engine.pictures.holds(key) or key in self._stale)
@@ -337,6 +354,15 @@ class Handoff(Receiving, Sending):
             else:
                 self.ownership.unborrow(key)
         return self._usable(key, digest)
+
+    def lost_borrowed_copy(self, request: ImageRequest) -> bool:
+        """Whether the copy of the request's image borrowed here is gone (the cache pushed it
+        out): then it counts as never borrowed, and the request may be prepared again."""
+        key = request_key(request)
+        if self.ownership.role(key) is not Role.BORROWED or self.engine.pictures.holds(key):
+            return False
+        self.ownership.unborrow(key)
+        return True
 
     def _usable(self, key: ImageKey, digest: str | None) -> bool:
         """Whether a request for `key` (its picture `digest`, if given) can be served from

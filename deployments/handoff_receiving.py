@@ -46,6 +46,7 @@ class Receiving:
     _first_ring: Ring | None
     _manifests: dict[str, tuple[str, frozenset[ImageKey]]]
     _relaying: set[str]
+    _upstream: dict[str, dict[ImageKey, frozenset[str]]]
     _settled: dict[str, str]
     _coming: dict[ImageKey, dict[str, float]]
     _waited_out: set[tuple[ImageKey, str]]
@@ -67,12 +68,18 @@ class Receiving:
         keys: Iterable[ImageKey],
         clock: int = 0,
         relaying: bool = False,
+        upstream: Iterable[tuple[ImageKey, Iterable[str]]] = (),
     ) -> None:
         """`sender` announces the images it is about to send here for its ring `version`
-        (`relaying`: and maybe others, that reach it before it says "settled")."""
+        (`relaying`: and maybe others, that reach it before it says "settled"); `upstream`:
+        of those on their way to it, the replicas it awaits each from."""
         self.ownership.clock.observe(clock)
         listed = frozenset(tuple(key) for key in keys)
         self._manifests[sender] = (version, listed)  # type: ignore[assignment]
+        self._upstream[sender] = {
+            tuple(key): frozenset(senders) - {self.me}  # type: ignore[misc]
+            for key, senders in upstream
+        }
         if relaying:
             self._relaying.add(sender)
         else:
@@ -160,8 +167,8 @@ class Receiving:
         each = (time.perf_counter() - started) / len(states)
         onward: list[ImageKey] = []
         for (key, state), kept in zip(states, accepted, strict=True):
-            self._received(key)
             if not kept:
+                self._received(key)
                 continue
             if self.recorder is not None:
                 self.recorder.record_handoff("received", each)
@@ -169,10 +176,16 @@ class Receiving:
             if old is not None and old[0] != state.content_digest:
                 await self._invalidate(key)
             onward.append(key)
+        # The owner of images that are not ours hears they will come from here before they
+        # count as arrived: this replica's own hand-off waits for them (`_until_relayed`),
+        # and its "settled" must not reach that owner before its "coming".
+        owners = await asyncio.gather(*(self._announce_onward(key) for key in onward))
+        for key in onward:
+            self._received(key)
         self._announce_news()
-        # Before the sender hears they arrived (and says "settled" to their owner): the
-        # owner of images that are not ours hears they will come from here.
-        await asyncio.gather(*(self._send_on_if_not_mine(key) for key in onward))
+        for key, owner in zip(onward, owners, strict=True):
+            if owner is not None:
+                self._spawn(self._send_on_later(key, owner))
         return accepted
 
     async def _send_on_if_not_mine(self, key: ImageKey) -> None:
@@ -181,17 +194,24 @@ class Receiving:
         (`coming`, acknowledged), so that a request there waits for it rather than answering
         404 or embedding it again; once rings have settled, it goes on to its owner if that
         still holds (in a task of its own), else the owner hears it will not come."""
+        owner = await self._announce_onward(key)
+        if owner is not None:
+            self._spawn(self._send_on_later(key, owner))
+
+    async def _announce_onward(self, key: ImageKey) -> str | None:
+        """The owner hears that `key` will come from here (`coming`, acknowledged), if it is
+        not this replica's: returns that owner."""
         if self.ring is None or self.ownership.role(key) is Role.BORROWED:
-            return
+            return None
         owner = self.ring.owner(ring_key(key))
         if owner is None or owner == self.me:
-            return
+            return None
         held = self.engine.pictures.image_version(key)
         versions = [held[1] if held is not None else 0]
         await self._call_quietly(
             owner, "coming", self.me, [key], self.ownership.clock.now, versions
         )
-        self._spawn(self._send_on_later(key, owner))
+        return owner
 
     async def _send_on_later(self, key: ImageKey, announced_to: str) -> None:
         if not self._leaving:
@@ -231,6 +251,10 @@ class Receiving:
             if self._only_ranked_after(key, sender) or self._only_by_a_leaver(key, sender):
                 remaining = min(remaining, started + UNANNOUNCED_WAIT_S - self._now())
             if remaining <= 0 or not await self.peers.alive(sender):
+                if remaining > 0:  # a relay died: those it awaited the image from send it
+                    for source in self._upstream.get(sender, {}).get(key, ()):
+                        if source not in done and await self.peers.alive(source):
+                            self.ownership.announce(key, source, now=self._now())
                 self._received(key, sender)
                 done.add(sender)
                 self._waited_out.add((key, sender))  # later requests do not wait again

@@ -55,6 +55,7 @@ class Sending:
             del self._manifests[sender]
             self._settled.pop(sender, None)
             self._relaying.discard(sender)
+            self._upstream.pop(sender, None)
         self._sweep()
         self._announce_news()
         logger.info("segmenter %s: ring of %d replicas", self.me, len(ring.replicas))
@@ -132,10 +133,18 @@ class Sending:
             )
         clock = self.ownership.clock.now
         relaying = bool(relayed or self._unsettled_leavers(ring))
+        upstream = {k: sorted(self.ownership.senders(k)) for k in relayed}
         await asyncio.gather(
             *(
                 self._notify(
-                    t, "manifest", self.me, ring.version, moves[t] + underway[t], clock, relaying
+                    t,
+                    "manifest",
+                    self.me,
+                    ring.version,
+                    moves[t] + underway[t],
+                    clock,
+                    relaying,
+                    [(k, upstream[k]) for k in underway[t] if k in upstream],
                 )
                 for t in targets
             )

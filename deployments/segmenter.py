@@ -37,7 +37,12 @@ from deployments.video_handoff import SessionMovingError, VideoHandoff
 from deployments.video_operations import VideoCall, VideoReply, run_video, stream_video
 from sam3_core.calls import DecoderFile, ImageRequest
 from sam3_core.engine import Segmenter
-from sam3_core.errors import ImageBytesNeededError, Sam3Error, SessionNotFoundError
+from sam3_core.errors import (
+    ImageBytesNeededError,
+    ImageNotCachedError,
+    Sam3Error,
+    SessionNotFoundError,
+)
 from sam3_core.settings import EngineSettings
 from sam3_core.video_sessions import VideoSessions
 
@@ -102,6 +107,16 @@ class SegmenterReplica:
 
     async def _serve(
         self, operation: Operation, request: ImageRequest, forwarded: bool = False
+    ) -> Reply | Sam3Error:
+        reply = await self._serve_once(operation, request, forwarded)
+        if isinstance(reply, ImageNotCachedError) and self.handoff.lost_borrowed_copy(request):
+            # The copy borrowed for it left this replica's cache before the engine read it
+            # (other images pushed it out): fetched again, or sent on to the owner, once.
+            reply = await self._serve_once(operation, request, forwarded)
+        return reply
+
+    async def _serve_once(
+        self, operation: Operation, request: ImageRequest, forwarded: bool
     ) -> Reply | Sam3Error:
         arrived = time.perf_counter()
         async with self.handoff.serving(request, forwarded) as owner:

@@ -356,10 +356,20 @@ class World:
         return [
             name
             for name in sorted(self.replicas)
-            if self.running(name)
-            and self.replicas[name].engine.pictures.holds(key)
-            and self.replicas[name].handoff.ownership.role(key) is not Role.BORROWED
+            if self.running(name) and self.owns_picture(name, key)
         ]
+
+    def owns_picture(self, name: str, key: Any, digest: str | None = None) -> bool:
+        """Whether `name` holds a picture of `key` as its own: not a borrowed copy, nor one
+        its lender told it to forget, dropped once the requests that may read it end."""
+        replica = self.replicas[name]
+        held = replica.engine.pictures.image_version(key)
+        return (
+            held is not None
+            and digest in (None, held[0])
+            and replica.handoff.ownership.role(key) is not Role.BORROWED
+            and replica.handoff._stale.get(key) != held[0]
+        )
 
     def check_embed(self, name: str, key: Any, digest: str) -> None:
         """An embed on `name`, which held no picture under `key`: no live replica may hold
@@ -369,10 +379,7 @@ class World:
         holders = [
             other
             for other in sorted(self.replicas)
-            if other != name
-            and self.running(other)
-            and self.replicas[other].engine.pictures.holds(key, digest)
-            and self.replicas[other].handoff.ownership.role(key) is not Role.BORROWED
+            if other != name and self.running(other) and self.owns_picture(other, key, digest)
         ]
         self.log(f"{name} embeds {key[1]} {digest[:6]}")
         # A stopped replica's process is gone on Ray: what its coroutines still do here

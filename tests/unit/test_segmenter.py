@@ -39,6 +39,9 @@ class AlwaysOwner:
 
     async def after(self, request: object, embedding_cache: str) -> None: ...
 
+    def lost_borrowed_copy(self, request: object) -> bool:
+        return False
+
 
 @pytest.fixture
 def replica(segmenter):
