@@ -56,6 +56,8 @@ logger = logging.getLogger("ray.serve")
 FORWARD_TIMEOUT_S = 120.0
 # Earlier rings a replica remembers, to know who owned an image before.
 RING_HISTORY = 4
+# How often a borrower is asked to forget a replaced picture before the write is answered.
+FORGET_ATTEMPTS = 2
 # What other replicas may call (`answer`).
 CALLS = frozenset({"manifest", "settled", "coming", "not_coming", "adopt", "export", "forget"})
 
@@ -107,6 +109,9 @@ class Handoff(Receiving, Sending):
         self._quiet: dict[ImageKey, asyncio.Event] = {}
         # Forgotten pictures that requests still running here use: dropped once they end.
         self._stale: dict[ImageKey, str] = {}
+        # Borrowers being told to forget a picture replaced here: no request for the key is
+        # answered until they have (an answer from the new picture acknowledges it).
+        self._invalidating: dict[ImageKey, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         # The latest ring change's sending: the next one says "settled" only after it.
         self._moving: asyncio.Task | None = None
@@ -205,6 +210,8 @@ class Handoff(Receiving, Sending):
                 after = self.engine.pictures.image_version(key)
                 if after is not None and (before is None or after[0] != before[0]):
                     await asyncio.shield(self._invalidate(key))
+                elif (pending := self._invalidating.get(key)) is not None:
+                    await asyncio.shield(pending)
 
     def _done_serving(self, key: ImageKey) -> None:
         self._serving[key] -= 1
@@ -304,13 +311,45 @@ class Handoff(Receiving, Sending):
             await self._send_on_if_not_mine(key)
 
     async def _invalidate(self, key: ImageKey) -> None:
-        """Borrowers of `key` forget their copies (acknowledged, each within the timeout)."""
+        """Borrowers of `key` forget their copies (acknowledged, each within the timeout and
+        asked again once); requests for `key` served meanwhile wait for it too."""
         borrowers = self.ownership.changed(key)
-        if borrowers:
-            version = self.ownership.clock.tick()
-            await asyncio.gather(
-                *(self._call_quietly(b, "forget", key, version) for b in sorted(borrowers))
-            )
+        if not borrowers:
+            return
+        version = self.ownership.clock.tick()
+        earlier = self._invalidating.get(key)
+        told = asyncio.gather(
+            *([earlier] if earlier is not None else []),
+            *(self._forget_at(b, key, version) for b in sorted(borrowers)),
+        )
+        self._invalidating[key] = told
+
+        def done(_: asyncio.Future) -> None:
+            if self._invalidating.get(key) is told:
+                del self._invalidating[key]
+
+        told.add_done_callback(done)
+        await asyncio.shield(told)  # the waiting requests' too, whoever hangs up
+
+    async def _forget_at(self, borrower: str, key: ImageKey, version: int) -> None:
+        """`borrower` forgets its copy of `key`, acknowledged; asked again once if the call
+        failed while it still runs (a lost forget leaves it answering from the older
+        picture until its next ring change)."""
+        for attempt in range(FORGET_ATTEMPTS):
+            if not await self.peers.alive(borrower):
+                return
+            try:
+                await self.peers.call(borrower, "forget", key, version, timeout_s=self.timeout_s)
+                return
+            except Exception as error:
+                logger.info(
+                    "segmenter %s: forget of %s to %s failed (attempt %d): %r",
+                    self.me,
+                    key[1],
+                    borrower,
+                    attempt + 1,
+                    error,
+                )
 
     async def _fetch(self, owner: str, key: ImageKey, digest: str | None) -> bool:
         """Borrow the owner's picture of `key` (that picture, given `digest`); one fetch at a
