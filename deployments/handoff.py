@@ -109,6 +109,10 @@ class Handoff(Receiving, Sending):
         self._quiet: dict[ImageKey, asyncio.Event] = {}
         # Forgotten pictures that requests still running here use: dropped once they end.
         self._stale: dict[ImageKey, str] = {}
+        # Keys a hand-off waits to send until the requests running for them end: new
+        # requests for them go to their owner meanwhile, else a stream of them (from an
+        # ingress on an old ring) would hold the hand-off up until its timeout.
+        self._draining: Counter[ImageKey] = Counter()
         # Borrowers being told to forget a picture replaced here: no request for the key is
         # answered until they have (an answer from the new picture acknowledges it).
         self._invalidating: dict[ImageKey, asyncio.Future] = {}
@@ -252,7 +256,9 @@ class Handoff(Receiving, Sending):
                 # copy cannot answer (new bytes) goes on to the lender, like a helper's own.
                 forwarded = False
             if owner == self.me and self.ownership.role(key) is Role.BORROWED:
-                self.ownership.take_over(key)  # borrowed before the ring made it ours
+                self._take_over(key)  # borrowed before the ring made it ours
+            if forwarded and self._leaving_soon(key):
+                forwarded = False  # about to leave for its owner, which will wait for it
             if self.ownership.role(key) is Role.SENDING and (forwarded or owner in (None, self.me)):
                 # On its way out: neither answered from nor written to here (new bytes would
                 # stay behind, newer than what arrives); once gone, whose it is decides.
@@ -266,6 +272,12 @@ class Handoff(Receiving, Sending):
                 ):
                     return None
                 await self._await_incoming(key)
+                if (
+                    self.ring == ring
+                    and owner == self.me
+                    and self.ownership.role(key) is Role.BORROWED
+                ):
+                    continue  # another request's fetch brought a copy meanwhile: taken over
                 if self.ring == ring and (
                     owner in (None, self.me) or self.engine.pictures.holds(key)
                 ):
@@ -279,6 +291,8 @@ class Handoff(Receiving, Sending):
                 continue
             if await self._fetch(owner, key, digest):
                 return None
+            if self.ring != ring:
+                continue  # the fetch outlasted the ring that named this owner
             logger.info("segmenter %s: %s goes on to its owner %s", self.me, key[1], owner)
             return owner
 
@@ -314,10 +328,12 @@ class Handoff(Receiving, Sending):
         """Borrowers of `key` forget their copies (acknowledged, each within the timeout and
         asked again once); requests for `key` served meanwhile wait for it too."""
         borrowers = self.ownership.changed(key)
+        earlier = self._invalidating.get(key)
         if not borrowers:
+            if earlier is not None:  # told by another request that stored new content
+                await asyncio.shield(earlier)
             return
         version = self.ownership.clock.tick()
-        earlier = self._invalidating.get(key)
         told = asyncio.gather(
             *([earlier] if earlier is not None else []),
             *(self._forget_at(b, key, version) for b in sorted(borrowers)),
@@ -394,6 +410,25 @@ class Handoff(Receiving, Sending):
                 self.ownership.unborrow(key)
         return self._usable(key, digest)
 
+    def _take_over(self, key: ImageKey) -> None:
+        """The ring made this replica the owner of a copy it borrowed. Its lender owned it
+        on an earlier ring and may not know yet (its ring behind ours): it may still answer
+        from its picture, and will send it here. Until it does, or says it will not (a
+        manifest for a ring that is not its own without the key, "settled"), or is gone,
+        requests here wait, as for an image on its way: new bytes written here first would
+        leave the lender answering from the older picture."""
+        lender = self.ownership.peer(key)
+        self.ownership.take_over(key)
+        if lender is None or self.ring is None:
+            return
+        manifest = self._manifests.get(lender)
+        if manifest is not None:
+            version, listed = manifest
+            theirs = Ring.of_version(version, self.ring.virtual_nodes)
+            if key not in listed and theirs.owner(ring_key(key)) != lender:
+                return  # it said: the image does not come from it
+        self.ownership.announce(key, lender, now=self._now())
+
     def lost_borrowed_copy(self, request: ImageRequest) -> bool:
         """Whether the copy of the request's image borrowed here is gone (the cache pushed it
         out): then it counts as never borrowed, and the request may be prepared again."""
@@ -411,6 +446,15 @@ class Handoff(Receiving, Sending):
             and self.ownership.role(key) is not Role.SENDING
             and key not in self._stale
             and not self._awaits_newer(key)
+            and not self._leaving_soon(key)
+        )
+
+    def _leaving_soon(self, key: ImageKey) -> bool:
+        """Whether a hand-off waits to send `key` to the owner the current ring names."""
+        return (
+            key in self._draining
+            and self.ring is not None
+            and self.ring.owner(ring_key(key)) not in (None, self.me)
         )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +35,22 @@ class Sending:
     ring: Ring | None
     ownership: Ownership
     _first_ring: Ring | None
+    _history: deque[Ring]
     _coming: dict[ImageKey, dict[str, float]]
     _waited_out: set[tuple[ImageKey, str]]
+    _manifests: dict[str, tuple[str, frozenset[ImageKey]]]
+    _relaying: set[str]
+    _upstream: dict[str, dict[ImageKey, frozenset[str]]]
+    _settled: dict[str, str]
+    _news: asyncio.Event
+    _serving: Counter[ImageKey]
+    _draining: Counter[ImageKey]
+    _quiet: dict[ImageKey, asyncio.Event]
+    _tasks: set[asyncio.Task]
+    _moving: asyncio.Task | None
+    _leaving: bool
+    _concurrency: int
+    _sending: asyncio.Semaphore | None
 
     # Ring changes, and sending -----------------------------------------------------------
 
@@ -94,7 +108,7 @@ class Sending:
             if self.ownership.role(key) is Role.BORROWED:
                 lender = self.ownership.peer(key)
                 if owner == self.me:
-                    self.ownership.take_over(key)  # ours now
+                    self._take_over(key)  # ours now
                 elif owner != lender:  # the lender no longer owns it, nor tracks this copy
                     held = self.engine.pictures.image_version(key)
                     if held is None:
@@ -181,24 +195,31 @@ class Sending:
         if self._sending is None:
             self._sending = asyncio.Semaphore(self._concurrency)
         async with self._sending:
-            await self._until_served(keys)
-            owners: dict[str, list[ImageKey]] = defaultdict(list)
-            for key in keys:
-                owner = self.ring.owner(ring_key(key)) if self.ring is not None else target
-                if (
-                    owner not in (None, self.me)
-                    and self.ownership.role(key) not in (Role.BORROWED, Role.SENDING)
-                    and self.engine.pictures.holds(key)
-                ):
-                    owners[owner].append(key)  # type: ignore[index]
-            # All marked before the first call: a request arriving meanwhile must not take
-            # a key of a later batch as held here (and embed it again once it has gone).
-            # The new owner, if it borrowed a copy, is not told to forget it: it adopts the
-            # picture sent by version, and may hold a newer one a client sent it.
-            borrowers = {
-                owner: [(key, self.ownership.sending(key, owner) - {owner}) for key in owned]
-                for owner, owned in owners.items()
-            }
+            self._draining.update(keys)
+            try:
+                await self._until_served(keys)
+                owners: dict[str, list[ImageKey]] = defaultdict(list)
+                for key in keys:
+                    owner = self.ring.owner(ring_key(key)) if self.ring is not None else target
+                    if (
+                        owner not in (None, self.me)
+                        and self.ownership.role(key) not in (Role.BORROWED, Role.SENDING)
+                        and self.engine.pictures.holds(key)
+                    ):
+                        owners[owner].append(key)  # type: ignore[index]
+                # All marked before the first call: a request arriving meanwhile must not
+                # take a key of a later batch as held here (and embed it again once it has
+                # gone). The new owner, if it borrowed a copy, is not told to forget it: it
+                # adopts the picture sent by version, and may hold a newer one a client sent.
+                borrowers = {
+                    owner: [(key, self.ownership.sending(key, owner) - {owner}) for key in owned]
+                    for owner, owned in owners.items()
+                }
+            finally:
+                self._draining.subtract(keys)
+                for key in keys:
+                    if self._draining[key] <= 0:
+                        del self._draining[key]
             for owner, owned in owners.items():
                 await self._send_batch(owner, owned, borrowers[owner])
 

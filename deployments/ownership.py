@@ -197,10 +197,15 @@ class Ownership:
     def forget(self, key: Hashable, version: int, now: float) -> bool:
         """-> forgotten: the owner holds `version`, newer than any copy lent before it.
         Returns whether this replica held a borrowed copy (to drop). A copy that became
-        this replica's own (`take_over`) is the caller's to compare with `version`."""
+        this replica's own (`take_over`) is the caller's to compare with `version`; one
+        still receiving (a copy taken over whose lender has not sent its picture yet) waits
+        for a value at least that new (`awaits_newer`)."""
         self.clock.observe(version)
         entry = self._entries.get(key)
-        if entry is not None and entry.role in (Role.LENT, Role.RECEIVING, Role.SENDING):
+        if entry is not None and entry.role is Role.RECEIVING:
+            entry.version = max(entry.version, version)
+            return False
+        if entry is not None and entry.role in (Role.LENT, Role.SENDING):
             return False  # owner here (or about to be): its own versions decide
         borrowed = entry is not None and entry.role is Role.BORROWED
         previous = entry.version if entry is not None and entry.role is Role.FORGOTTEN else 0

@@ -114,7 +114,12 @@ class SimPeers:
         try:
             return await asyncio.wait_for(self._deliver(replica, method, args), timeout_s)
         except ConnectionError:
-            await asyncio.sleep(timeout_s)  # a lost message is noticed by the timeout only
+            if self.world.states.get(replica) == "stopped":
+                # An actor that exited: Ray fails calls to it at once.
+                raise ConnectionError(f"{method} to {replica}: it stopped") from None
+            # A lost message, or a replica on a lost node (Ray notices that late): only the
+            # timeout tells.
+            await asyncio.sleep(timeout_s)
             raise TimeoutError(f"{method} to {replica}") from None
 
     async def notify(self, replica: str, method: str, *args: Any, timeout_s: float) -> None:
@@ -361,13 +366,23 @@ class World:
 
     def owns_picture(self, name: str, key: Any, digest: str | None = None) -> bool:
         """Whether `name` holds a picture of `key` as its own: not a borrowed copy, nor one
-        its lender told it to forget, dropped once the requests that may read it end."""
+        its lender told it to forget, dropped once the requests that may read it end, nor
+        one on its way out that its receiver has already taken in."""
         replica = self.replicas[name]
         held = replica.engine.pictures.image_version(key)
+        role = replica.handoff.ownership.role(key)
+        if role is Role.SENDING:
+            target = self.replicas.get(replica.handoff.ownership.peer(key) or "")
+            if (
+                held is not None
+                and target is not None
+                and target.engine.adopted.get(key) == held[0]
+            ):
+                return False
         return (
             held is not None
             and digest in (None, held[0])
-            and replica.handoff.ownership.role(key) is not Role.BORROWED
+            and role is not Role.BORROWED
             and replica.handoff._stale.get(key) != held[0]
         )
 

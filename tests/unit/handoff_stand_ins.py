@@ -114,6 +114,18 @@ class SimEngine:
 
         self.pictures.drop_image = drop_image  # type: ignore[method-assign]
 
+        # The picture each key last arrived as by a hand-off or loan (its digest).
+        self.adopted: dict[Hashable, str] = {}
+        adopt = self.pictures.adopt_image
+
+        def adopt_image(key: Any, state: Any) -> bool:
+            kept = adopt(key, state)
+            if kept:
+                self.adopted[key] = state.content_digest
+            return kept
+
+        self.pictures.adopt_image = adopt_image  # type: ignore[method-assign]
+
     def _left(self, key: Hashable, entry: Any) -> None:
         self.logits.drop_image((key, entry.content_digest))
         if not self._dropping and self.embeddings.peek(key) is None:
