@@ -107,8 +107,12 @@ class Handoff(Receiving, Sending):
         # Requests running here, by key; who waits for a key to have none.
         self._serving: Counter[ImageKey] = Counter()
         self._quiet: dict[ImageKey, asyncio.Event] = {}
-        # Forgotten pictures that requests still running here use: dropped once they end.
+        # Each running request's token, by key; forgotten pictures that requests running
+        # here when they were forgotten may still read (`_stale_readers`): dropped once
+        # those end. Requests that came later wait for the drop.
+        self._readers: dict[ImageKey, set[object]] = {}
         self._stale: dict[ImageKey, str] = {}
+        self._stale_readers: dict[ImageKey, set[object]] = {}
         # Keys a hand-off waits to send until the requests running for them end: new
         # requests for them go to their owner meanwhile, else a stream of them (from an
         # ingress on an old ring) would hold the hand-off up until its timeout.
@@ -141,13 +145,15 @@ class Handoff(Receiving, Sending):
 
     async def export(self, key: ImageKey, content_digest: str | None, borrower: str) -> Any:
         """This replica's picture of `key` for `borrower` (None when it has no such one, or
-        holds only a borrowed copy, or is sending it away)."""
+        holds only a borrowed copy, is sending it away, or waits for another replica's
+        picture of it, which may be newer)."""
         key = tuple(key)  # type: ignore[assignment]
-        if self.ownership.role(key) in (Role.BORROWED, Role.SENDING):
+        unlendable = (Role.BORROWED, Role.SENDING, Role.RECEIVING)
+        if self.ownership.role(key) in unlendable:
             return None
         self._sweep()
         state = await asyncio.to_thread(self.engine.pictures.export_image, key, content_digest)
-        if state is None or self.ownership.role(key) in (Role.BORROWED, Role.SENDING):
+        if state is None or self.ownership.role(key) in unlendable:
             return None
         self.ownership.lend(key, borrower)
         return state
@@ -169,10 +175,32 @@ class Handoff(Receiving, Sending):
         """Drop the copy of `key` (`digest`) held here; requests sent before the change
         finish from it."""
         self.ownership.unborrow(key)
-        if key in self._serving:
+        readers = self._readers.get(key)
+        if readers:
             self._stale[key] = digest
+            self._stale_readers[key] = set(readers)
         else:
             self.engine.pictures.drop_image(key, digest)
+
+    def _drop_stale(self, key: ImageKey) -> None:
+        digest = self._stale.pop(key, None)
+        self._stale_readers.pop(key, None)
+        if digest is not None:
+            self.engine.pictures.drop_image(key, digest)
+            self._announce_news()
+
+    async def _until_dropped(self, key: ImageKey) -> None:
+        """Wait (bounded) until the forgotten picture of `key` that earlier requests still
+        read is dropped; past the timeout it is dropped under them."""
+        deadline = self._now() + self.timeout_s
+        while key in self._stale:
+            remaining = deadline - self._now()
+            if remaining <= 0:
+                self._drop_stale(key)
+                return
+            news = self._news
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(news.wait(), min(remaining, 1.0))
 
     def _sweep(self) -> None:
         now = self._now()
@@ -199,39 +227,49 @@ class Handoff(Receiving, Sending):
         owner does not hold it (the owner may be waiting for it). Before the request is
         answered, borrowers forget a picture it replaced, whether or not it succeeded."""
         key = request_key(request)
+        token = object()
         self._serving[key] += 1
+        self._readers.setdefault(key, set()).add(token)
         running = True
         before = self.engine.pictures.image_version(key)
         try:
-            owner = await self.prepare(request, forwarded)
+            owner = await self.prepare(request, forwarded, token)
             if owner is not None:
                 running = False
-                self._done_serving(key)
+                self._done_serving(key, token)
             yield owner
         finally:
             if running:
-                self._done_serving(key)
+                self._done_serving(key, token)
                 after = self.engine.pictures.image_version(key)
                 if after is not None and (before is None or after[0] != before[0]):
                     await asyncio.shield(self._invalidate(key))
                 elif (pending := self._invalidating.get(key)) is not None:
                     await asyncio.shield(pending)
 
-    def _done_serving(self, key: ImageKey) -> None:
+    def _done_serving(self, key: ImageKey, token: object) -> None:
+        readers = self._readers.get(key, set())
+        readers.discard(token)
+        if not readers:
+            self._readers.pop(key, None)
+        stale_readers = self._stale_readers.get(key)
+        if stale_readers is not None:
+            stale_readers.discard(token)
+            if not stale_readers:
+                self._drop_stale(key)
         self._serving[key] -= 1
         if not self._serving[key]:
             del self._serving[key]
-            stale = self._stale.pop(key, None)
-            if stale is not None:
-                self.engine.pictures.drop_image(key, stale)
             quiet = self._quiet.pop(key, None)
             if quiet is not None:
                 quiet.set()
 
-    async def prepare(self, request: ImageRequest, forwarded: bool = False) -> str | None:
+    async def prepare(
+        self, request: ImageRequest, forwarded: bool = False, reader: object = None
+    ) -> str | None:
         """Before the engine serves `request` here: get its image from the replica that has
         it, if that is another. Returns the owner to forward the request to instead, or
-        None to serve it here."""
+        None to serve it here. `reader`: the request's token (`serving`)."""
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
         while True:
@@ -266,6 +304,10 @@ class Handoff(Receiving, Sending):
                 forwarded = False
                 continue
             if forwarded or owner is None or owner == self.me:
+                if key in self._stale and reader not in self._stale_readers.get(key, ()):
+                    # A forgotten picture that earlier requests still read: not this one's.
+                    await self._until_dropped(key)
+                    continue
                 if (
                     self.engine.pictures.holds(key)
                     and self.ownership.role(key) is not Role.RECEIVING

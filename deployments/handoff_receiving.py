@@ -168,7 +168,7 @@ class Receiving:
         onward: list[ImageKey] = []
         for (key, state), kept in zip(states, accepted, strict=True):
             if not kept:
-                self._received(key)
+                self._received(key, sender)
                 continue
             if self.recorder is not None:
                 self.recorder.record_handoff("received", each)
@@ -180,8 +180,10 @@ class Receiving:
         # count as arrived: this replica's own hand-off waits for them (`_until_relayed`),
         # and its "settled" must not reach that owner before its "coming".
         owners = await asyncio.gather(*(self._announce_onward(key) for key in onward))
+        # Each sender's arrival ends only its own announcement: another replica that
+        # announced the image may hold a newer picture (two owners' rings disagreed).
         for key in onward:
-            self._received(key)
+            self._received(key, sender)
         self._announce_news()
         for key, owner in zip(onward, owners, strict=True):
             if owner is not None:
