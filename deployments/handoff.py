@@ -39,7 +39,7 @@ import inspect
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from deployments.handoff_receiving import Receiving
@@ -104,13 +104,11 @@ class Handoff(Receiving, Sending):
         self._waited_out: set[tuple[ImageKey, str]] = set()
         self._news = asyncio.Event()
         self._fetches: dict[tuple[ImageKey, str | None], asyncio.Task[bool]] = {}
-        # Requests running here, by key; who waits for a key to have none.
-        self._serving: Counter[ImageKey] = Counter()
+        # Requests running here (a token each), by key; who waits for a key to have none.
+        self._serving: dict[ImageKey, set[object]] = {}
         self._quiet: dict[ImageKey, asyncio.Event] = {}
-        # Each running request's token, by key; forgotten pictures that requests running
-        # here when they were forgotten may still read (`_stale_readers`): dropped once
-        # those end. Requests that came later wait for the drop.
-        self._readers: dict[ImageKey, set[object]] = {}
+        # Forgotten pictures that the requests running here when they were forgotten may
+        # still read (`_stale_readers`): dropped once those end. Later requests wait.
         self._stale: dict[ImageKey, str] = {}
         self._stale_readers: dict[ImageKey, set[object]] = {}
         # Keys a hand-off waits to send until the requests running for them end: new
@@ -175,7 +173,7 @@ class Handoff(Receiving, Sending):
         """Drop the copy of `key` (`digest`) held here; requests sent before the change
         finish from it."""
         self.ownership.unborrow(key)
-        readers = self._readers.get(key)
+        readers = self._serving.get(key)
         if readers:
             self._stale[key] = digest
             self._stale_readers[key] = set(readers)
@@ -192,15 +190,21 @@ class Handoff(Receiving, Sending):
     async def _until_dropped(self, key: ImageKey) -> None:
         """Wait (bounded) until the forgotten picture of `key` that earlier requests still
         read is dropped; past the timeout it is dropped under them."""
+        if not await self._while(lambda: key in self._stale):
+            self._drop_stale(key)
+
+    async def _while(self, busy: Callable[[], bool]) -> bool:
+        """Wait until `busy()` is false, looking again at each piece of news (and every
+        second), within the hand-off timeout; returns whether it ended in time."""
         deadline = self._now() + self.timeout_s
-        while key in self._stale:
+        while busy():
             remaining = deadline - self._now()
             if remaining <= 0:
-                self._drop_stale(key)
-                return
+                return False
             news = self._news
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(news.wait(), min(remaining, 1.0))
+        return True
 
     def _sweep(self) -> None:
         now = self._now()
@@ -228,8 +232,7 @@ class Handoff(Receiving, Sending):
         answered, borrowers forget a picture it replaced, whether or not it succeeded."""
         key = request_key(request)
         token = object()
-        self._serving[key] += 1
-        self._readers.setdefault(key, set()).add(token)
+        self._serving.setdefault(key, set()).add(token)
         running = True
         before = self.engine.pictures.image_version(key)
         try:
@@ -248,17 +251,14 @@ class Handoff(Receiving, Sending):
                     await asyncio.shield(pending)
 
     def _done_serving(self, key: ImageKey, token: object) -> None:
-        readers = self._readers.get(key, set())
-        readers.discard(token)
-        if not readers:
-            self._readers.pop(key, None)
         stale_readers = self._stale_readers.get(key)
         if stale_readers is not None:
             stale_readers.discard(token)
             if not stale_readers:
                 self._drop_stale(key)
-        self._serving[key] -= 1
-        if not self._serving[key]:
+        running = self._serving[key]
+        running.discard(token)
+        if not running:
             del self._serving[key]
             quiet = self._quiet.pop(key, None)
             if quiet is not None:
@@ -340,14 +340,7 @@ class Handoff(Receiving, Sending):
 
     async def _until_sent(self, key: ImageKey) -> None:
         """Wait (bounded) until `key` is no longer on its way out of this replica."""
-        deadline = self._now() + self.timeout_s
-        while self.ownership.role(key) is Role.SENDING:
-            remaining = deadline - self._now()
-            if remaining <= 0:
-                return
-            news = self._news
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(news.wait(), min(remaining, 1.0))
+        await self._while(lambda: self.ownership.role(key) is Role.SENDING)
 
     async def forward(self, owner: str, operation: str, request: ImageRequest) -> Any:
         """Serve `request` on its owner and return the owner's reply."""

@@ -43,7 +43,7 @@ class Sending:
     _upstream: dict[str, dict[ImageKey, frozenset[str]]]
     _settled: dict[str, str]
     _news: asyncio.Event
-    _serving: Counter[ImageKey]
+    _serving: dict[ImageKey, set[object]]
     _draining: Counter[ImageKey]
     _quiet: dict[ImageKey, asyncio.Event]
     _tasks: set[asyncio.Task]

@@ -430,7 +430,6 @@ class World:
             "serving": len(handoff._serving),
             "quiet": len(handoff._quiet),
             "stale": len(handoff._stale) + len(handoff._stale_readers),
-            "readers": len(handoff._readers),
             "coming": len(handoff._coming),
         }
         if any(left.values()):
