@@ -272,8 +272,12 @@ class Handoff(Receiving, Sending):
         None to serve it here. `reader`: the request's token (`serving`)."""
         key = request_key(request)
         digest = request.image_digest if request.image is not None else None
+        # Bytes (or their digest) are a write, even of the picture held: the owner's alone,
+        # so that its versions order every write (a copy restamped here would outrank the
+        # lender's newer picture once the ring makes this replica the owner).
+        writes = request.image is not None or request.image_digest is not None
         while True:
-            if self._usable(key, digest):
+            if self._usable(key, digest, writes):
                 return None
             ring = self.ring
             owner = ring.owner(ring_key(key)) if ring is not None else None
@@ -281,6 +285,7 @@ class Handoff(Receiving, Sending):
             if (
                 forwarded
                 and owner not in (None, self.me)
+                and not writes
                 and not self.engine.pictures.holds(key)
                 and await self._fetch(owner, key, digest)  # type: ignore[arg-type]
             ):
@@ -321,7 +326,11 @@ class Handoff(Receiving, Sending):
                 ):
                     continue  # another request's fetch brought a copy meanwhile: taken over
                 if self.ring == ring and (
-                    owner in (None, self.me) or self.engine.pictures.holds(key)
+                    owner in (None, self.me)
+                    or (
+                        self.engine.pictures.holds(key)
+                        and self.ownership.role(key) is not Role.BORROWED
+                    )
                 ):
                     return None
                 # The ring changed while it waited (whose is the image now?), or a request sent
@@ -331,7 +340,7 @@ class Handoff(Receiving, Sending):
                 # within moments, and the first hop's forward timeout bounds the chain.
                 forwarded = False
                 continue
-            if await self._fetch(owner, key, digest):
+            if not writes and await self._fetch(owner, key, digest):
                 return None
             if self.ring != ring:
                 continue  # the fetch outlasted the ring that named this owner
@@ -417,6 +426,8 @@ class Handoff(Receiving, Sending):
         self._sweep()
         started = time.perf_counter()
         try:
+            if not await self.peers.alive(owner):
+                raise ConnectionError(f"{owner} is gone")
             state = await self.peers.call(
                 owner, "export", key, digest, self.me, timeout_s=self.timeout_s
             )
@@ -473,11 +484,13 @@ class Handoff(Receiving, Sending):
         self.ownership.unborrow(key)
         return True
 
-    def _usable(self, key: ImageKey, digest: str | None) -> bool:
-        """Whether a request for `key` (its picture `digest`, if given) can be served from
-        the picture held here: not on its way out, not forgotten, no newer one coming."""
+    def _usable(self, key: ImageKey, digest: str | None, writes: bool = False) -> bool:
+        """Whether a request for `key` (its picture `digest`, if given; `writes`: it sends
+        bytes) can be served from the picture held here: not on its way out, not forgotten,
+        no newer one coming, not a borrowed copy to write."""
         return (
             self.engine.pictures.holds(key, digest)
+            and not (writes and self.ownership.role(key) is Role.BORROWED)
             and self.ownership.role(key) is not Role.SENDING
             and key not in self._stale
             and not self._awaits_newer(key)

