@@ -153,7 +153,7 @@ class Handoff(Receiving, Sending):
         state = await asyncio.to_thread(self.engine.pictures.export_image, key, content_digest)
         if state is None or self.ownership.role(key) in unlendable:
             return None
-        self.ownership.lend(key, borrower)
+        self.ownership.lend(key, borrower, state.content_digest)
         return state
 
     def forget(self, key: ImageKey, version: int) -> None:
@@ -245,7 +245,11 @@ class Handoff(Receiving, Sending):
             if running:
                 self._done_serving(key, token)
                 after = self.engine.pictures.image_version(key)
-                if after is not None and (before is None or after[0] != before[0]):
+                if after is not None and (
+                    before is None
+                    or after[0] != before[0]
+                    or self.ownership.lent_other_than(key, after[0])
+                ):
                     await asyncio.shield(self._invalidate(key))
                 elif (pending := self._invalidating.get(key)) is not None:
                     await asyncio.shield(pending)

@@ -90,6 +90,8 @@ class _Entry:
     since: float = 0.0
     # receiving: every replica that announced the key (it may come from any of them).
     senders: set[str] = field(default_factory=set)
+    # lent: the pictures (content digests) lent since the key last changed.
+    lent: set[str] = field(default_factory=set)
 
 
 class Ownership:
@@ -147,8 +149,8 @@ class Ownership:
 
     # Transitions ---------------------------------------------------------------------------
 
-    def lend(self, key: Hashable, borrower: str) -> None:
-        """owned/lent -> lent: `borrower` fetched a copy."""
+    def lend(self, key: Hashable, borrower: str, digest: str | None = None) -> None:
+        """owned/lent -> lent: `borrower` fetched a copy (of the picture `digest`)."""
         if borrower == self.me:
             raise InvariantError(f"{self.me} lends {key!r} to itself")
         entry = self._entries.get(key)
@@ -157,8 +159,16 @@ class Ownership:
         elif entry.role is Role.BORROWED:
             raise InvariantError(f"{self.me} lends its borrowed copy of {key!r}")
         entry.borrowers.add(borrower)
+        if digest is not None:
+            entry.lent.add(digest)
         if entry.role is Role.OWNED:
             entry.role = Role.LENT
+
+    def lent_other_than(self, key: Hashable, digest: str) -> bool:
+        """Whether a picture other than `digest` was lent since the key last changed (two
+        writes ran at once, and the one that ended last found the content it started on)."""
+        entry = self._entries.get(key)
+        return entry is not None and bool(entry.borrowers) and bool(entry.lent - {digest})
 
     def borrow(self, key: Hashable, lender: str, version: int) -> bool:
         """-> borrowed: a copy of `lender`'s value at `version` arrived. False (nothing
@@ -190,6 +200,7 @@ class Ownership:
             return frozenset()
         borrowers = frozenset(entry.borrowers)
         entry.borrowers.clear()
+        entry.lent.clear()
         if entry.role is Role.LENT:
             del self._entries[key]
         return borrowers

@@ -19,6 +19,7 @@ import pytest
 from deployments.handoff import Handoff
 from deployments.operations import EMBED, SEGMENT, Reply
 from deployments.owners import _reply_or_raise
+from deployments.ownership import Ownership
 from deployments.ring import Ring, ring_key
 from deployments.segmenter import SegmenterReplica
 from sam3_core import EmbedRequest, ImageNotCachedError, SegmentRequest
@@ -612,3 +613,17 @@ def test_an_image_whose_request_waits_in_the_leaving_replica_follows_it(cluster,
         assert reply.body == (await owner_call(cluster, one, SEGMENT, click("p", data))).body
 
     asyncio.run(scenario())
+
+
+def test_an_owner_knows_when_a_picture_it_lent_is_not_the_one_it_holds():
+    """Two writes at once on the owner, a copy of the first lent between them, the second
+    ending on the content it started on: the helper's copy is still another picture, so its
+    borrowers must forget (simulation seed 2484 with every fault, under a variant)."""
+    ownership = Ownership("a", ttl_s=60.0)
+    key = ("", "cat")
+    ownership.lend(key, "b", "old")
+    assert not ownership.lent_other_than(key, "old")
+    ownership.lend(key, "c", "new")
+    assert ownership.lent_other_than(key, "old") and ownership.lent_other_than(key, "new")
+    assert ownership.changed(key) == {"b", "c"}
+    assert not ownership.lent_other_than(key, "old")
