@@ -462,14 +462,19 @@ def test_a_replica_killed_while_handing_off_leaves_no_wrong_picture(cluster):
     asyncio.run(scenario())
 
 
+def owner_and_helper(cluster: LocalCluster) -> tuple[str, SegmenterReplica, SegmenterReplica]:
+    """Replicas "a" and "b" on one ring, and an id "a" owns: (id, owner, helper)."""
+    for name in ("a", "b"):
+        cluster.start(name)
+    two = cluster.ring("a", "b")
+    image_id = next(i for i in IDS if two.owner(i) == "a")
+    return image_id, cluster.replicas["a"], cluster.replicas["b"]
+
+
 def test_a_helper_borrows_the_owners_picture_and_forgets_it_when_it_changes(cluster):
     async def scenario() -> None:
-        for name in ("a", "b"):
-            cluster.start(name)
-        two = cluster.ring("a", "b")
+        image_id, owner, helper = owner_and_helper(cluster)
         old, new = images(2)
-        image_id = next(i for i in IDS if two.owner(i) == "a")
-        owner, helper = cluster.replicas["a"], cluster.replicas["b"]
         at_owner = await serve(owner, SEGMENT, click(image_id, old))
         # The router sends a click to the helper (the owner is over its load bound).
         helped = await serve(helper, SEGMENT, click(image_id))
@@ -492,12 +497,8 @@ def test_a_helper_sends_a_resend_of_its_copy_s_bytes_on_to_the_owner(cluster):
     ring change made the helper the owner: simulation seed 2381 with every fault)."""
 
     async def scenario() -> None:
-        for name in ("a", "b"):
-            cluster.start(name)
-        two = cluster.ring("a", "b")
+        image_id, owner, helper = owner_and_helper(cluster)
         old, new = images(2)
-        image_id = next(i for i in IDS if two.owner(i) == "a")
-        owner, helper = cluster.replicas["a"], cluster.replicas["b"]
         await serve(owner, SEGMENT, click(image_id, old))
         assert (await serve(helper, SEGMENT, click(image_id))).embedding_cache == "handoff"
         resent = await serve(helper, SEGMENT, click(image_id, old))
