@@ -38,6 +38,7 @@ from deployments.api import create_api
 from deployments.owners import LocalOwners
 from deployments.settings import IngressSettings
 from sam3_core.engine import Segmenter
+from sam3_core.onnx_decoder import Sam3OnnxDecoder, export_decoder
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
@@ -139,7 +140,11 @@ def local_figures(answer: dict) -> dict:
 
 def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict:
     settings = EngineSettings(random_weights=arch, max_hole_area=0, concepts=False, device="cpu")
-    engine = Segmenter(load_model(settings), settings)
+    model = load_model(settings)
+    engine = Segmenter(model, settings)
+    # Where the served graph is rearranged (`Sam3OnnxDecoder`), the same clicks again on the
+    # graph sam3's modules export as they are, fed to the page in place of the served one.
+    plain = export_decoder(model, rearrange=False) if Sam3OnnxDecoder(model).rearranged else None
     png = encode_image(random_pixels(5, HEIGHT, WIDTH))
     data_url = "data:image/png;base64," + base64.b64encode(png).decode()
     points = [
@@ -165,6 +170,15 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         # what threads buy or cost on this machine.
         other = page.evaluate(LOCAL, [data_url, points, 2 if local["threads"] == 1 else 1])
         context.close()
+        plain_figures = {}
+        if plain is not None:
+            context = browser.new_context()
+            page = context.new_page()
+            page.route("**/sam3/decoder.onnx", lambda route: route.fulfill(status=200, body=plain))
+            page.goto(url + "/")
+            for role, count in (("threads", local["threads"]), ("other", other["threads"])):
+                plain_figures[role] = local_figures(page.evaluate(LOCAL, [data_url, points, count]))
+            context.close()
         sizes = {
             encoding: len(
                 requests.post(
@@ -195,6 +209,10 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         "local_detail": local_figures(local),
         "local_other_threads": local_figures(other),
         "server": summary(server_ms),
+        # The clicks on the graph sam3's modules export unrearranged, on the page's number
+        # of WASM threads ("threads") and on the other one ("other").
+        "local_unrearranged_graph": plain_figures,
+        "decoder_unrearranged_onnx_bytes": len(plain) if plain is not None else None,
         # Requests to the service while the clicks were decoded locally (decoder and
         # embedding are fetched before), and per click through the service.
         "requests_per_click_local": (local_requests - 2) / (clicks + 1),

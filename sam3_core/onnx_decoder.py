@@ -17,18 +17,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import math
 import threading
 import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam3_core.model import ImageEmbedding, InteractiveSam3
 
 OPSET = 17
-# Bumped when the graph's inputs or outputs change: part of the ETag.
-GRAPH_VERSION = "2"
+# Bumped when the graph changes: part of the ETag.
+GRAPH_VERSION = "3"
 INPUT_NAMES = (
     "image_embed",
     "high_res_feats_0",
@@ -48,8 +50,89 @@ NO_MASK_SIDE = 4
 LOGITS_CLAMP = 32.0
 
 
+class _TokensToImage(nn.Module):
+    """sam3's `Attention` from a few tokens (q: B x T x C) to the image (k, v: B x N x C),
+    reassociated: the keys' and values' projections are applied to the T tokens' side
+    instead of to the N image tokens (N = 5184 at full size, T = 8 or 9), and the image
+    is never split into heads. The same function up to float rounding (the keys' bias adds
+    a constant per query row, which the softmax cancels; the attention rows sum to 1, so
+    the values' bias passes through); the multiplications fall from 2·N·C·C/2 to 2·N·C·H·T,
+    H heads."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        a = self.attention
+        heads = a.num_heads
+        batch, tokens, _ = q.shape
+        head_dim = a.internal_dim // heads
+        query = a.q_proj(q).reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+        weight_k = a.k_proj.weight.reshape(heads, head_dim, -1)
+        query_k = torch.matmul(query, weight_k).reshape(batch, heads * tokens, -1)
+        logits = torch.matmul(query_k, k.transpose(1, 2)) / math.sqrt(head_dim)
+        attended = torch.matmul(torch.softmax(logits, dim=-1), v)  # B x HT x C
+        weight_v = a.v_proj.weight.reshape(heads, head_dim, -1).transpose(1, 2)
+        out = torch.matmul(attended.reshape(batch, heads, tokens, -1), weight_v)
+        out = out.transpose(1, 2).reshape(batch, tokens, heads * head_dim) + a.v_proj.bias
+        return a.out_proj(out)
+
+
+class _ImageToTokens(nn.Module):
+    """sam3's `Attention` from the image (q: B x N x C) to a few tokens (k, v: B x T x C),
+    reassociated: the queries' projection is folded into the keys and the output projection
+    into the values, on the T tokens' side, so each image token costs one product with an
+    H·T-wide matrix each way instead of a C/2-wide projection each way and head split."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        a = self.attention
+        heads = a.num_heads
+        batch, tokens, _ = k.shape
+        head_dim = a.internal_dim // heads
+        key = a.k_proj(k).reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+        key_q = torch.matmul(key, a.q_proj.weight.reshape(heads, head_dim, -1))
+        key_bias = (key * a.q_proj.bias.reshape(1, heads, 1, head_dim)).sum(-1)
+        logits = torch.matmul(q, key_q.reshape(batch, heads * tokens, -1).transpose(1, 2))
+        logits = (logits + key_bias.reshape(batch, 1, heads * tokens)) / math.sqrt(head_dim)
+        pixels = q.shape[1]
+        attention = torch.softmax(logits.reshape(batch, pixels, heads, tokens), dim=-1)
+        value = a.v_proj(v).reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+        weight_o = a.out_proj.weight.reshape(-1, heads, head_dim).permute(1, 2, 0)
+        value_o = torch.matmul(value, weight_o).reshape(batch, heads * tokens, -1)
+        return torch.matmul(attention.reshape(batch, pixels, heads * tokens), value_o) + (
+            a.out_proj.bias
+        )
+
+
+def _transposed_conv_channels_last(
+    x: torch.Tensor, conv: nn.ConvTranspose2d, height: int, width: int
+) -> torch.Tensor:
+    """A 2x2, stride-2 `ConvTranspose2d` on B x (H·W) x C_in channels-last pixels as one
+    matrix product and a block reorder: B x (2H·2W) x C_out, channels last."""
+    c_in, c_out = conv.weight.shape[:2]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
+    y = torch.matmul(x, weight).reshape(-1, height, width, 2, 2, c_out)
+    return y.permute(0, 1, 3, 2, 4, 5).reshape(-1, 4 * height * width, c_out) + conv.bias
+
+
 class Sam3OnnxDecoder(nn.Module):
     """sam3's prompt encoder + mask decoder for one prompt, in export-friendly form.
+
+    The graph computes what `MaskDecoder.predict_masks` computes (same weights, same
+    function up to float rounding: `tests/unit/test_onnx_decoder.py`), rearranged for a CPU
+    in a browser, where a click is the graph's time: the cross-attentions reassociated
+    (`_TokensToImage`, `_ImageToTokens`) and the upscaling kept channels-last, its
+    transposed convolutions as matrix products and its `LayerNorm2d` as one layer norm, the
+    masks one product with the hypernetworks' outputs: at full size, 0.67x the
+    multiplications, and onnxruntime-web's run in Chromium here took 0.72x the time of the
+    graph sam3's modules export as they are on one WASM thread, 0.76x on two (245 -> 176 ms,
+    138 -> 105 ms; `bench/browser_decode.py` on both graphs, one after the other). At the
+    narrow and tiny models' widths rearranging does not pay, and their graph is sam3's.
 
     Inputs (all float32):
         image_embed: (1, C, g, g); high_res_feats_0: (1, C/8, 4g, 4g);
@@ -68,13 +151,30 @@ class Sam3OnnxDecoder(nn.Module):
         iou_predictions: (1, 4) float32 predicted IoU of each.
     """
 
-    def __init__(self, model: InteractiveSam3) -> None:
+    def __init__(self, model: InteractiveSam3, rearrange: bool = True) -> None:
         super().__init__()
         tracker = model.predictor.model
         # Copies on the CPU in float32: exporting never touches the served model.
         self.prompt_encoder = copy.deepcopy(tracker.sam_prompt_encoder).float().cpu().eval()
         self.mask_decoder = copy.deepcopy(tracker.sam_mask_decoder).float().cpu().eval()
+        assert self.mask_decoder.use_high_res_features, "sam3's tracker decodes with them"
+        transformer = self.mask_decoder.transformer
+        attention = transformer.final_attn_token_to_image
+        # A click's tokens: the decoder's own (IoU, mask and object-score tokens) and the
+        # point with its padding point. Rearranging pays where the heads times the tokens
+        # are fewer than the attention's width (full size: 8 x 8 < 128); not at the narrow
+        # and tiny models' widths (8 x 8 against 32), whose graph stays sam3's modules as
+        # they are. Every click added to a prompt adds a token.
+        click_tokens = 1 + self.mask_decoder.num_mask_tokens + 1 + 2
+        pays = attention.num_heads * click_tokens < attention.internal_dim
+        self.rearranged = rearrange and pays
+        if self.rearranged:
+            for layer in transformer.layers:
+                layer.cross_attn_token_to_image = _TokensToImage(layer.cross_attn_token_to_image)
+                layer.cross_attn_image_to_token = _ImageToTokens(layer.cross_attn_image_to_token)
+            transformer.final_attn_token_to_image = _TokensToImage(attention)
         self.image_size = model.arch.image_size
+        self._upscaled_width = (self.mask_decoder.output_upscaling[1].weight.numel(),)
         self.register_buffer("dense_pe", self.prompt_encoder.get_dense_pe().detach().clone())
 
     def forward(
@@ -96,6 +196,10 @@ class Sam3OnnxDecoder(nn.Module):
         masked = self.prompt_encoder._embed_masks(mask_input)
         unmasked = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has_mask_input * masked + (1 - has_mask_input) * unmasked
+        if self.rearranged:
+            return self._predict_masks(
+                image_embed + dense, sparse, high_res_feats_0, high_res_feats_1
+            )
         masks, scores, _, _ = self.mask_decoder.predict_masks(
             image_embeddings=image_embed,
             image_pe=self.dense_pe,
@@ -105,6 +209,38 @@ class Sam3OnnxDecoder(nn.Module):
             high_res_features=[high_res_feats_0, high_res_feats_1],
         )
         return masks, scores
+
+    def _predict_masks(
+        self,
+        src: torch.Tensor,
+        sparse: torch.Tensor,
+        feat_s0: torch.Tensor,
+        feat_s1: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`MaskDecoder.predict_masks` for one prompt of one image (`repeat_image=False`),
+        rearranged (the class's docstring)."""
+        decoder = self.mask_decoder
+        output_tokens = [decoder.iou_token.weight, decoder.mask_tokens.weight]
+        first = 1 if decoder.pred_obj_scores else 0
+        if first:
+            output_tokens.insert(0, decoder.obj_score_token.weight)
+        tokens = torch.cat([torch.cat(output_tokens)[None], sparse], dim=1)
+        _, _, height, width = src.shape
+        hs, pixels = decoder.transformer(src, self.dense_pe, tokens)
+        dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
+        up = _transposed_conv_channels_last(pixels, dc1, height, width)
+        up = up + feat_s1.flatten(2).transpose(1, 2)
+        up = act1(F.layer_norm(up, self._upscaled_width, ln1.weight, ln1.bias, ln1.eps))
+        up = _transposed_conv_channels_last(up, dc2, 2 * height, 2 * width)
+        up = act2(up + feat_s0.flatten(2).transpose(1, 2))
+        count = decoder.num_mask_tokens
+        hyper = torch.stack(
+            [mlp(hs[:, first + 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
+            dim=1,
+        )
+        masks = torch.matmul(up, hyper.transpose(1, 2)).transpose(1, 2)
+        masks = masks.reshape(1, count, 4 * height, 4 * width)
+        return masks, decoder.iou_prediction_head(hs[:, first])
 
 
 def decoder_digest(model: InteractiveSam3) -> str:
@@ -135,10 +271,10 @@ def decoder_settings(model: InteractiveSam3) -> dict[str, float | int]:
     }
 
 
-def export_decoder(model: InteractiveSam3) -> bytes:
-    """The ONNX file (opset 17, TorchScript exporter) of `Sam3OnnxDecoder(model)`, with the
-    number of points and the mask input's side dynamic."""
-    module = Sam3OnnxDecoder(model)
+def export_decoder(model: InteractiveSam3, rearrange: bool = True) -> bytes:
+    """The ONNX file (opset 17, TorchScript exporter) of `Sam3OnnxDecoder(model, rearrange)`,
+    with the number of points and the mask input's side dynamic."""
+    module = Sam3OnnxDecoder(model, rearrange)
     arch = model.arch
     width = arch.feature_width
     (s0, _), (s1, _), (s2, _) = arch.feature_sizes

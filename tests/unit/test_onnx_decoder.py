@@ -1,8 +1,12 @@
 """The decoder's ONNX face against its torch face (`InteractiveSam3.decode`), in
 onnxruntime, on random weights: the same masks and scores for points, boxes and refinement,
-with sam3's hole filling on; the smaller wire forms of the embedding keep the masks."""
+with sam3's hole filling on; the smaller wire forms of the embedding keep the masks. Two
+models: the tiny one, and the tiny trunk under a full-size decoder (256 wide), whose graph
+reassociates the cross-attentions as the full-size one does."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -10,6 +14,7 @@ import pytest
 import torch
 
 from sam3_core import onnx_decoder
+from sam3_core.architecture import FULL, TINY
 from sam3_core.model import InteractiveSam3
 from sam3_core.protocol.embedding import read_embedding, write_embedding
 from sam3_core.settings import EngineSettings
@@ -25,13 +30,30 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model() -> InteractiveSam3:
-    # Hole filling on, as served: the ONNX path must fill the same holes. The tiny model:
-    # SAM3's 1008 px sizes (narrow, full) export the same graph, and bench/browser_decode.py
-    # runs them.
-    settings = EngineSettings(random_weights="tiny", max_hole_area=256, concepts=False)
-    return load_model(settings)
+# The tiny trunk under the full-size decoder's widths: its graph is the full-size one's at a
+# 224 px input (bench/browser_decode.py runs the full size and the narrow model).
+WIDE_DECODER = replace(TINY, name="wide-decoder", feature_width=FULL.feature_width)
+
+
+@pytest.fixture(scope="module", params=["tiny", "wide-decoder"])
+def model(request) -> InteractiveSam3:
+    # Hole filling on, as served: the ONNX path must fill the same holes.
+    if request.param == "tiny":
+        settings = EngineSettings(random_weights="tiny", max_hole_area=256, concepts=False)
+        return load_model(settings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return InteractiveSam3(WIDE_DECODER, max_hole_area=256).eval()
+
+
+def test_the_wide_decoder_reassociates_and_the_tiny_one_does_not(model):
+    transformer = onnx_decoder.Sam3OnnxDecoder(model).mask_decoder.transformer
+    reassociated = isinstance(transformer.final_attn_token_to_image, onnx_decoder._TokensToImage)
+    assert reassociated == (model.arch.name == "wide-decoder")
+    layer = transformer.layers[0]
+    assert isinstance(layer.cross_attn_image_to_token, onnx_decoder._ImageToTokens) == (
+        reassociated
+    )
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +174,18 @@ def test_the_file_carries_the_decoding_settings(model):
     assert float(props["max_hole_area"]) == 256.0
     assert int(props["low_res_size"]) == model.arch.low_res_size
     assert [i.name for i in graph.graph.input] == list(onnx_decoder.INPUT_NAMES)
+
+
+@pytest.mark.parametrize("tokens", [3, 30])
+def test_the_reassociated_attentions_are_sams(tokens):
+    """At the full size's widths, with fewer and with more tokens than pay off."""
+    from sam3.sam.transformer import Attention
+
+    torch.manual_seed(0)
+    attention = Attention(FULL.feature_width, num_heads=8, downsample_rate=2).eval()
+    few, image = torch.randn(1, tokens, 256), torch.randn(1, 500, 256)
+    with torch.no_grad():
+        to_image = onnx_decoder._TokensToImage(attention)(q=few, k=image + 1, v=image)
+        from_image = onnx_decoder._ImageToTokens(attention)(q=image, k=few + 1, v=few)
+        torch.testing.assert_close(to_image, attention(q=few, k=image + 1, v=image))
+        torch.testing.assert_close(from_image, attention(q=image, k=few + 1, v=few))
