@@ -50,63 +50,64 @@ NO_MASK_SIDE = 4
 LOGITS_CLAMP = 32.0
 
 
-class _TokensToImage(nn.Module):
-    """sam3's `Attention` from a few tokens (q: B x T x C) to the image (k, v: B x N x C),
-    reassociated: the keys' and values' projections are applied to the T tokens' side
-    instead of to the N image tokens (N = 5184 at full size, T = 8 or 9), and the image
-    is never split into heads. The same function up to float rounding (the keys' bias adds
-    a constant per query row, which the softmax cancels; the attention rows sum to 1, so
-    the values' bias passes through); the multiplications fall from 2·N·C·C/2 to 2·N·C·H·T,
-    H heads."""
+class _Reassociated(nn.Module):
+    """sam3's `Attention` between a few tokens (T: 8 or 9 for a click) and the image (N =
+    5184 pixels at full size), reassociated so that its projections act on the tokens' side
+    and the image is never split into heads: the same function up to float rounding, in
+    2·N·C·H·T multiplications instead of 2·N·C·C/2 (H heads; `_TokensToImage`,
+    `_ImageToTokens`)."""
 
     def __init__(self, attention: nn.Module) -> None:
         super().__init__()
         self.attention = attention
+        self.heads = attention.num_heads
+        self.head_dim = attention.internal_dim // attention.num_heads
+
+    def _split(self, tokens: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
+        """The few tokens projected, B x H x T x d."""
+        batch, count, _ = tokens.shape
+        return projection(tokens).reshape(batch, count, self.heads, self.head_dim).transpose(1, 2)
+
+    def _per_head(self, weight: torch.Tensor) -> torch.Tensor:
+        """A projection's (H·d) x C weight as H x d x C."""
+        return weight.reshape(self.heads, self.head_dim, -1)
+
+
+class _TokensToImage(_Reassociated):
+    """From the tokens (q: B x T x C) to the image (k, v: B x N x C). The keys' bias adds a
+    constant to each query's logits, which the softmax cancels; the attention's rows sum to
+    1, so the values' bias passes through."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         a = self.attention
-        heads = a.num_heads
         batch, tokens, _ = q.shape
-        head_dim = a.internal_dim // heads
-        query = a.q_proj(q).reshape(batch, tokens, heads, head_dim).transpose(1, 2)
-        weight_k = a.k_proj.weight.reshape(heads, head_dim, -1)
-        query_k = torch.matmul(query, weight_k).reshape(batch, heads * tokens, -1)
-        logits = torch.matmul(query_k, k.transpose(1, 2)) / math.sqrt(head_dim)
-        attended = torch.matmul(torch.softmax(logits, dim=-1), v)  # B x HT x C
-        weight_v = a.v_proj.weight.reshape(heads, head_dim, -1).transpose(1, 2)
-        out = torch.matmul(attended.reshape(batch, heads, tokens, -1), weight_v)
-        out = out.transpose(1, 2).reshape(batch, tokens, heads * head_dim) + a.v_proj.bias
+        query_k = torch.matmul(self._split(q, a.q_proj), self._per_head(a.k_proj.weight))
+        logits = torch.matmul(query_k.reshape(batch, self.heads * tokens, -1), k.transpose(1, 2))
+        attention = torch.softmax(logits / math.sqrt(self.head_dim), dim=-1)
+        attended = torch.matmul(attention, v).reshape(batch, self.heads, tokens, -1)
+        out = torch.matmul(attended, self._per_head(a.v_proj.weight).transpose(1, 2))
+        out = out.transpose(1, 2).reshape(batch, tokens, -1) + a.v_proj.bias
         return a.out_proj(out)
 
 
-class _ImageToTokens(nn.Module):
-    """sam3's `Attention` from the image (q: B x N x C) to a few tokens (k, v: B x T x C),
-    reassociated: the queries' projection is folded into the keys and the output projection
-    into the values, on the T tokens' side, so each image token costs one product with an
-    H·T-wide matrix each way instead of a C/2-wide projection each way and head split."""
-
-    def __init__(self, attention: nn.Module) -> None:
-        super().__init__()
-        self.attention = attention
+class _ImageToTokens(_Reassociated):
+    """From the image (q: B x N x C) to the tokens (k, v: B x T x C): the queries'
+    projection folded into the keys, the output projection into the values."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         a = self.attention
-        heads = a.num_heads
         batch, tokens, _ = k.shape
-        head_dim = a.internal_dim // heads
-        key = a.k_proj(k).reshape(batch, tokens, heads, head_dim).transpose(1, 2)
-        key_q = torch.matmul(key, a.q_proj.weight.reshape(heads, head_dim, -1))
-        key_bias = (key * a.q_proj.bias.reshape(1, heads, 1, head_dim)).sum(-1)
-        logits = torch.matmul(q, key_q.reshape(batch, heads * tokens, -1).transpose(1, 2))
-        logits = (logits + key_bias.reshape(batch, 1, heads * tokens)) / math.sqrt(head_dim)
-        pixels = q.shape[1]
-        attention = torch.softmax(logits.reshape(batch, pixels, heads, tokens), dim=-1)
-        value = a.v_proj(v).reshape(batch, tokens, heads, head_dim).transpose(1, 2)
-        weight_o = a.out_proj.weight.reshape(-1, heads, head_dim).permute(1, 2, 0)
-        value_o = torch.matmul(value, weight_o).reshape(batch, heads * tokens, -1)
-        return torch.matmul(attention.reshape(batch, pixels, heads * tokens), value_o) + (
-            a.out_proj.bias
+        pixels, width = q.shape[1], self.heads * tokens
+        key = self._split(k, a.k_proj)
+        key_q = torch.matmul(key, self._per_head(a.q_proj.weight)).reshape(batch, width, -1)
+        key_bias = (key * a.q_proj.bias.reshape(1, self.heads, 1, self.head_dim)).sum(-1)
+        logits = torch.matmul(q, key_q.transpose(1, 2)) + key_bias.reshape(batch, 1, width)
+        attention = torch.softmax(
+            (logits / math.sqrt(self.head_dim)).reshape(batch, pixels, self.heads, tokens), dim=-1
         )
+        weight_o = self._per_head(a.out_proj.weight.T)
+        value_o = torch.matmul(self._split(v, a.v_proj), weight_o).reshape(batch, width, -1)
+        return torch.matmul(attention.reshape(batch, pixels, width), value_o) + a.out_proj.bias
 
 
 def _transposed_conv_channels_last(
