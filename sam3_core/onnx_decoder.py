@@ -130,9 +130,8 @@ class Sam3OnnxDecoder(nn.Module):
     (`_TokensToImage`, `_ImageToTokens`) and the upscaling kept channels-last, its
     transposed convolutions as matrix products and its `LayerNorm2d` as one layer norm, the
     masks one product with the hypernetworks' outputs: at full size, 0.67x the
-    multiplications, and onnxruntime-web's run in Chromium here took 0.72x the time of the
-    graph sam3's modules export as they are on one WASM thread, 0.76x on two (245 -> 176 ms,
-    138 -> 105 ms; `bench/browser_decode.py` on both graphs, one after the other). At the
+    multiplications, and onnxruntime-web's run in Chromium takes ~0.7-0.8x the time of the
+    graph sam3's modules export as they are (`bench/browser_decode.py` times both). At the
     narrow and tiny models' widths rearranging does not pay, and their graph is sam3's.
 
     Inputs (all float32):
