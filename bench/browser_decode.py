@@ -38,7 +38,7 @@ from deployments.api import create_api
 from deployments.owners import LocalOwners
 from deployments.settings import IngressSettings
 from sam3_core.engine import Segmenter
-from sam3_core.onnx_decoder import Sam3OnnxDecoder, export_decoder
+from sam3_core.onnx_decoder import export_decoder, rearranging_pays
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
@@ -142,9 +142,9 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
     settings = EngineSettings(random_weights=arch, max_hole_area=0, concepts=False, device="cpu")
     model = load_model(settings)
     engine = Segmenter(model, settings)
-    # Where the served graph is rearranged (`Sam3OnnxDecoder`), the same clicks again on the
+    # Where the served graph is rearranged (`rearranging_pays`), the same clicks again on the
     # graph sam3's modules export as they are, fed to the page in place of the served one.
-    plain = export_decoder(model, rearrange=False) if Sam3OnnxDecoder(model).rearranged else None
+    plain = export_decoder(model, rearrange=False) if rearranging_pays(model) else None
     png = encode_image(random_pixels(5, HEIGHT, WIDTH))
     data_url = "data:image/png;base64," + base64.b64encode(png).decode()
     points = [

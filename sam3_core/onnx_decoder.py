@@ -121,6 +121,18 @@ def _transposed_conv_channels_last(
     return y.permute(0, 1, 3, 2, 4, 5).reshape(-1, 4 * height * width, c_out) + conv.bias
 
 
+def rearranging_pays(model: InteractiveSam3) -> bool:
+    """Whether `Sam3OnnxDecoder` rearranges this model's graph: where a click's tokens (the
+    decoder's IoU, mask and object-score tokens, the point and its padding point) times the
+    heads are fewer than the cross-attentions' width (full size: 8 x 8 < 128); not at the
+    narrow and tiny models' widths (8 x 8 against 32), whose graph stays sam3's modules as
+    they are. Every click added to a prompt adds a token."""
+    decoder = model.predictor.model.sam_mask_decoder
+    attention = decoder.transformer.final_attn_token_to_image
+    click_tokens = 1 + decoder.num_mask_tokens + 1 + 2
+    return attention.num_heads * click_tokens < attention.internal_dim
+
+
 class Sam3OnnxDecoder(nn.Module):
     """sam3's prompt encoder + mask decoder for one prompt, in export-friendly form.
 
@@ -159,20 +171,14 @@ class Sam3OnnxDecoder(nn.Module):
         self.mask_decoder = copy.deepcopy(tracker.sam_mask_decoder).float().cpu().eval()
         assert self.mask_decoder.use_high_res_features, "sam3's tracker decodes with them"
         transformer = self.mask_decoder.transformer
-        attention = transformer.final_attn_token_to_image
-        # A click's tokens: the decoder's own (IoU, mask and object-score tokens) and the
-        # point with its padding point. Rearranging pays where the heads times the tokens
-        # are fewer than the attention's width (full size: 8 x 8 < 128); not at the narrow
-        # and tiny models' widths (8 x 8 against 32), whose graph stays sam3's modules as
-        # they are. Every click added to a prompt adds a token.
-        click_tokens = 1 + self.mask_decoder.num_mask_tokens + 1 + 2
-        pays = attention.num_heads * click_tokens < attention.internal_dim
-        self.rearranged = rearrange and pays
+        self.rearranged = rearrange and rearranging_pays(model)
         if self.rearranged:
             for layer in transformer.layers:
                 layer.cross_attn_token_to_image = _TokensToImage(layer.cross_attn_token_to_image)
                 layer.cross_attn_image_to_token = _ImageToTokens(layer.cross_attn_image_to_token)
-            transformer.final_attn_token_to_image = _TokensToImage(attention)
+            transformer.final_attn_token_to_image = _TokensToImage(
+                transformer.final_attn_token_to_image
+            )
         self.image_size = model.arch.image_size
         self._upscaled_width = (self.mask_decoder.output_upscaling[1].weight.numel(),)
         self.register_buffer("dense_pe", self.prompt_encoder.get_dense_pe().detach().clone())
