@@ -11,7 +11,8 @@ proxy's and handle's milliseconds). Hole filling is off on both paths: on random
 noise masks scikit-image's labelling dominates a server decode (a cost real masks do not
 have), and the page's own hole filling is a few milliseconds at 288x288. The page's clicks
 are timed again on another number of WASM threads, the worker's stages of each click are
-kept (medians), and the machine's load average beside them. Writes
+kept (medians), onnxruntime-web's profiler says where its `run` goes by operator type (one
+thread), and the machine's load average is kept beside them. Writes
 bench/results/browser_decode.json.
 """
 
@@ -95,6 +96,36 @@ SERVER = """async ([id, points]) => {
 }"""
 
 
+# onnxruntime-web's own profiler over the served graph, on one WASM thread in the page's
+# thread (its events come out on the console): zeros for the embedding, one click.
+PROFILE = """async ([runs]) => {
+  const ort = await import("./page/vendor/ort.wasm.min.mjs");
+  ort.env.wasm.wasmPaths = new URL("./page/vendor/", document.baseURI).href;
+  ort.env.wasm.numThreads = 1;
+  const onnx = await (await fetch("sam3/decoder.onnx")).arrayBuffer();
+  const session = await ort.InferenceSession.create(new Uint8Array(onnx), {
+    executionProviders: ["wasm"], graphOptimizationLevel: "all", enableProfiling: true,
+  });
+  const shapes = new Map(session.inputMetadata.map((m) => [m.name, m.shape]));
+  const tensor = (shape, values) =>
+    new ort.Tensor("float32", values ?? new Float32Array(shape.reduce((a, b) => a * b, 1)), shape);
+  const side = shapes.get("high_res_feats_0")[3];
+  const feeds = {
+    point_coords: tensor([1, 2, 2], new Float32Array([side / 2, side / 2, 0, 0])),
+    point_labels: tensor([1, 2], new Float32Array([1, -1])),
+    mask_input: tensor([1, 1, 4, 4]),
+    has_mask_input: tensor([1]),
+    orig_im_size: tensor([2], new Float32Array([side, side])),
+  };
+  for (const name of ["image_embed", "high_res_feats_0", "high_res_feats_1"]) {
+    feeds[name] = tensor(shapes.get(name));
+  }
+  for (let i = 0; i < runs; i += 1) await session.run(feeds);
+  session.endProfiling();
+}"""
+PROFILE_RUNS, PROFILE_SKIPPED = 12, 2  # the first runs compile and allocate: not counted
+
+
 @contextmanager
 def serving(engine: Segmenter) -> Iterator[str]:
     with socket.socket() as probe:
@@ -138,6 +169,42 @@ def local_figures(answer: dict) -> dict:
     }
 
 
+def wasm_profile(page) -> dict:
+    """Where onnxruntime-web's `run` spends its time, by operator type: each type's share
+    of the kernels' time over the profiled runs (the first `PROFILE_SKIPPED` left out),
+    and the kernels' time per run."""
+    lines: list[str] = []
+    page.on("console", lambda message: lines.extend(message.text.splitlines()))
+    page.evaluate(PROFILE, [PROFILE_RUNS])
+    # Console messages reach Python after the call that logged them returns.
+    deadline = time.monotonic() + 30
+    while sum('"model_run"' in line for line in lines) < PROFILE_RUNS:
+        assert time.monotonic() < deadline, "onnxruntime-web's profile did not arrive"
+        page.wait_for_timeout(100)
+    events = []
+    for line in lines:
+        line = line.strip().rstrip(",")
+        if line.startswith("{") and '"cat"' in line:
+            events.append(json.loads(line))
+    runs = sorted(e["ts"] for e in events if e["name"] == "model_run")
+    counted_from = runs[PROFILE_SKIPPED]
+    by_op: dict[str, float] = {}
+    for event in events:
+        kernel = event["cat"] == "Node" and event["name"].endswith("_kernel_time")
+        if kernel and event["ts"] >= counted_from:
+            op = event["args"]["op_name"]
+            by_op[op] = by_op.get(op, 0.0) + event["dur"]
+    total = sum(by_op.values())
+    return {
+        "threads": 1,
+        "runs": len(runs) - PROFILE_SKIPPED,
+        "kernels_ms_per_run": total / 1000 / (len(runs) - PROFILE_SKIPPED),
+        "op_share": {
+            op: round(us / total, 4) for op, us in sorted(by_op.items(), key=lambda kv: -kv[1])
+        },
+    }
+
+
 def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict:
     settings = EngineSettings(random_weights=arch, max_hole_area=0, concepts=False, device="cpu")
     model = load_model(settings)
@@ -169,6 +236,11 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         # The same clicks on another number of WASM threads (1, or 2 where the page chose 1):
         # what threads buy or cost on this machine.
         other = page.evaluate(LOCAL, [data_url, points, 2 if local["threads"] == 1 else 1])
+        context.close()
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(url + "/")
+        profile = wasm_profile(page)
         context.close()
         plain_figures = {}
         if plain is not None:
@@ -208,6 +280,7 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         "local_worker": summary(local["workerMs"]),
         "local_detail": local_figures(local),
         "local_other_threads": local_figures(other),
+        "wasm_profile": profile,
         "server": summary(server_ms),
         # The clicks on the graph sam3's modules export unrearranged, on the page's number
         # of WASM threads ("threads") and on the other one ("other").

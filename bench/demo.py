@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "concept_queries_per_scene",
                 "track_steps",
                 "track_batch",
-                "track_frames",
+                "track_phases",
                 "stage1_wall_seconds",
                 "stage3_wall_seconds",
                 "wall_seconds",

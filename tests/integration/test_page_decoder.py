@@ -335,3 +335,18 @@ def test_a_dataset_coco_file_and_continuing_from_it(tab, url, images, tmp_path):
     tab.wait_objects(2)
     page.get_by_test_id("next-image").click()
     tab.wait_objects(1)
+
+
+def test_the_benchmark_reads_where_onnxruntime_web_spends_a_decode(tab, url):
+    """`bench.browser_decode`'s profile: onnxruntime-web's profiler events, read from the
+    console, add up to the served graph's operators, warm-up runs left out."""
+    from bench.browser_decode import PROFILE_RUNS, PROFILE_SKIPPED, wasm_profile
+
+    tab.page.goto(url + "/")
+    profile = wasm_profile(tab.page)
+    assert profile["runs"] == PROFILE_RUNS - PROFILE_SKIPPED
+    assert profile["kernels_ms_per_run"] > 0
+    shares = profile["op_share"]
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert shares.keys() & {"MatMul", "FusedMatMul", "Gemm"}, shares
+    assert shares.keys() & {"ConvTranspose"}, "the tiny graph keeps sam3's upscaling"

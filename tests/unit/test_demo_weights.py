@@ -106,8 +106,8 @@ def test_a_few_steps_of_every_stage_run_and_write_a_loadable_checkpoint(tmp_path
         [
             *("--steps", "3", "--batch", "2", "--log-every", "1"),
             *("--concept-steps", "2", "--concept-batch", "1", "--concept-queries", "3"),
-            *("--track-steps", "2", "--track-batch", "2", "--track-frames", "3"),
-            *("--out", str(out), "--record", str(record_path)),
+            *("--track-steps", "1", "1", "--track-batch", "2", "--track-frames", "3", "4"),
+            *("--track-lr", "2e-3", "5e-4", "--out", str(out), "--record", str(record_path)),
         ]
     )
     assert record["steps"] == 3 and len(record["losses"]) == 3
@@ -116,6 +116,9 @@ def test_a_few_steps_of_every_stage_run_and_write_a_loadable_checkpoint(tmp_path
     assert all(np.isfinite(entry["concept_loss"]) for entry in record["concept_losses"])
     assert record["track_steps"] == 2 and len(record["track_losses"]) == 2
     assert all(np.isfinite(entry["track_loss"]) for entry in record["track_losses"])
+    assert [entry["step"] for entry in record["track_losses"]] == [1, 2]  # across phases
+    phases = [(p["steps"], p["frames"], p["peak_lr"]) for p in record["track_phases"]]
+    assert phases == [(1, 3, 2e-3), (1, 4, 5e-4)]
     assert record_path.is_file() and "not SAM3" in record["model"]
     trained = load_model(EngineSettings(checkpoint=str(out), device="cpu", concepts=False))
     # The starting point through the same float16 checkpoint: training moved the weights.
@@ -131,6 +134,11 @@ def test_a_few_steps_of_every_stage_run_and_write_a_loadable_checkpoint(tmp_path
     moved = [k for k, v in with_concepts.items() if not torch.equal(v, before[k])]
     assert any(k.startswith("concepts.detector.transformer.") for k in moved)
     assert any(k.startswith("concepts.detector.backbone.language_backbone.") for k in moved)
+
+
+def test_the_tracking_phases_are_given_a_value_each_or_refused():
+    with pytest.raises(SystemExit):
+        train.main(["--steps", "0", "--track-steps", "1", "1", "--track-frames", "3"])
 
 
 def test_the_demo_model_segments_held_out_shapes_and_random_weights_do_not(demo_model):
