@@ -236,10 +236,6 @@ def measure(arch: str, clicks: int, browser, threads: int | None = None) -> dict
         # The same clicks on another number of WASM threads (1, or 2 where the page chose 1):
         # what threads buy or cost on this machine.
         other = page.evaluate(LOCAL, [data_url, points, 2 if local["threads"] == 1 else 1])
-        context.close()
-        context = browser.new_context()
-        page = context.new_page()
-        page.goto(url + "/")
         profile = wasm_profile(page)
         context.close()
         plain_figures = {}

@@ -400,13 +400,14 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
     short clips before long ones). Each phase starts a fresh optimizer and schedule, seeded
     apart from the other stages and alike in every phase. Returns the steps, the losses
     (steps counted across phases) and each phase's facts."""
-    phases_planned = list(zip(args.track_steps, args.track_frames, args.track_lr, strict=True))
     parameters = tracking.training_mode(model)
     history: list[dict] = []
     phases: list[dict] = []
     done = 0
     stage_started = time.perf_counter()
-    for steps, frames, peak_lr in phases_planned:
+    for steps, frames, peak_lr in zip(
+        args.track_steps, args.track_frames, args.track_lr, strict=True
+    ):
         torch.manual_seed(args.seed + 2)
         rng = np.random.default_rng(args.seed + 2)
         optimizer = torch.optim.AdamW(parameters, lr=peak_lr, weight_decay=0.01)
