@@ -221,7 +221,8 @@ def diagnosis(model: InteractiveSam3, count: int = 40) -> dict:
     """Where the interactive IoU is lost, on `count` held-out scenes: the ceiling of the
     ground truth pushed through the low-res mask size and back (area average, then bilinear
     as served), the best of the three proposals against the one the IoU head picks, the
-    raw logits upsampled without sam3's hole filling, and centre clicks by shape size."""
+    raw logits upsampled without sam3's hole filling, centre clicks by shape size, and how
+    far the clicks' masks sit from their shapes' centres (the median: a shift all masks share)."""
     import torch.nn.functional as F
 
     side = model.arch.low_res_size
@@ -246,6 +247,8 @@ def diagnosis(model: InteractiveSam3, count: int = 40) -> dict:
                 ious = [iou(mask > 0, truth) for mask in logits[i]]
                 row[f"{kind}_picked"] = ious[int(scores[i].argmax())]
                 row[f"{kind}_best_of_3"] = max(ious)
+            picked = proposals["click"][0][i][int(proposals["click"][1][i].argmax())] > 0
+            row["click_offset"] = centre_offset(picked, truth)
             rows.append(row)
     areas = np.array([r["area"] for r in rows])
     edges = np.quantile(areas, [0.25, 0.5, 0.75])
@@ -266,7 +269,19 @@ def diagnosis(model: InteractiveSam3, count: int = 40) -> dict:
             mean("click_picked", list(quartile == q)) for q in range(4)
         ],
         "area_quartile_edges_px": [int(e) for e in edges],
+        "click_median_offset_px": [
+            round(float(v), 2) for v in np.nanmedian([r["click_offset"] for r in rows], axis=0)
+        ],
     }
+
+
+def centre_offset(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(dx, dy) in pixels from the centre of `truth` to the centre of `predicted` (NaN for
+    an empty mask): masks drawn off their shapes in one direction show as a median away from 0."""
+    if not predicted.any():
+        return float("nan"), float("nan")
+    (py, px), (ty, tx) = (np.argwhere(m).mean(axis=0) for m in (predicted, truth))
+    return float(px - tx), float(py - ty)
 
 
 def _all_proposals(

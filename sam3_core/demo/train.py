@@ -17,32 +17,43 @@ IoU-prediction MSE 1, the lowest focal+dice of the proposals trained, every IoU 
 supervised). Seeded and deterministic for a given step count; `--time-budget` only stops
 early. Round 0 is hinted at first (`hint_masks`, `--hint-fade`: why at `HINT_SIGMA`). The
 shipped `shapes.pt` is the output of the two commands above (its record: `shapes.json`):
-stage 1 with the defaults, 7000 steps, 43 min on 2 threads here; then stage 3 from it.
+stage 1 with the defaults, 7000 steps, 48 min on 2 threads here; then stage 3 from it.
 
-Where stage 1 stops, measured (held-out, 40 scenes): not the trunk's width. A trunk twice as
-wide (`vit_width` 128, 4 heads) learns faster per step (training IoU 0.77 at step 1500
-against 0.72) and reaches stage 1's plateau in 5000 steps and 29 min, but not past it:
-centre click 0.821, box 0.832, corrective click 0.841, against 0.826, 0.836 and 0.842
-shipped; training IoU 0.856 at the end of both. Nor a continuation: 300 more steps at lr
-1e-4 left the training IoU at 0.85. A larger input (336 px: 24 x 24 tokens, 96 x 96 low-res
-masks; 0.42 s a step) is not settled: on the same 7000-step schedule, stopped after 18 min,
-the decoder sat on the whole-image answer until step ~1300 (the hint, sized for 64 x 64
-masks, did not end it at step ~400 as at 224 px), then reached a training IoU of 0.745 at
-step 2300, 1000 steps after leaving it (224 px: ~0.71 1000 steps after).
+Where stage 1 stopped, measured (held-out, 40 scenes): its targets. Made by OpenCV's nearest
+neighbour (`loss_target` says why that is wrong), they sat half a 128-px cell right of and
+below their shapes, and the checkpoint shipped before, trained on them, drew its masks 1.2 px
+right and 0.9 px down on 320 x 240 scenes (median): centre click 0.826, box 0.836, corrective click
+0.842 (moving its masks back by that much alone measured 0.871 and 0.880). On targets made
+by area, the same 7000 steps: 0.884, 0.888 and 0.892, the masks centred (median offset
+-0.02 px, 0.01 px). What is left is in small shapes and a few misses: the median shape
+scores 0.943 from a click and 0.946 from a box, the smallest quarter (under 1130 px) 0.80
+(its low-res ceiling 0.95), and 4 clicks and 6 boxes of 146 miss (IoU under 0.5); stars
+(0.82) and triangles (0.87) spill over their corners, hexagons score 0.95.
+
+Measured on the shifted targets, so the plateau they saw (~0.83) was the shift's: a trunk
+twice as wide (`vit_width` 128, 4 heads) learns faster per step (training IoU 0.77 at step
+1500 against 0.72) and reached the same scores in 5000 steps and 29 min (0.821, 0.832,
+0.841); 300 more steps at lr 1e-4 left the training IoU at 0.85. A larger input (336 px:
+24 x 24 tokens, 96 x 96 low-res masks; 0.42 s a step), stopped after 18 min, sat on the
+whole-image answer until step ~1300 (the hint, sized for 64 x 64 masks, did not end it at
+step ~400 as at 224 px), then reached a training IoU of 0.745 at step 2300.
 
 Stage 3, tracking (`--track-steps N [N ...]`, `sam3_core.demo.tracking`): clips of moving
 shapes, one shape of each clicked on the first frame and tracked through the others by sam3's
 own per-frame `track_step`; only the tracker's memory (and the object-score head it reads) is
 trained, so clicks and boxes keep stage 1's masks. In phases of longer clips: 800 steps on
-clips of 8 frames, then 300 on clips of 16 at a quarter of the peak lr (26 min in all).
-Measured on 8 held-out clips of 30 frames: after the first phase alone J was 0.696, falling
-from 0.81 on the click's frame to 0.56 on the last; with the second, 0.788 (the shipped
-record). The same second phase run as a continuation from the first's float16 checkpoint
-measured 0.757: on 25 tracked shapes, J moves by a few hundredths with such details. A third
-phase of 200 steps on clips of 30 frames (after that continuation, 11 min) left J at 0.755,
-so it is not run. One phase of 12-frame clips from stage 1 instead learns far slower
-(training IoU 0.38 at step 500, against 0.83 with 8 frames). J is capped by the click's own
-mask (0.81 on frame 0, stage 1's).
+clips of 8 frames, then 300 on clips of 16 at a quarter of the peak lr (28 min in all).
+Measured on 8 held-out clips of 30 frames, from the stage 1 shipped before (on shifted
+targets): after the first phase alone J was 0.696, falling from 0.81 on the click's frame to
+0.56 on the last; with the second, 0.788. From stage 1 on targets by area (shipped): 0.786,
+although the click's frame now measures 0.87: J is lost where the tracker drops a shape
+whole for the last frames (its object score below 0; 4 shapes of 25) and where a click's own
+mask misses a half-hidden shape (2), not in the masks it keeps. The same second phase run
+as a continuation from the first's float16 checkpoint measured 0.757: on 25 tracked shapes,
+J moves by a few hundredths with such details. A third phase of 200 steps on clips of 30
+frames (after that continuation, 11 min) left J at 0.755, so it is not run. One phase of
+12-frame clips from stage 1 instead learns far slower (training IoU 0.38 at step 500,
+against 0.83 with 8 frames).
 
 Stage 2, concepts (`--concept-steps N`, `sam3_core.demo.concepts`): texts naming shapes and
 colours and box exemplars, with sam3's matcher and losses, the trunk frozen; from stage 1's
@@ -223,6 +234,18 @@ def _pad(prompts: list[list[tuple]]) -> tuple[torch.Tensor, torch.Tensor]:
     return coords, labels
 
 
+def loss_target(mask: np.ndarray, size: int) -> torch.Tensor:
+    """A (H, W) bool mask as the (size, size) float target the losses compare logits with.
+
+    By area, not nearest neighbour: OpenCV's `INTER_NEAREST` reads each target pixel at its
+    cell's top-left corner, half a cell off its centre, and the decoder trained on such
+    targets (the checkpoint shipped before) drew every mask that far right and down: 1.2 px
+    and 0.9 px (median) on 320 x 240 held-out scenes, which cost its centre clicks 0.045 of IoU.
+    """
+    area = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(area > 0.5).float()
+
+
 def make_batch(
     rng: np.random.Generator, model: InteractiveSam3, batch: int, size: int, objects: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, list[list[tuple]]]:
@@ -242,9 +265,7 @@ def make_batch(
         chosen = rng.choice(count, size=objects, replace=objects > count)
         sx, sy = model.arch.image_size / width, model.arch.image_size / height
         for index in chosen.tolist():
-            mask = scene.masks[index].astype(np.uint8)
-            target = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-            targets.append(torch.from_numpy(target).float()[None])
+            targets.append(loss_target(scene.masks[index], size)[None])
             prompts.append(
                 [(x * sx, y * sy, label) for x, y, label in _first_prompt(rng, scene, index)]
             )
