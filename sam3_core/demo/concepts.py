@@ -18,12 +18,11 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
 from sam3_core.architecture import neck_features
-from sam3_core.demo.scenes import COLOURS, KINDS, Scene, make_scene
+from sam3_core.demo.scenes import COLOURS, KINDS, Scene, make_scene, resized_mask
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import quiet_sam3, without_pinned_memory
 
@@ -137,12 +136,7 @@ def _targets(scenes: list[Scene], queries: list[tuple[int, ConceptQuery]]) -> _T
             padded[row, col] = box
             padded_ids[row, col] = index
             ids.append(index)
-            mask = cv2.resize(
-                scene.masks[index].astype(np.float32),
-                (CONCEPT_MASK_SIZE, CONCEPT_MASK_SIZE),
-                interpolation=cv2.INTER_AREA,
-            )
-            masks.append(torch.from_numpy(mask > 0.5))
+            masks.append(torch.from_numpy(resized_mask(scene.masks[index], CONCEPT_MASK_SIZE)))
     side = CONCEPT_MASK_SIZE
     return _Targets(
         num_boxes=torch.tensor(counts, dtype=torch.long),

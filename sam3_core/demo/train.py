@@ -19,11 +19,12 @@ early. Round 0 is hinted at first (`hint_masks`, `--hint-fade`: why at `HINT_SIG
 shipped `shapes.pt` is the output of the two commands above (its record: `shapes.json`):
 stage 1 with the defaults, 7000 steps, 48 min on 2 threads here; then stage 3 from it.
 
-Where stage 1 stopped, measured (held-out, 40 scenes): its targets. Made by OpenCV's nearest
-neighbour (`loss_target` says why that is wrong), they sat half a 128-px cell right of and
-below their shapes, and the checkpoint shipped before, trained on them, drew its masks 1.2 px
-right and 0.9 px down on 320 x 240 scenes (median): centre click 0.826, box 0.836, corrective click
-0.842 (moving its masks back by that much alone measured 0.871 and 0.880). On targets made
+Where stage 1 stopped, measured (held-out, 40 scenes): its targets. Made by OpenCV's
+nearest neighbour (`scenes.resized_mask` says why that is wrong), they sat half a 128-px cell
+right of and below their shapes, and the checkpoint shipped before, trained on them, drew its
+masks 1.2 px right and 0.9 px down on 320 x 240 scenes (median): centre click 0.826, box
+0.836, corrective click 0.842 (moving its masks back by that much alone measured 0.871 and
+0.880). On targets made
 by area, the same 7000 steps: 0.884, 0.888 and 0.892, the masks centred (median offset
 -0.02 px, 0.01 px). What is left is in small shapes and a few misses: the median shape
 scores 0.943 from a click and 0.946 from a box, the smallest quarter (under 1130 px) 0.80
@@ -101,7 +102,6 @@ import math
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,7 @@ import torch.nn.functional as F
 from sam3_core.architecture import Architecture, neck_features
 from sam3_core.demo import concepts, evaluate, tracking
 from sam3_core.demo.evaluate import corrective_click
-from sam3_core.demo.scenes import Scene, make_scene
+from sam3_core.demo.scenes import Scene, make_scene, resized_mask
 from sam3_core.demo.weights import DEMO_ARCHITECTURE, build_untrained, save_demo_checkpoint
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import quiet_sam3
@@ -235,15 +235,9 @@ def _pad(prompts: list[list[tuple]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loss_target(mask: np.ndarray, size: int) -> torch.Tensor:
-    """A (H, W) bool mask as the (size, size) float target the losses compare logits with.
-
-    By area, not nearest neighbour: OpenCV's `INTER_NEAREST` reads each target pixel at its
-    cell's top-left corner, half a cell off its centre, and the decoder trained on such
-    targets (the checkpoint shipped before) drew every mask that far right and down: 1.2 px
-    and 0.9 px (median) on 320 x 240 held-out scenes, which cost its centre clicks 0.045 of IoU.
-    """
-    area = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(area > 0.5).float()
+    """A (H, W) bool mask as the (size, size) float target the losses compare logits with
+    (`scenes.resized_mask`: why by area)."""
+    return torch.from_numpy(resized_mask(mask, size)).float()
 
 
 def make_batch(
