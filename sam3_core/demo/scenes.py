@@ -176,19 +176,27 @@ def _draw(
     with it): the image, each shape's whole mask and what is visible of it."""
     image = background.copy()
     height, width = image.shape[:2]
-    yy, xx = np.mgrid[0:height, 0:width]
     full_masks = []
     for shape, (dx, dy) in zip(shapes, offsets, strict=True):
         cx, cy = shape.cx + dx, shape.cy + dy
         mask = _shape_mask(shape.kind, height, width, cx, cy, shape.r, shape.angle)
+        full_masks.append(mask)
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not len(rows):
+            continue
+        # Painted within the shape's box only (training draws scenes at every step).
+        window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        yy = np.arange(rows[0], rows[-1] + 1)[:, None]
+        xx = np.arange(cols[0], cols[-1] + 1)[None, :]
         shade = 1.0 - 0.25 * shape.light * (yy - cy) / max(shape.r, 1)  # a little lighting
         painted = shape.rgb * np.clip(shade, 0.75, 1.25)[..., None]
         if shape.texture == "striped":
             period, direction = shape.stripes
             phase = ((xx - dx) * np.cos(direction) + (yy - dy) * np.sin(direction)) / period
             painted = np.where((phase % 1.0 < 0.5)[..., None], painted * 0.6, painted)
-        image[mask] = painted[mask]
-        full_masks.append(mask)
+        inside = mask[window]
+        painted = np.broadcast_to(painted, (*inside.shape, 3))
+        image[window][inside] = painted[inside]
     # Visible parts: what no later shape covers.
     visible, covered = [], np.zeros((height, width), bool)
     for mask in reversed(full_masks):

@@ -14,22 +14,39 @@ then one or two refinement rounds that add a corrective click where the mask is 
 and feed the previous round's low-res logits back as the mask input (one mask or three,
 as clients may ask). Losses are sam3's (`sam3.train.loss.loss_fns`: focal 20, dice 1,
 IoU-prediction MSE 1, the lowest focal+dice of the proposals trained, every IoU prediction
-supervised). Seeded and deterministic for a given step count; `--time-budget` only stops
-early. Round 0 is hinted at first (`hint_masks`, `--hint-fade`: why at `HINT_SIGMA`). The
-shipped `shapes.pt` is the output of the two commands above (its record: `shapes.json`):
-stage 1 with the defaults, 7000 steps, 48 min on 2 threads here; then stage 3 from it.
+supervised). Seeded: every run draws the same scenes, prompts and initial weights
+(`--time-budget` only stops early), but torch's arithmetic on 2 threads is not repeated bit
+for bit, and a rerun's losses part from the record's in the fourth decimal by step 150.
+Round 0 is hinted at first (`hint_masks`, `--hint-fade`: why at `HINT_SIGMA`). The shipped
+`shapes.pt` is the output of the two commands above (its record: `shapes.json`): stage 1
+with the defaults, 7000 steps, 31 min on 2 threads of this idle machine; then stage 3 from
+it, 17 min: 48 min in all, over the 40-minute budget.
+
+Its time and its spread. Scenes and clips are painted within each shape's box
+(`scenes._draw`): the same pixels (their checksums are pinned by a test), drawn 3 times
+faster for scenes and 5 times for clips, so a stage-1 step takes 0.30 s here instead of
+0.36 and a tracking step 0.82 s on 8 frames and 1.62 s on 16 (1.12 s and 2.09 s). The two
+commands above then took 48 min where they had taken 76 (then on a machine shared at times
+with other work), and gave this checkpoint. The one shipped before came from the same
+commands and seeds: centre click 0.884 there and 0.877 here, box 0.888 and 0.881,
+corrective click 0.892 and 0.893, tracking J 0.786 and 0.846. So two runs of one recipe
+differ by ~0.01 in clicks and boxes and by 0.06 in J: a change measured from one run each
+is within that unless it is larger. Cut to fit the budget in one run (`--steps 4200
+--track-steps 400 200`, 34 min), the recipe measured 0.841 from a click, 0.859 from a box,
+0.870 after a corrective click and J 0.558 (the tracker losing shapes from frame ~15 on):
+the budget cannot buy these scores by cutting steps.
 
 Where stage 1 stopped, measured (held-out, 40 scenes): its targets. Made by OpenCV's
 nearest neighbour (`scenes.resized_mask` says why that is wrong), they sat half a 128-px cell
 right of and below their shapes, and the checkpoint shipped before, trained on them, drew its
 masks 1.2 px right and 0.9 px down on 320 x 240 scenes (median): centre click 0.826, box
 0.836, corrective click 0.842 (moving its masks back by that much alone measured 0.871 and
-0.880). On targets made
-by area, the same 7000 steps: 0.884, 0.888 and 0.892, the masks centred (median offset
--0.02 px, 0.01 px). What is left is in small shapes and a few misses: the median shape
-scores 0.943 from a click and 0.946 from a box, the smallest quarter (under 1130 px) 0.80
-(its low-res ceiling 0.95), and 4 clicks and 6 boxes of 146 miss (IoU under 0.5); stars
-(0.82) and triangles (0.87) spill over their corners, hexagons score 0.95.
+0.880). On targets made by area, the same 7000 steps (its first run): 0.884, 0.888 and
+0.892, the masks centred (median offset -0.02 px, 0.01 px). What is left is in small
+shapes and a few misses: the median shape scores 0.943 from a click and 0.946 from a box,
+the smallest quarter (under 1130 px) 0.80 (its low-res ceiling 0.95), and 4 clicks and 6
+boxes of 146 miss (IoU under 0.5); stars (0.82) and triangles (0.87) spill over their
+corners, hexagons score 0.95.
 
 Measured on the shifted targets, so the plateau they saw (~0.83) was the shift's: a trunk
 twice as wide (`vit_width` 128, 4 heads) learns faster per step (training IoU 0.77 at step
@@ -53,10 +70,10 @@ Stage 3, tracking (`--track-steps N [N ...]`, `sam3_core.demo.tracking`): clips 
 shapes, one shape of each clicked on the first frame and tracked through the others by sam3's
 own per-frame `track_step`; only the tracker's memory (and the object-score head it reads) is
 trained, so clicks and boxes keep stage 1's masks. In phases of longer clips: 800 steps on
-clips of 8 frames, then 300 on clips of 16 at a quarter of the peak lr (28 min in all).
+clips of 8 frames, then 300 on clips of 16 at a quarter of the peak lr (17 min in all).
 Measured on 8 held-out clips of 30 frames, from the stage 1 shipped before (on shifted
 targets): after the first phase alone J was 0.696, falling from 0.81 on the click's frame to
-0.56 on the last; with the second, 0.788. From stage 1 on targets by area (shipped): 0.786,
+0.56 on the last; with the second, 0.788. From stage 1 on targets by area (its first run): 0.786,
 although the click's frame now measures 0.87: J is lost where the tracker drops a shape
 whole for the last frames (its object score below 0; 4 shapes of 25) and where a click's own
 mask misses a half-hidden shape (2), not in the masks it keeps. Nor is J lost to the object

@@ -26,7 +26,7 @@ from tests.integration.serving import deploy
 pytestmark = pytest.mark.ray
 
 DEMO_ENGINE = {"checkpoint": "demo:shapes", "device": "cpu", "concepts": False}
-# On these 8 held-out scenes the shipped model measures 0.873 (centre clicks) and 0.883
+# On these 8 held-out scenes the shipped model measures 0.887 (centre clicks) and 0.891
 # (boxes); random weights ~0.03 (bench/demo.py).
 MIN_CLICK_MIOU = 0.83
 MIN_BOX_MIOU = 0.84
@@ -107,7 +107,7 @@ def test_a_corrective_click_seeded_by_the_cached_logits_improves_the_mask(demo_s
             )
             first.append(iou(mask, scene.masks[i]))
             refined.append(iou(better, scene.masks[i]))
-    # Measured: 0.873 -> 0.888 (the first clicks are good: most of the gain is on the worst).
+    # Measured: 0.887 -> 0.905 (the first clicks are good: most of the gain is on the worst).
     assert np.mean(refined) > np.mean(first) + 0.005, (np.mean(first), np.mean(refined))
 
 
@@ -180,8 +180,8 @@ def test_the_same_masks_on_the_shapes_after_a_scale_out(demo_service, scenes):
     assert moved == expected, "the scenes the ring gave the second replica, and only those"
 
 
-# On this held-out clip (30 frames, 2 shapes) the shipped model's tracks measure J = 0.834
-# over frames 1-29 (sam3_core/demo/shapes.json: 0.786 on 8 clips); random weights ~0.01.
+# On this held-out clip (30 frames, 2 shapes) the shipped model's tracks measure J = 0.880
+# over frames 1-29 (sam3_core/demo/shapes.json: 0.846 on 8 clips); random weights ~0.01.
 MIN_TRACK_J = 0.75
 CLIP_FRAMES = 30
 

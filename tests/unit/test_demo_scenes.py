@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from sam3_core.demo.scenes import (
@@ -99,3 +101,18 @@ def test_the_first_click_is_on_its_shape_and_held_out_clips_have_several_shapes(
     assert clip.masks[0, 0][int(y), int(x)]
     held = held_out_clips(2, 4)
     assert all(len(c.kinds) >= 2 and c.frames.shape[0] == 4 for c in held)
+
+
+def test_scenes_and_clips_are_those_the_shipped_checkpoint_was_trained_and_scored_on():
+    """The streams `shapes.pt` learnt from and `shapes.json` scores: a change to how scenes
+    are drawn (even one that looks like a pure speed-up) must keep every pixel, or retrain."""
+    scenes = hashlib.sha256()
+    for s in held_out_scenes(4) + [make_scene(s, 160 + 7 * s, 335 - 5 * s) for s in range(12)]:
+        scenes.update(s.image.tobytes())
+        scenes.update(s.masks.tobytes())
+    clips = hashlib.sha256()
+    for c in held_out_clips(2, 6) + [make_clip(s, 5, 200, 170) for s in range(4)]:
+        clips.update(c.frames.tobytes())
+        clips.update(c.masks.tobytes())
+    assert scenes.hexdigest() == "246b0882a05ee7d00f70e71e7361245a587151703db54de78572c7247300dd5f"
+    assert clips.hexdigest() == "0b32ee6e966d15c9d115ffdf8e85e843c153c116c2369c638cc9822b15252f83"
