@@ -105,19 +105,33 @@ def decode_both(model, session, embedding, prompt, mask_input=None, arrays=None)
     return expected, mask, score, chosen
 
 
+# A pixel whose logit lies within float error of 0 may land on either side in the two
+# runtimes (the wide decoder's graph reassociates its sums), and hole filling may then fill
+# or keep a hole of up to `max_hole_area` (256 px) around it: once, in a clean-clone CI run,
+# a refined mask differed so. The logits themselves must agree to 1e-4.
+MAX_FLIPPED_PIXELS = 256
+
+
+def assert_same_mask(mask: np.ndarray, expected: np.ndarray) -> None:
+    assert mask.shape == expected.shape
+    assert np.count_nonzero(mask != expected) <= MAX_FLIPPED_PIXELS
+
+
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_onnx_equals_torch_on_float32_inputs(model, session, embedding, prompt):
     expected, mask, score, chosen = decode_both(model, session, embedding, prompt)
-    assert np.array_equal(mask, expected.masks[0])
+    assert_same_mask(mask, expected.masks[0])
     assert abs(score - expected.scores[0]) < 1e-4
     clamped = np.clip(chosen, -onnx_decoder.LOGITS_CLAMP, onnx_decoder.LOGITS_CLAMP)
     np.testing.assert_allclose(clamped, expected.low_res_logits[0], atol=1e-4)
     # Refinement: the previous decode's logits as the mask input.
-    refined, mask, score, _ = decode_both(
+    refined, mask, score, chosen = decode_both(
         model, session, embedding, prompt, mask_input=expected.low_res_logits[0]
     )
-    assert np.array_equal(mask, refined.masks[0])
+    assert_same_mask(mask, refined.masks[0])
     assert abs(score - refined.scores[0]) < 1e-4
+    clamped = np.clip(chosen, -onnx_decoder.LOGITS_CLAMP, onnx_decoder.LOGITS_CLAMP)
+    np.testing.assert_allclose(clamped, refined.low_res_logits[0], atol=1e-4)
 
 
 def test_the_mask_input_is_used(model, session, embedding):
