@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sam3_core.architecture import neck_features
+from sam3_core.demo import parallel
 from sam3_core.demo.scenes import COLOURS, KINDS, Scene, make_scene, resized_mask
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import quiet_sam3, without_pinned_memory
@@ -272,6 +273,7 @@ def concept_step(
     total = losses[CORE_LOSS_KEY]
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    parallel.mean_gradients(optimizer.param_groups[0]["params"])
     torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 0.1)
     optimizer.step()
     logged = {

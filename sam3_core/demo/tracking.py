@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sam3_core.architecture import neck_features
+from sam3_core.demo import parallel
 from sam3_core.demo.scenes import Clip, make_clip
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import quiet_sam3, running_on
@@ -189,6 +190,7 @@ def tracking_step(
     loss = (FOCAL_WEIGHT * focal_sum + DICE_WEIGHT * dice_sum + CLASS_WEIGHT * class_sum) / tracked
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    parallel.mean_gradients(optimizer.param_groups[0]["params"])
     torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 0.1)
     optimizer.step()
     return {

@@ -137,7 +137,10 @@ import argparse
 import json
 import logging
 import math
+import resource
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +148,7 @@ import torch
 import torch.nn.functional as F
 
 from sam3_core.architecture import Architecture, neck_features
-from sam3_core.demo import concepts, evaluate, tracking
+from sam3_core.demo import concepts, evaluate, parallel, tracking
 from sam3_core.demo.evaluate import corrective_click
 from sam3_core.demo.scenes import Scene, make_scene, resized_mask
 from sam3_core.demo.weights import DEMO_ARCHITECTURE, build_untrained, save_demo_checkpoint
@@ -369,6 +372,7 @@ def train_step(
             prompts[i] = [*prompts[i], (x * scale, y * scale, label)]
     optimizer.zero_grad(set_to_none=True)
     (total / rounds).backward()
+    parallel.mean_gradients(model.parameters())
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     logged["loss"] = float(total.detach()) / rounds
@@ -383,10 +387,35 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 200) -> floa
 
 
 def _log_window(window: list[dict], step: int, started: float, history: list[dict]) -> None:
-    mean = {k: round(float(np.mean([w[k] for w in window if k in w])), 4) for k in window[-1]}
+    """The window's mean per key (over the steps and the processes) into `history`."""
+    mean = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
+    mean = {k: round(v, 4) for k, v in parallel.mean_metrics(mean).items()}
     history.append({"step": step, "seconds": round(time.perf_counter() - started), **mean})
-    logger.info("step %d %s", step, mean)
+    if parallel.rank() == 0:
+        logger.info("step %d %s", step, mean)
     window.clear()
+
+
+def _streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(this process's data, the schedule every process shares: a step's rounds). In one
+    process both are the one stream every earlier run drew from."""
+    if parallel.workers() == 1:
+        rng = np.random.default_rng(seed)
+        return rng, rng
+    return (
+        np.random.default_rng([seed, parallel.rank()]),
+        np.random.default_rng([seed, parallel.workers()]),
+    )
+
+
+def _share(count: int) -> int:
+    """This process's part of a step's `count` scenes or clips."""
+    return count // parallel.workers()
+
+
+def _save(model: InteractiveSam3, out: str) -> None:
+    if out and parallel.rank() == 0:
+        save_demo_checkpoint(model, Path(out))
 
 
 def interactive_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[int, list]:
@@ -397,23 +426,28 @@ def interactive_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple
     model.train()
     parameters = [p for n, p in model.named_parameters() if not n.startswith("concepts.")]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
-    rng = np.random.default_rng(args.seed)
+    rng, schedule = _streams(args.seed)
     history: list[dict] = []
     window: list[dict] = []
     started = time.perf_counter()
     for step in range(args.steps):
-        if args.time_budget and time.perf_counter() - started > args.time_budget:
-            logger.warning("time budget reached after %d of %d steps", step, args.steps)
+        if parallel.any_process(
+            bool(args.time_budget) and time.perf_counter() - started > args.time_budget
+        ):
+            if parallel.rank() == 0:
+                logger.warning("time budget reached after %d of %d steps", step, args.steps)
             return step, history
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        rounds = 2 if rng.random() < 0.7 else 3
+        rounds = 2 if schedule.random() < 0.7 else 3
         hint = hint_probability(step, args.steps, args.hint_fade)
-        window.append(train_step(model, optimizer, rng, args.batch, rounds, args.objects, hint))
+        window.append(
+            train_step(model, optimizer, rng, _share(args.batch), rounds, args.objects, hint)
+        )
         if (step + 1) % args.log_every == 0:
             _log_window(window, step + 1, started, history)
-        if args.out and (step + 1) % args.save_every == 0:
-            save_demo_checkpoint(model, Path(args.out))
+        if (step + 1) % args.save_every == 0:
+            _save(model, args.out)
     return args.steps, history
 
 
@@ -421,7 +455,7 @@ def concept_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[int
     """Stage 2: the concept parts only, the trunk frozen (`sam3_core.demo.concepts`). Seeded
     apart from stage 1, so that it repeats from stage 1's checkpoint (`--init`) alike."""
     torch.manual_seed(args.seed + 1)
-    rng = np.random.default_rng(args.seed + 1)
+    rng, _ = _streams(args.seed + 1)
     parameters = concepts.training_mode(model)
     optimizer = torch.optim.AdamW(parameters, lr=args.concept_lr, weight_decay=0.01)
     criterion = concepts.build_criterion()
@@ -429,20 +463,24 @@ def concept_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[int
     window: list[dict] = []
     started = time.perf_counter()
     for step in range(args.concept_steps):
-        if args.concept_time_budget and time.perf_counter() - started > args.concept_time_budget:
-            logger.warning("time budget reached after %d of %d steps", step, args.concept_steps)
+        if parallel.any_process(
+            bool(args.concept_time_budget)
+            and time.perf_counter() - started > args.concept_time_budget
+        ):
+            if parallel.rank() == 0:
+                logger.warning("time budget reached after %d of %d steps", step, args.concept_steps)
             return step, history
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.concept_steps, args.concept_lr, args.warmup)
         window.append(
             concepts.concept_step(
-                model, optimizer, rng, criterion, args.concept_batch, args.concept_queries
+                model, optimizer, rng, criterion, _share(args.concept_batch), args.concept_queries
             )
         )
         if (step + 1) % args.log_every == 0:
             _log_window(window, step + 1, started, history)
-        if args.out and (step + 1) % args.save_every == 0:
-            save_demo_checkpoint(model, Path(args.out))
+        if (step + 1) % args.save_every == 0:
+            _save(model, args.out)
     return args.concept_steps, history
 
 
@@ -462,7 +500,7 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
         args.track_steps, args.track_frames, args.track_lr, strict=True
     ):
         torch.manual_seed(args.seed + 2)
-        rng = np.random.default_rng(args.seed + 2)
+        rng, _ = _streams(args.seed + 2)
         optimizer = torch.optim.AdamW(parameters, lr=peak_lr, weight_decay=0.01)
         window: list[dict] = []
         started = time.perf_counter()
@@ -470,7 +508,9 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, steps, peak_lr, warmup)
-            window.append(tracking.tracking_step(model, optimizer, rng, args.track_batch, frames))
+            window.append(
+                tracking.tracking_step(model, optimizer, rng, _share(args.track_batch), frames)
+            )
             if (step + 1) % args.log_every == 0:
                 _log_window(window, done + step + 1, stage_started, history)
         done += steps
@@ -485,13 +525,30 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
     return done, history, phases
 
 
-def train(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    arch: Architecture = DEMO_ARCHITECTURE
+@dataclass
+class Trained:
+    """What the stages did, as the first process saw it."""
+
+    model: InteractiveSam3
+    steps: int
+    history: list[dict]
+    concept_steps: int
+    concept_history: list[dict]
+    track_steps: int
+    track_history: list[dict]
+    track_phases: list[dict]
+    stage1_wall: float
+    stage2_wall: float
+    stage3_wall: float
+
+
+def run_stages(args: argparse.Namespace) -> Trained:
+    """Build the model (seeded; `--init`'s weights) and run the stages asked for, in this
+    process or as one of `--workers` (`sam3_core.demo.parallel`)."""
     model = build_untrained(seed=args.seed)
     if args.init:
         load_checkpoint(model, torch.load(args.init, map_location="cpu", weights_only=True))
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started = time.perf_counter()
     steps, history = interactive_stage(model, args) if args.steps else (0, [])
     stage1_wall = time.perf_counter() - started
     concept_steps, concept_history = concept_stage(model, args) if args.concept_steps else (0, [])
@@ -499,7 +556,81 @@ def train(args: argparse.Namespace) -> dict:
     track_steps, track_history, track_phases = (
         tracking_stage(model, args) if sum(args.track_steps) else (0, [], [])
     )
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    stage3_wall = time.perf_counter() - started - stage1_wall - stage2_wall
+    return Trained(
+        model,
+        *(steps, history, concept_steps, concept_history),
+        *(track_steps, track_history, track_phases),
+        *(stage1_wall, stage2_wall, stage3_wall),
+    )
+
+
+def _worker(args: argparse.Namespace, rendezvous: str, rank: int) -> None:
+    """A process other than the first: trains alongside it, and leaves it the model."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
+    torch.set_num_threads(max(1, args.threads // args.workers))
+    parallel.join(rendezvous, rank, args.workers)
+    try:
+        run_stages(args)
+    finally:
+        parallel.leave()
+
+
+def run_stages_in_processes(args: argparse.Namespace) -> Trained:
+    """`run_stages` in `--workers` processes of `--threads / --workers` threads each: this
+    one and the others it starts (spawned: a fresh interpreter, as torch wants)."""
+    context = torch.multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="sam3-demo-train-") as folder:
+        rendezvous = str(Path(folder) / "rendezvous")
+        others = [
+            context.Process(target=_worker, args=(args, rendezvous, rank), daemon=True)
+            for rank in range(1, args.workers)
+        ]
+        for process in others:
+            process.start()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, args.threads // args.workers))
+        try:
+            parallel.join(rendezvous, 0, args.workers)
+            trained = run_stages(args)
+        except BaseException:
+            for process in others:
+                process.terminate()
+            raise
+        finally:
+            parallel.leave()
+            for process in others:
+                process.join()
+            torch.set_num_threads(threads)
+    failed = [p.exitcode for p in others if p.exitcode]
+    if failed:
+        raise RuntimeError(f"a training process failed (exit codes {failed})")
+    return trained
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    arch: Architecture = DEMO_ARCHITECTURE
+    started, cpu_started = time.perf_counter(), time.process_time()
+    children_started = resource.getrusage(resource.RUSAGE_CHILDREN)
+    trained = run_stages_in_processes(args) if args.workers > 1 else run_stages(args)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    model = trained.model
+    steps, history = trained.steps, trained.history
+    concept_steps, concept_history = trained.concept_steps, trained.concept_history
+    track_steps, track_history = trained.track_steps, trained.track_history
+    track_phases = trained.track_phases
+    stage1_wall, stage2_wall = trained.stage1_wall, trained.stage2_wall
+    # The wall time includes starting the other processes; the CPU time theirs.
+    wall = time.perf_counter() - started
+    cpu = (
+        time.process_time()
+        - cpu_started
+        + children.ru_utime
+        + children.ru_stime
+        - children_started.ru_utime
+        - children_started.ru_stime
+    )
     record = {
         "model": "demo model trained on synthetic shapes (SAM3's classes at a small size), "
         "not SAM3",
@@ -535,9 +666,10 @@ def train(args: argparse.Namespace) -> dict:
         "track_batch": args.track_batch,
         "track_phases": track_phases,
         "threads": args.threads,
+        "workers": args.workers,
         "stage1_wall_seconds": round(stage1_wall, 1),
         "stage2_wall_seconds": round(stage2_wall, 1),
-        "stage3_wall_seconds": round(wall - stage1_wall - stage2_wall, 1),
+        "stage3_wall_seconds": round(trained.stage3_wall, 1),
         "wall_seconds": round(wall, 1),
         "process_cpu_seconds": round(cpu, 1),
         "losses": history,
@@ -595,6 +727,7 @@ def with_stage1(record: dict, init: Path) -> dict:
     stage1 = json.loads(source.read_text())
     merged = {**record, **{key: stage1[key] for key in STAGE1_KEYS if key in stage1}}
     merged["stage1_threads"] = stage1.get("stage1_threads", stage1.get("threads"))
+    merged["stage1_workers"] = stage1.get("stage1_workers", stage1.get("workers", 1))
     merged["stage1_wall_seconds"] = stage1.get("stage1_wall_seconds", stage1.get("wall_seconds"))
     merged["stage1_process_cpu_seconds"] = stage1.get(
         "stage1_process_cpu_seconds", stage1.get("process_cpu_seconds")
@@ -618,7 +751,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--hint-fade", type=float, default=0.4, help="share of steps with round 0 hinted; 0: none"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="in all")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes training in parallel, sharing --threads"
+    )
     parser.add_argument("--time-budget", type=float, default=0, help="stage 1 seconds; 0: none")
     parser.add_argument("--init", default="", help="start from this demo checkpoint")
     parser.add_argument("--concept-steps", type=int, default=0, help="stage 2; 0: none")
@@ -645,6 +781,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not len(args.track_steps) == len(args.track_frames) == len(args.track_lr):
         parser.error("--track-steps, --track-frames and --track-lr: one value per phase each")
+    shared = {"--batch": args.batch, "--concept-batch": args.concept_batch}
+    shared["--track-batch"] = args.track_batch
+    for name, count in shared.items():
+        if args.workers < 1 or count % args.workers:
+            parser.error(f"{name} ({count}) is shared by --workers ({args.workers}): a multiple")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     return train(args)
 
