@@ -1,7 +1,7 @@
 """The demo model (`SAM3_CHECKPOINT=demo:shapes`, trained on synthetic shapes, not SAM3)
 against random weights of the same architecture, on held-out scenes.
 
-    python -m bench.demo            # 40 held-out scenes, ~4 min on one core
+    python -m bench.demo            # 40 held-out scenes and 32 clips, ~8 min on one core
     python -m bench.demo --scenes 10
 
 Both models are loaded through `sam3_core.weights.load_model` (the demo model through the
@@ -38,7 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=40)
-    parser.add_argument("--clips", type=int, default=8, help="held-out clips tracked")
+    parser.add_argument("--clips", type=int, default=32, help="held-out clips tracked")
     parser.add_argument("--out", default=str(RESULTS / "demo.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
