@@ -65,16 +65,6 @@ def _gradients(rank: int) -> dict:
     }
 
 
-def test_gradients_and_logged_values_are_averaged_over_the_processes():
-    for answer in _in_processes(_gradients):
-        assert answer["workers"] == WORKERS
-        assert answer["both"] == [1.5] * 3  # (1 + 2) / 2
-        assert answer["first"] == [2.0] * 3  # (4 + 0) / 2: a missing gradient counts zero
-        assert answer["neither"] is None  # none given anywhere: AdamW leaves it alone
-        assert answer["metrics"] == {"loss": 0.5, "iou": 1.0}
-        assert answer["stop"] is True
-
-
 def _train_steps(rank: int, steps: int) -> tuple[np.ndarray, float]:
     """A few stage-1 steps on this process's own scenes: every process's weights (gathered)
     and this one's first loss."""
@@ -89,8 +79,28 @@ def _train_steps(rank: int, steps: int) -> tuple[np.ndarray, float]:
     return torch.stack(gathered).numpy(), losses[0]
 
 
-def test_processes_on_different_scenes_keep_equal_weights():
-    (weights, first_loss), (others, other_loss) = _in_processes(_train_steps, 3)
+def _both(rank: int) -> tuple[dict, tuple[np.ndarray, float]]:
+    return _gradients(rank), _train_steps(rank, 3)
+
+
+@pytest.fixture(scope="module")
+def answers() -> list[tuple[dict, tuple[np.ndarray, float]]]:
+    """Both checks in one group of processes (starting one costs ~10 s)."""
+    return _in_processes(_both)
+
+
+def test_gradients_and_logged_values_are_averaged_over_the_processes(answers):
+    for answer, _ in answers:
+        assert answer["workers"] == WORKERS
+        assert answer["both"] == [1.5] * 3  # (1 + 2) / 2
+        assert answer["first"] == [2.0] * 3  # (4 + 0) / 2: a missing gradient counts zero
+        assert answer["neither"] is None  # none given anywhere: AdamW leaves it alone
+        assert answer["metrics"] == {"loss": 0.5, "iou": 1.0}
+        assert answer["stop"] is True
+
+
+def test_processes_on_different_scenes_keep_equal_weights(answers):
+    (_, (weights, first_loss)), (_, (others, other_loss)) = answers
     assert first_loss != other_loss  # each process drew its own scenes
     assert np.array_equal(weights[0], weights[1]) and np.array_equal(weights, others)
     start = torch.nn.utils.parameters_to_vector(build_untrained(0, concepts=False).parameters())
