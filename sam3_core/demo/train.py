@@ -446,8 +446,8 @@ def interactive_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple
     window: list[dict] = []
     started = time.perf_counter()
     for step in range(args.steps):
-        if parallel.any_process(
-            bool(args.time_budget) and time.perf_counter() - started > args.time_budget
+        if args.time_budget and parallel.any_process(
+            time.perf_counter() - started > args.time_budget
         ):
             if parallel.rank() == 0:
                 logger.warning("time budget reached after %d of %d steps", step, args.steps)
@@ -478,9 +478,8 @@ def concept_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[int
     window: list[dict] = []
     started = time.perf_counter()
     for step in range(args.concept_steps):
-        if parallel.any_process(
-            bool(args.concept_time_budget)
-            and time.perf_counter() - started > args.concept_time_budget
+        if args.concept_time_budget and parallel.any_process(
+            time.perf_counter() - started > args.concept_time_budget
         ):
             if parallel.rank() == 0:
                 logger.warning("time budget reached after %d of %d steps", step, args.concept_steps)
@@ -631,11 +630,6 @@ def train(args: argparse.Namespace) -> dict:
     trained = run_stages_in_processes(args) if args.workers > 1 else run_stages(args)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     model = trained.model
-    steps, history = trained.steps, trained.history
-    concept_steps, concept_history = trained.concept_steps, trained.concept_history
-    track_steps, track_history = trained.track_steps, trained.track_history
-    track_phases = trained.track_phases
-    stage1_wall, stage2_wall = trained.stage1_wall, trained.stage2_wall
     # The wall time includes starting the other processes; the CPU time theirs.
     wall = time.perf_counter() - started
     cpu = (
@@ -655,41 +649,41 @@ def train(args: argparse.Namespace) -> dict:
         + (
             "stage 2: concept segmentation (texts naming shapes and colours, box exemplars) "
             "with the ViT trunk frozen; "
-            if concept_steps
+            if trained.concept_steps
             else "the concept detector keeps its seeded random initialisation; "
         )
         + (
             "stage 3: the tracker's memory on clips of moving shapes (one click on the first "
             "frame), all that clicks and boxes read frozen"
-            if track_steps
+            if trained.track_steps
             else "the tracker's memory keeps its seeded random initialisation"
         ),
         "seed": args.seed,
         "init": args.init or None,
-        "steps": steps,
+        "steps": trained.steps,
         "steps_planned": args.steps,
         "batch": args.batch,
         "objects_per_scene": args.objects,
         "peak_lr": args.lr,
         "hint_fade": args.hint_fade,
-        "concept_steps": concept_steps,
+        "concept_steps": trained.concept_steps,
         "concept_steps_planned": args.concept_steps,
         "concept_batch": args.concept_batch,
         "concept_queries_per_scene": args.concept_queries,
         "concept_peak_lr": args.concept_lr,
-        "track_steps": track_steps,
+        "track_steps": trained.track_steps,
         "track_batch": args.track_batch,
-        "track_phases": track_phases,
+        "track_phases": trained.track_phases,
         "threads": args.threads,
         "workers": args.workers,
-        "stage1_wall_seconds": round(stage1_wall, 1),
-        "stage2_wall_seconds": round(stage2_wall, 1),
+        "stage1_wall_seconds": round(trained.stage1_wall, 1),
+        "stage2_wall_seconds": round(trained.stage2_wall, 1),
         "stage3_wall_seconds": round(trained.stage3_wall, 1),
         "wall_seconds": round(wall, 1),
         "process_cpu_seconds": round(cpu, 1),
-        "losses": history,
-        "concept_losses": concept_history,
-        "track_losses": track_history,
+        "losses": trained.history,
+        "concept_losses": trained.concept_history,
+        "track_losses": trained.track_history,
     }
     if args.init and not args.steps:
         record = with_stage1(record, Path(args.init))
