@@ -3,6 +3,8 @@ against random weights of the same architecture, on held-out scenes.
 
     python -m bench.demo            # 40 held-out scenes and 32 clips, ~8 min on one core
     python -m bench.demo --scenes 10
+    python -m bench.demo --checkpoint /tmp/run.pt --no-random \
+        --out bench/results/demo-run-name.json     # a run not shipped, ~4 min
 
 Both models are loaded through `sam3_core.weights.load_model` (the demo model through the
 same checkpoint path as sam3.pt) and called as the service calls them (`encode`, `decode`):
@@ -15,7 +17,9 @@ moving through held-out clips, each clicked once on frame 0 and tracked through 
 service's video sessions (J, `evaluate.tracking_scores`); and where the demo model's IoU is
 lost (`evaluate.diagnosis`).
 Writes bench/results/demo.json, with the training record's facts (steps, wall and CPU
-time, checkpoint size) from `sam3_core/demo/shapes.json`.
+time, checkpoint size) from `sam3_core/demo/shapes.json`; `--checkpoint` scores another
+run's checkpoint the same way, its record read from beside it (`run.json`), so that the
+runs not shipped are compared from results too, not from figures copied by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 import torch
 
 from sam3_core.demo import evaluate
-from sam3_core.demo.weights import DEMO_DIR, demo_checkpoint_path
+from sam3_core.demo.weights import DEMO_PREFIX, demo_checkpoint_path
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
 
@@ -39,16 +43,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=40)
     parser.add_argument("--clips", type=int, default=32, help="held-out clips tracked")
+    parser.add_argument(
+        "--checkpoint", default="demo:shapes", help="demo:shapes or a run's .pt (record beside)"
+    )
+    parser.add_argument(
+        "--random",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score random weights of the same architecture too",
+    )
     parser.add_argument("--out", default=str(RESULTS / "demo.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    record = json.loads((DEMO_DIR / "shapes.json").read_text())
-    models = {
-        "demo": EngineSettings(checkpoint="demo:shapes", device="cpu"),
-        "random": EngineSettings(
+    checkpoint = (
+        demo_checkpoint_path(args.checkpoint)
+        if args.checkpoint.startswith(DEMO_PREFIX)
+        else Path(args.checkpoint)
+    )
+    record = json.loads(checkpoint.with_suffix(".json").read_text())
+    models = {"demo": EngineSettings(checkpoint=args.checkpoint, device="cpu")}
+    if args.random:
+        models["random"] = EngineSettings(
             random_weights=record["architecture"], random_seed=0, device="cpu"
-        ),
-    }
+        )
     scores = {}
     for name, settings in models.items():
         started = time.perf_counter()
@@ -60,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "model": record["model"],
         "architecture": record["architecture"],
-        "checkpoint_bytes": demo_checkpoint_path("demo:shapes").stat().st_size,
+        "checkpoint": args.checkpoint,
+        "checkpoint_bytes": checkpoint.stat().st_size,
         "training": {
             key: record.get(key)
             for key in (
@@ -71,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "objects_per_scene",
                 "hint_fade",
                 "threads",
+                "workers",
+                "stage1_workers",
                 "concept_steps",
                 "concept_batch",
                 "concept_queries_per_scene",
