@@ -1,11 +1,21 @@
 """Held-out scores of a model on synthetic scenes, through `InteractiveSam3.encode`/`decode`
 as the service calls them: one centre click, a box, and a refinement round (a corrective
 click with the first click's low-res logits fed back); and concept queries (texts naming
-shapes and colours, box exemplars) through `ConceptSam3.ground` as the engine calls it."""
+shapes and colours, box exemplars) through `ConceptSam3.ground` as the engine calls it.
+
+    python -m sam3_core.demo.evaluate sam3_core/demo/shapes.pt --scenes 40 --clips 32 \
+        --record sam3_core/demo/shapes.json
+
+scores a demo checkpoint as training's `--eval-scenes`/`--eval-clips` do (`held_out`), with
+random weights beside it, into its record: for a checkpoint trained without them.
+"""
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -317,3 +327,53 @@ def _all_proposals(
         _, scores, low_res = call._predict(*inputs[1:], inputs[0], True, return_logits=True)
         full = F.interpolate(low_res.float(), embedding.orig_hw, mode="bilinear")
     return full.numpy(), scores.numpy()
+
+
+def held_out(
+    model: InteractiveSam3,
+    tracked: EngineSettings | None,
+    scenes: int,
+    clips: int,
+    *,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """A training record's `held_out` and `held_out_random_weights`: `model`'s clicks, boxes
+    and concepts on `scenes` held-out scenes and the tracking of `clips` held-out clips by
+    the checkpoint `tracked` names (the service's video sessions load it), against random
+    weights seeded as training starts from."""
+    from sam3_core.demo.weights import DEMO_ARCHITECTURE, build_untrained
+
+    record: dict[str, dict] = {"held_out": {}, "held_out_random_weights": {}}
+    if scenes:
+        random_model = build_untrained(seed=seed).eval()
+        for key, scored in (("held_out", model), ("held_out_random_weights", random_model)):
+            record[key] = scores(scored, scenes)
+            record[key]["concepts"] = concept_scores(scored, scenes)
+    if clips and tracked is not None:
+        random = EngineSettings(random_weights=DEMO_ARCHITECTURE.name, device="cpu")
+        record["held_out"]["tracking"] = tracking_scores(tracked, clips)
+        record["held_out_random_weights"]["tracking"] = tracking_scores(random, clips)
+    return {key: value for key, value in record.items() if value}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from sam3_core.weights import load_model
+
+    parser = argparse.ArgumentParser(description="Score a demo checkpoint into its record.")
+    parser.add_argument("checkpoint", help="a demo checkpoint (.pt)")
+    parser.add_argument("--scenes", type=int, default=40, help="held-out scenes")
+    parser.add_argument("--clips", type=int, default=32, help="held-out clips tracked")
+    parser.add_argument("--record", required=True, help="the record (.json) to add them to")
+    parser.add_argument("--seed", type=int, default=0, help="random weights' seed")
+    args = parser.parse_args(argv)
+    settings = EngineSettings(checkpoint=args.checkpoint, device="cpu")
+    scored = held_out(load_model(settings), settings, args.scenes, args.clips, seed=args.seed)
+    path = Path(args.record)
+    record = {**json.loads(path.read_text()), **scored}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # as bench.demo scores
+    main()

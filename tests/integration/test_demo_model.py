@@ -181,7 +181,7 @@ def test_the_same_masks_on_the_shapes_after_a_scale_out(demo_service, scenes):
 
 
 # On this held-out clip (30 frames, 2 shapes) the shipped model's tracks measure J = 0.880
-# over frames 1-29 (sam3_core/demo/shapes.json: 0.846 on 8 clips); random weights ~0.01.
+# over frames 1-29 (sam3_core/demo/shapes.json: 0.829 on 32 clips); random weights ~0.01.
 MIN_TRACK_J = 0.75
 CLIP_FRAMES = 30
 

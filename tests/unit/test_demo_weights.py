@@ -3,7 +3,9 @@ same code as sam3.pt, its training script runs, and its masks follow the shapes.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +156,21 @@ def test_a_few_steps_of_every_stage_run_and_write_a_loadable_checkpoint(tmp_path
     moved = [k for k, v in with_concepts.items() if not torch.equal(v, before[k])]
     assert any(k.startswith("concepts.detector.transformer.") for k in moved)
     assert any(k.startswith("concepts.detector.backbone.language_backbone.") for k in moved)
+
+
+def test_a_checkpoint_scored_after_training_gets_held_out_scores_in_its_record(
+    demo_model, tmp_path: Path
+):
+    record_path = tmp_path / "shapes.json"
+    record_path.write_text(json.dumps({"model": "kept", "held_out": {"stale": 1.0}}))
+    argv = [str(SHIPPED), "--scenes", "2", "--clips", "0", "--record", str(record_path)]
+    record = evaluate.main(argv)
+    assert json.loads(record_path.read_text()) == record
+    assert record["model"] == "kept" and "stale" not in record["held_out"]
+    click = evaluate.scores(demo_model, 2)["centre_click_miou"]
+    assert record["held_out"]["centre_click_miou"] == click
+    assert record["held_out_random_weights"]["centre_click_miou"] < 0.3 < click
+    assert record["held_out"]["concepts"]["scenes"] == 2 and "tracking" not in record["held_out"]
 
 
 def test_the_tracking_phases_are_given_a_value_each_or_refused():
