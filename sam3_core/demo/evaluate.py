@@ -369,7 +369,9 @@ def main(argv: list[str] | None = None) -> dict:
     settings = EngineSettings(checkpoint=args.checkpoint, device="cpu")
     scored = held_out(load_model(settings), settings, args.scenes, args.clips, seed=args.seed)
     path = Path(args.record)
-    record = {**json.loads(path.read_text()), **scored}
+    record = json.loads(path.read_text())
+    for key, fresh in scored.items():  # what was not scored again (--clips 0) is kept
+        record[key] = {**record.get(key, {}), **fresh}
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
