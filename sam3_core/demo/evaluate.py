@@ -30,8 +30,10 @@ from sam3_core.demo.scenes import (
     held_out_scenes,
     interior_point,
 )
+from sam3_core.demo.weights import DEMO_ARCHITECTURE, build_untrained
 from sam3_core.model import ImageEmbedding, InteractiveSam3
 from sam3_core.settings import EngineSettings, RequestLimits, VideoSettings
+from sam3_core.weights import load_model
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -341,8 +343,6 @@ def held_out(
     and concepts on `scenes` held-out scenes and the tracking of `clips` held-out clips by
     the checkpoint `tracked` names (the service's video sessions load it), against random
     weights seeded as training starts from."""
-    from sam3_core.demo.weights import DEMO_ARCHITECTURE, build_untrained
-
     record: dict[str, dict] = {"held_out": {}, "held_out_random_weights": {}}
     if scenes:
         random_model = build_untrained(seed=seed).eval()
@@ -357,8 +357,6 @@ def held_out(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from sam3_core.weights import load_model
-
     parser = argparse.ArgumentParser(description="Score a demo checkpoint into its record.")
     parser.add_argument("checkpoint", help="a demo checkpoint (.pt)")
     parser.add_argument("--scenes", type=int, default=40, help="held-out scenes")

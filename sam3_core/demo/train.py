@@ -17,7 +17,7 @@ IoU-prediction MSE 1, the lowest focal+dice of the proposals trained, every IoU 
 supervised). Seeded: every run draws the same scenes, prompts and initial weights
 (`--time-budget` only stops early), but torch's arithmetic on 2 threads is not repeated bit
 for bit, and a rerun's losses part from the record's in the fourth decimal by step 150 (in
-`--workers` processes of one thread each, they did not).
+`--workers` processes of one thread each, the losses repeat).
 Round 0 is hinted at first (`hint_masks`, `--hint-fade`: why at `HINT_SIGMA`). The shipped
 `shapes.pt` is the output of the two commands above (its record: `shapes.json`): stage 1
 with the defaults, 7000 steps, 31 min on 2 threads of this idle machine; then stage 3 from
