@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from sam3_core.demo import parallel, train
+from sam3_core.demo import parallel, tracking, train
 from sam3_core.demo.weights import build_untrained
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
@@ -135,3 +135,47 @@ def test_a_batch_that_the_processes_cannot_share_is_refused(capsys):
         train.main(["--workers", "2", "--batch", "3", "--steps", "0"])
     assert exit_.value.code == 2
     assert "--batch (3) is shared by --workers (2)" in capsys.readouterr().err
+
+
+class _Recorder:
+    """An optimiser that keeps the gradient it is given instead of stepping."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter]) -> None:
+        self.param_groups = [{"params": parameters}]
+        self.gradients: list[torch.Tensor | None] = []
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for parameter in self.param_groups[0]["params"]:
+            parameter.grad = None
+
+    def step(self) -> None:
+        self.gradients = [
+            None if p.grad is None else p.grad.clone() for p in self.param_groups[0]["params"]
+        ]
+
+
+def test_a_tracking_step_on_four_clips_is_the_mean_of_two_steps_on_two(monkeypatch):
+    """What two processes of two clips each apply (`parallel.mean_gradients`) is what one
+    process of four would: the clips of a batch do not see each other in `track_step`, and
+    the losses are means over the clips."""
+    model = load_model(EngineSettings(checkpoint="demo:shapes", device="cpu", concepts=False))
+    parameters = tracking.training_mode(model)
+    clips = tracking.clip_batch(np.random.default_rng(5), 4, 3)
+    # The clipping (to a norm of 0.1) comes after the mean in processes: compare before it.
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: None)
+
+    def step(chosen: list) -> tuple[list, dict]:
+        monkeypatch.setattr(tracking, "clip_batch", lambda rng, batch, frames: chosen)
+        recorder = _Recorder(parameters)
+        logged = tracking.tracking_step(model, recorder, np.random.default_rng(0), len(chosen), 3)
+        return recorder.gradients, logged
+
+    whole, logged = step(clips)
+    (first, first_logged), (second, second_logged) = step(clips[:2]), step(clips[2:])
+    assert logged["track_loss"] == pytest.approx(
+        (first_logged["track_loss"] + second_logged["track_loss"]) / 2, rel=1e-5
+    )
+    given = [(w, a, b) for w, a, b in zip(whole, first, second, strict=True) if w is not None]
+    assert given and sum(float(w.norm()) for w, _, _ in given) > 0
+    for w, a, b in given:  # the same sums in other orders: equal within float32 rounding
+        assert float((w - (a + b) / 2).norm()) <= 1e-3 * float(w.norm())
