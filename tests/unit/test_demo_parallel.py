@@ -1,5 +1,6 @@
 """`sam3_core.demo.parallel`: processes training the demo model together apply the mean of
-their gradients and keep equal weights, in real processes (spawned, gloo)."""
+their gradients and keep equal weights, in real processes (spawned, gloo); and that mean is
+the gradient one process would apply to their clips together."""
 
 from __future__ import annotations
 
