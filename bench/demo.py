@@ -33,7 +33,7 @@ import torch
 
 from sam3_core.demo import evaluate
 from sam3_core.settings import EngineSettings
-from sam3_core.weights import _checkpoint_path, load_model
+from sam3_core.weights import checkpoint_path, load_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(RESULTS / "demo.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    checkpoint = _checkpoint_path(args.checkpoint)
+    checkpoint = checkpoint_path(args.checkpoint)
     record = json.loads(checkpoint.with_suffix(".json").read_text())
     models = {"demo": EngineSettings(checkpoint=args.checkpoint, device="cpu")}
     if args.random:

@@ -39,7 +39,7 @@ from sam3_core.settings import EngineSettings
 from sam3_core.weights import (
     HOW_TO_GET_WEIGHTS,
     _architecture_of,
-    _checkpoint_path,
+    checkpoint_path,
     resolve_device,
 )
 
@@ -133,7 +133,7 @@ def load_video_model(
     device = resolve_device(settings.device)
     started = time.perf_counter()
     if settings.checkpoint:
-        path = _checkpoint_path(settings.checkpoint)
+        path = checkpoint_path(settings.checkpoint)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:

@@ -107,7 +107,8 @@ def _architecture_of(checkpoint: Mapping, default: Architecture) -> Architecture
     return ARCHITECTURES[name]
 
 
-def _checkpoint_path(spec: str) -> Path:
+def checkpoint_path(spec: str) -> Path:
+    """The file a `SAM3_CHECKPOINT` value names: `demo:NAME`, a hub repo or a path."""
     if spec.startswith(DEMO_PREFIX):
         path = demo_checkpoint_path(spec)
         if not path.is_file():
@@ -159,7 +160,7 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
         "concepts_bpe_path": clip_vocabulary() if settings.concepts else None,
     }
     if settings.checkpoint:
-        path = _checkpoint_path(settings.checkpoint)
+        path = checkpoint_path(settings.checkpoint)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:

@@ -13,11 +13,11 @@ from sam3_core.demo.evaluate import tracking_scores
 from sam3_core.errors import WeightsError
 from sam3_core.settings import EngineSettings
 from sam3_core.video_architecture import load_video_model
-from sam3_core.weights import _checkpoint_path
+from sam3_core.weights import checkpoint_path
 
 
 def test_the_demo_checkpoint_loads_into_the_video_model_at_its_size() -> None:
-    path = _checkpoint_path("demo:shapes")
+    path = checkpoint_path("demo:shapes")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = load_video_model(EngineSettings(checkpoint="demo:shapes", device="cpu"))
     assert model.image_size == ARCHITECTURES[checkpoint["architecture"]].image_size
@@ -32,7 +32,7 @@ def test_the_demo_checkpoint_loads_into_the_video_model_at_its_size() -> None:
 def test_a_checkpoint_that_does_not_fit_the_video_model_is_said_in_one_short_line(
     tmp_path,
 ) -> None:
-    tensors = torch.load(_checkpoint_path("demo:shapes"), map_location="cpu", weights_only=True)
+    tensors = torch.load(checkpoint_path("demo:shapes"), map_location="cpu", weights_only=True)
     tensors = dict(tensors["model"])
     unnamed = tmp_path / "unnamed.pt"  # no architecture named: loaded strictly, as sam3's are
     torch.save({"model": {**tensors, "tracker.not_in_sam3.weight": torch.zeros(2)}}, unnamed)
