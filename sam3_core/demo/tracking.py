@@ -45,6 +45,8 @@ FOCAL_WEIGHT, DICE_WEIGHT, CLASS_WEIGHT = 20.0, 1.0, 1.0
 # SAM2's object-score loss: focal with alpha 0.5 and gamma 0 (a balanced cross-entropy).
 OBJECT_ALPHA, OBJECT_GAMMA = 0.5, 0.0
 LOSS_SIZE = 128  # as stage 1: the low-res logits upsampled to this side
+# A true mask as logits for `true_memory`: sigmoid(10) is 1 to within 5e-5.
+TRUE_LOGIT = 10.0
 
 
 def training_mode(model: InteractiveSam3) -> list[torch.nn.Parameter]:
@@ -133,19 +135,58 @@ def targets(clips: list[tuple[Clip, int]], t: int) -> torch.Tensor:
     return (torch.stack(masks) > 0.5).float()
 
 
+def true_memory(
+    tracker: torch.nn.Module,
+    clips: list[tuple[Clip, int]],
+    t: int,
+    feats: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+    output: dict,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Frame `t`'s memory as `track_step` encodes it (`_encode_new_memory`), from the tracked
+    shapes' true masks and presence instead of the tracker's: (features, position encodings)."""
+    side = tracker.image_size
+    truth = torch.stack(
+        [
+            F.interpolate(
+                torch.from_numpy(clip.masks[index, t]).float()[None, None],
+                size=(side, side),
+                mode="area",
+            )[0]
+            for clip, index in clips
+        ]
+    )
+    present = truth.flatten(1).amax(dim=1, keepdim=True) > 0.5
+    return tracker._encode_new_memory(
+        image=None,
+        current_vision_feats=feats,
+        feat_sizes=sizes,
+        pred_masks_high_res=(truth > 0.5).float() * 2 * TRUE_LOGIT - TRUE_LOGIT,
+        object_score_logits=present.float() * 2 * TRUE_LOGIT - TRUE_LOGIT,
+        is_mask_from_pts=False,
+        output_dict=output,
+        is_init_cond_frame=False,
+    )
+
+
 def tracking_step(
     model: InteractiveSam3,
     optimizer: torch.optim.Optimizer,
     rng: np.random.Generator,
     batch: int,
     frames: int,
+    teacher: float = 0.0,
 ) -> dict[str, float]:
     """One step: `batch` clips of `frames` frames, one shape of each clicked in frame 0 and
-    tracked through the others by `track_step`, the losses summed over the tracked frames."""
+    tracked through the others by `track_step`, the losses summed over the tracked frames.
+    With probability `teacher`, the step is taught with its tracked frames' memories made
+    from the true masks (`true_memory`) rather than from the tracker's own; each frame's
+    masks are still decoded from memory and trained alike."""
     tracker = model.predictor.model
     clips = clip_batch(rng, batch, frames)
     feats, pos, sizes = frame_features(model, clips)
     output: dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    forced = bool(teacher > 0 and rng.random() < teacher)
     focal_sum = dice_sum = class_sum = torch.zeros(())
     iou_sum = 0.0
     for t in range(frames):
@@ -161,7 +202,12 @@ def tracking_step(
                 mask_inputs=None,
                 output_dict=output,
                 num_frames=frames,
+                run_mem_encoder=not (forced and t > 0),
             )
+            if forced and t > 0:
+                out["maskmem_features"], out["maskmem_pos_enc"] = true_memory(
+                    tracker, clips, t, feats[t], sizes, output
+                )
         output["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
         target = targets(clips, t)
         # SAM2's multi-step loss as sam3 keeps it (commented out) in `loss_fns`: the masks'

@@ -402,11 +402,15 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
         window: list[dict] = []
         started = time.perf_counter()
         warmup = min(args.warmup, steps // 8)
+        fade = args.track_teacher_steps if not phases else 0  # the first phase only
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, steps, peak_lr, warmup)
+            teacher = max(0.0, 1 - step / fade) if fade else 0.0
             window.append(
-                tracking.tracking_step(model, optimizer, rng, _share(args.track_batch), frames)
+                tracking.tracking_step(
+                    model, optimizer, rng, _share(args.track_batch), frames, teacher
+                )
             )
             if (step + 1) % args.log_every == 0:
                 _log_window(window, done + step + 1, stage_started, history)
@@ -416,6 +420,7 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
                 "steps": steps,
                 "frames": frames,
                 "peak_lr": peak_lr,
+                "teacher_steps": fade,
                 "wall_seconds": round(time.perf_counter() - started, 1),
             }
         )
@@ -650,6 +655,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--track-lr", type=float, nargs="+", default=[2e-3], help="peak lr, per phase"
+    )
+    parser.add_argument(
+        "--track-teacher-steps",
+        type=int,
+        default=0,
+        help="stage 3's first phase: steps over which the share taught from true memories "
+        "falls from all to none (0: none)",
     )
     parser.add_argument("--eval-clips", type=int, default=0, help="held-out clips tracked")
     parser.add_argument("--out", default="", help="checkpoint path (shapes.pt)")

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from sam3_core.demo import parallel, tracking, train
+from sam3_core.demo.scenes import resized_mask
 from sam3_core.demo.weights import build_untrained
 from sam3_core.settings import EngineSettings
 from sam3_core.weights import load_model
@@ -180,3 +181,37 @@ def test_a_tracking_step_on_four_clips_is_the_mean_of_two_steps_on_two(monkeypat
     assert given and sum(float(w.norm()) for w, _, _ in given) > 0
     for w, a, b in given:  # the same sums in other orders: equal within float32 rounding
         assert float((w - (a + b) / 2).norm()) <= 1e-3 * float(w.norm())
+
+
+@pytest.mark.parametrize("teacher", [0.0, 1.0])
+def test_a_taught_step_makes_the_tracked_frames_memories_from_their_true_masks(
+    monkeypatch, teacher
+):
+    """`--track-teacher-steps`: a taught step encodes each tracked frame's memory from that
+    frame's true mask of the tracked shape (and its presence), an untaught one from the
+    tracker's own mask; the clicked frame's memory is the click's mask in both."""
+    model = load_model(EngineSettings(checkpoint="demo:shapes", device="cpu", concepts=False))
+    tracker = model.predictor.model
+    tracking.training_mode(model)
+    clips = tracking.clip_batch(np.random.default_rng(5), 2, 3)
+    monkeypatch.setattr(tracking, "clip_batch", lambda rng, batch, frames: clips)
+    encoded: list[tuple[torch.Tensor, torch.Tensor]] = []
+    encode = tracker._encode_new_memory
+
+    def spy(**kwargs):
+        encoded.append((kwargs["pred_masks_high_res"], kwargs["object_score_logits"]))
+        return encode(**kwargs)
+
+    monkeypatch.setattr(tracker, "_encode_new_memory", spy)
+    optimizer = _Recorder(tracking.training_mode(model))
+    logged = tracking.tracking_step(model, optimizer, np.random.default_rng(0), 2, 3, teacher)
+    assert np.isfinite(logged["track_loss"]) and len(encoded) == 3  # one memory a frame
+    side = tracker.image_size
+    for t, (masks, scores) in enumerate(encoded):
+        given = torch.all(masks.abs() == tracking.TRUE_LOGIT) and torch.all(
+            scores.abs() == tracking.TRUE_LOGIT
+        )
+        assert bool(given) == bool(teacher and t)
+        if given:
+            truth = np.stack([resized_mask(clip.masks[index, t], side) for clip, index in clips])
+            assert ((masks[:, 0] > 0).numpy() == truth).mean() > 0.99

@@ -129,7 +129,8 @@ def test_a_few_steps_of_every_stage_run_and_write_a_loadable_checkpoint(tmp_path
             *("--steps", "3", "--batch", "2", "--log-every", "1"),
             *("--concept-steps", "2", "--concept-batch", "1", "--concept-queries", "3"),
             *("--track-steps", "1", "1", "--track-batch", "2", "--track-frames", "3", "4"),
-            *("--track-lr", "2e-3", "5e-4", "--out", str(out), "--record", str(record_path)),
+            *("--track-lr", "2e-3", "5e-4", "--track-teacher-steps", "1"),
+            *("--out", str(out), "--record", str(record_path)),
         ]
     )
     assert record["steps"] == 3 and len(record["losses"]) == 3
@@ -139,8 +140,10 @@ def test_a_few_steps_of_every_stage_run_and_write_a_loadable_checkpoint(tmp_path
     assert record["track_steps"] == 2 and len(record["track_losses"]) == 2
     assert all(np.isfinite(entry["track_loss"]) for entry in record["track_losses"])
     assert [entry["step"] for entry in record["track_losses"]] == [1, 2]  # across phases
-    phases = [(p["steps"], p["frames"], p["peak_lr"]) for p in record["track_phases"]]
-    assert phases == [(1, 3, 2e-3), (1, 4, 5e-4)]
+    phases = [
+        (p["steps"], p["frames"], p["peak_lr"], p["teacher_steps"]) for p in record["track_phases"]
+    ]
+    assert phases == [(1, 3, 2e-3, 1), (1, 4, 5e-4, 0)]  # taught in the first phase only
     assert record_path.is_file() and "not SAM3" in record["model"]
     trained = load_model(EngineSettings(checkpoint=str(out), device="cpu", concepts=False))
     # The starting point through the same float16 checkpoint: training moved the weights.
