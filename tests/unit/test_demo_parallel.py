@@ -192,7 +192,6 @@ def test_a_taught_step_makes_the_tracked_frames_memories_from_their_true_masks(
     tracker's own mask; the clicked frame's memory is the click's mask in both."""
     model = load_model(EngineSettings(checkpoint="demo:shapes", device="cpu", concepts=False))
     tracker = model.predictor.model
-    tracking.training_mode(model)
     clips = tracking.clip_batch(np.random.default_rng(5), 2, 3)
     monkeypatch.setattr(tracking, "clip_batch", lambda rng, batch, frames: clips)
     encoded: list[tuple[torch.Tensor, torch.Tensor]] = []
