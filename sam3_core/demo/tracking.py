@@ -123,11 +123,12 @@ def first_clicks(model: InteractiveSam3, clips: list[tuple[Clip, int]]) -> dict:
     }
 
 
-def targets(clips: list[tuple[Clip, int]], t: int) -> torch.Tensor:
+def targets(clips: list[tuple[Clip, int]], t: int, side: int = LOSS_SIZE) -> torch.Tensor:
+    """The tracked shapes' true masks in frame `t` on a (side, side) grid, by area: (B, 1, S, S)."""
     masks = [
         F.interpolate(
             torch.from_numpy(clip.masks[index, t]).float()[None, None],
-            size=(LOSS_SIZE, LOSS_SIZE),
+            size=(side, side),
             mode="area",
         )[0]
         for clip, index in clips
@@ -145,23 +146,13 @@ def true_memory(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Frame `t`'s memory as `track_step` encodes it (`_encode_new_memory`), from the tracked
     shapes' true masks and presence instead of the tracker's: (features, position encodings)."""
-    side = tracker.image_size
-    truth = torch.stack(
-        [
-            F.interpolate(
-                torch.from_numpy(clip.masks[index, t]).float()[None, None],
-                size=(side, side),
-                mode="area",
-            )[0]
-            for clip, index in clips
-        ]
-    )
-    present = truth.flatten(1).amax(dim=1, keepdim=True) > 0.5
+    truth = targets(clips, t, tracker.image_size)
+    present = truth.flatten(1).amax(dim=1, keepdim=True) > 0
     return tracker._encode_new_memory(
         image=None,
         current_vision_feats=feats,
         feat_sizes=sizes,
-        pred_masks_high_res=(truth > 0.5).float() * 2 * TRUE_LOGIT - TRUE_LOGIT,
+        pred_masks_high_res=truth * 2 * TRUE_LOGIT - TRUE_LOGIT,
         object_score_logits=present.float() * 2 * TRUE_LOGIT - TRUE_LOGIT,
         is_mask_from_pts=False,
         output_dict=output,
