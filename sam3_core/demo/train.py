@@ -1,11 +1,10 @@
 """Train the demo model (SAM3's classes at the `tiny` size) on synthetic shapes, on the CPU.
 
-    python -m sam3_core.demo.train --eval-scenes 40 \
-        --out sam3_core/demo/shapes.pt --record sam3_core/demo/shapes.json
-    python -m sam3_core.demo.train --init sam3_core/demo/shapes.pt --steps 0 \
-        --track-steps 800 300 --track-frames 8 16 --track-lr 2e-3 5e-4 \
-        --eval-scenes 40 --eval-clips 32 \
-        --out sam3_core/demo/shapes.pt --record sam3_core/demo/shapes.json
+    python -m sam3_core.demo.train --workers 2 --out s1.pt --record s1.json
+    python -m sam3_core.demo.train --workers 2 --init s1.pt --steps 0 --seed 1 \
+        --track-teacher-steps 400 --track-steps 800 250 --track-frames 8 16 \
+        --track-lr 2e-3 5e-4 --out sam3_core/demo/shapes.pt --record sam3_core/demo/shapes.json
+    python -m sam3_core.demo.evaluate sam3_core/demo/shapes.pt --record sam3_core/demo/shapes.json
 
 Interactive segmentation, SAM-style: each step embeds `--batch` scenes once and decodes
 `--objects` instances of each (as SAM trains several masks per image embedding) from a first
@@ -19,11 +18,12 @@ supervised). Seeded: every run draws the same scenes, prompts and initial weight
 for bit, and a rerun's losses part from the record's in the fourth decimal by step 150 (in
 `--workers` processes of one thread each, the losses repeat).
 Round 0 is hinted at first (`hint_masks`, `--hint-fade`: why at `HINT_SIGMA`). The shipped
-`shapes.pt` is the output of the two commands above (its record: `shapes.json`): stage 1
-with the defaults, 7000 steps, 31 min on 2 threads of this idle machine; then stage 3 from
-it, 17 min: 48 min in all, over the 40-minute budget. (It was trained with `--eval-clips 8`;
-its record's held-out scores were taken again on 32 clips by `python -m
-sam3_core.demo.evaluate`, which scores a checkpoint into its record as these flags do.)
+`shapes.pt` is the output of the first two commands above (its record: `shapes.json`): stage 1
+with the defaults in two processes (`sam3_core.demo.parallel`), 7000 steps, 25.9 min on this
+idle machine; then stage 3 from it, the memories of a share of its first 400 steps encoded
+from the true masks (`tracking.true_memory`), 13.3 min: 39.3 min in all, within the 40-minute
+budget. The third command scores it into its record (40 held-out scenes, 32 clips), as
+`--eval-scenes` and `--eval-clips` would.
 
 What was measured on the way (each stage's runs, those not shipped and why, what was tried
 for concepts): `docs/demo_model.md`.
@@ -403,7 +403,12 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
         started = time.perf_counter()
         warmup = min(args.warmup, steps // 8)
         fade = args.track_teacher_steps if not phases else 0  # the first phase only
+        trained = 0
         for step in range(steps):
+            if args.track_time_budget and parallel.any_process(
+                time.perf_counter() - stage_started > args.track_time_budget
+            ):
+                break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, steps, peak_lr, warmup)
             teacher = max(0.0, 1 - step / fade) if fade else 0.0
@@ -412,12 +417,16 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
                     model, optimizer, rng, _share(args.track_batch), frames, teacher
                 )
             )
-            if (step + 1) % args.log_every == 0:
-                _log_window(window, done + step + 1, stage_started, history)
-        done += steps
+            trained = step + 1
+            if trained % args.log_every == 0:
+                _log_window(window, done + trained, stage_started, history)
+        done += trained
+        if trained < steps and parallel.rank() == 0:
+            logger.warning("stage 3's time budget: %d of a phase's %d steps run", trained, steps)
         phases.append(
             {
-                "steps": steps,
+                "steps": trained,
+                "steps_planned": steps,
                 "frames": frames,
                 "peak_lr": peak_lr,
                 "teacher_steps": fade,
@@ -662,6 +671,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=0,
         help="stage 3's first phase: steps over which the share taught from true memories "
         "falls from all to none (0: none)",
+    )
+    parser.add_argument(
+        "--track-time-budget",
+        type=float,
+        default=0,
+        help="stage 3 seconds, all phases; once spent, the phases left are not run (0: none)",
     )
     parser.add_argument("--eval-clips", type=int, default=0, help="held-out clips tracked")
     parser.add_argument("--out", default="", help="checkpoint path (shapes.pt)")
