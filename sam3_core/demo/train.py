@@ -311,6 +311,12 @@ def _share(count: int) -> int:
     return count // parallel.workers()
 
 
+def _out_of_time(started: float, budget: float) -> bool:
+    """Whether `budget` seconds (0: no budget) since `started` are spent, in any process: all
+    the processes stop at the same step."""
+    return bool(budget) and parallel.any_process(time.perf_counter() - started > budget)
+
+
 def _save(model: InteractiveSam3, out: str) -> None:
     if out and parallel.rank() == 0:
         save_demo_checkpoint(model, Path(out))
@@ -329,9 +335,7 @@ def interactive_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple
     window: list[dict] = []
     started = time.perf_counter()
     for step in range(args.steps):
-        if args.time_budget and parallel.any_process(
-            time.perf_counter() - started > args.time_budget
-        ):
+        if _out_of_time(started, args.time_budget):
             if parallel.rank() == 0:
                 logger.warning("time budget reached after %d of %d steps", step, args.steps)
             return step, history
@@ -361,9 +365,7 @@ def concept_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[int
     window: list[dict] = []
     started = time.perf_counter()
     for step in range(args.concept_steps):
-        if args.concept_time_budget and parallel.any_process(
-            time.perf_counter() - started > args.concept_time_budget
-        ):
+        if _out_of_time(started, args.concept_time_budget):
             if parallel.rank() == 0:
                 logger.warning("time budget reached after %d of %d steps", step, args.concept_steps)
             return step, history
@@ -405,9 +407,7 @@ def tracking_stage(model: InteractiveSam3, args: argparse.Namespace) -> tuple[in
         fade = args.track_teacher_steps if not phases else 0  # the first phase only
         trained = 0
         for step in range(steps):
-            if args.track_time_budget and parallel.any_process(
-                time.perf_counter() - stage_started > args.track_time_budget
-            ):
+            if _out_of_time(stage_started, args.track_time_budget):
                 break
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, steps, peak_lr, warmup)
