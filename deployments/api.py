@@ -8,6 +8,7 @@ hands bytes and prompts to the owner; it never decodes pixels. Every error becom
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -70,7 +71,7 @@ from sam3_core.errors import (
     WeightsError,
 )
 from sam3_core.images import check_image_id, content_id
-from sam3_core.protocol.bodies import ErrorResponse, ReadyResponse
+from sam3_core.protocol.bodies import ErrorResponse, ModelResponse, ReadyResponse
 from sam3_core.protocol.image_input import read_image_input
 from sam3_core.settings import VideoSettings
 
@@ -221,6 +222,16 @@ def create_api(
         if http.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
         return Response(current.onnx, media_type=ONNX_MEDIA_TYPE, headers=headers)
+
+    @app.get(
+        "/sam3/model",
+        summary="What the service serves: SAM3's weights, a demo model (not SAM3) or random "
+        "weights, and whether its concept detector is trained.",
+        response_model=ModelResponse,
+        responses={503: {"model": ErrorResponse}},
+    )
+    async def model() -> ModelResponse:
+        return ModelResponse(**dataclasses.asdict(await owners.served_model()))
 
     if video_owners is not None:
         add_video_routes(app, video_owners, settings, VideoSettings(), _VIDEO_ERRORS)

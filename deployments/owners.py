@@ -13,7 +13,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.operations import Operation, Reply, run
-from sam3_core.calls import DecoderFile, ImageRequest
+from sam3_core.calls import DecoderFile, ImageRequest, ServedModel
 from sam3_core.errors import ImageBytesNeededError, Sam3Error
 
 # Failures after which the same request, sent again, can succeed: the owner replica was
@@ -46,6 +46,10 @@ class Owners(Protocol):
         """The served decoder as ONNX, from any replica (all serve the same weights)."""
         ...
 
+    async def served_model(self) -> ServedModel:
+        """What the replicas serve, from any of them."""
+        ...
+
 
 class RayOwners:
     """The segmenter deployment's replicas, reached through `handle`; its request router
@@ -70,6 +74,9 @@ class RayOwners:
     async def decoder(self, known_etag: str | None) -> DecoderFile:
         return await _unavailable_as_503(self.handle.decoder_onnx.remote(known_etag))
 
+    async def served_model(self) -> ServedModel:
+        return await _unavailable_as_503(self.handle.served_model.remote())
+
 
 class LocalOwners:
     """One engine (`sam3_core.Segmenter`) in this process, the owner of every image; the
@@ -84,6 +91,9 @@ class LocalOwners:
 
     async def decoder(self, known_etag: str | None) -> DecoderFile:
         return await anyio.to_thread.run_sync(self.engine.decoder_onnx, known_etag)
+
+    async def served_model(self) -> ServedModel:
+        return self.engine.served_model()
 
 
 def owner_key(request: ImageRequest) -> str:

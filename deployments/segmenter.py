@@ -35,7 +35,7 @@ from deployments.settings import SegmenterSettings
 from deployments.video_handoff import CALLS as VIDEO_CALLS
 from deployments.video_handoff import SessionMovingError, VideoHandoff
 from deployments.video_operations import VideoCall, VideoReply, run_video, stream_video
-from sam3_core.calls import DecoderFile, ImageRequest
+from sam3_core.calls import DecoderFile, ImageRequest, ServedModel
 from sam3_core.engine import Segmenter
 from sam3_core.errors import (
     ImageBytesNeededError,
@@ -159,6 +159,9 @@ class SegmenterReplica:
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, self.engine.decoder_onnx, known_etag
         )
+
+    async def served_model(self) -> ServedModel:
+        return self.engine.served_model()
 
     async def _video_sessions(self) -> VideoSessions:
         async with self._video_build:

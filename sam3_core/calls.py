@@ -127,6 +127,21 @@ class EmbeddingResult(ImageResult):
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """What the replicas serve (`GET /sam3/model`), so that a client can say it: `weights` is
+    "checkpoint" (SAM3's, or weights fine-tuned from it), "demo" (`demo:NAME`, not SAM3) or
+    "random"; `concepts` "trained", "untrained" (concept queries find nothing meant) or "off"
+    (`SAM3_CONCEPTS=false`); `held_out` a demo model's scores from its training record."""
+
+    weights: Literal["checkpoint", "demo", "random"]
+    name: str
+    description: str
+    architecture: str
+    concepts: Literal["trained", "untrained", "off"]
+    held_out: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DecoderFile:
     """The served weights' interactive decoder as ONNX; `onnx` is None where the asker
     holds this `etag` already."""

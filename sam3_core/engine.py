@@ -35,6 +35,7 @@ from sam3_core.calls import (
     EmbedResult,
     Segmentation,
     SegmentRequest,
+    ServedModel,
 )
 from sam3_core.concept_model import ConceptQueries, TextEmbedding, cross_prompt_nms, instances
 from sam3_core.concept_prompts import (
@@ -58,7 +59,7 @@ from sam3_core.prompts import (
     validate_prompt_set,
 )
 from sam3_core.settings import EngineSettings
-from sam3_core.weights import load_model
+from sam3_core.weights import load_model, served_model
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +266,10 @@ class Segmenter:
         holds `known_etag` already."""
         etag = self.decoder.etag
         return DecoderFile(etag=etag, onnx=None if known_etag == etag else self.decoder.onnx())
+
+    def served_model(self) -> ServedModel:
+        """What this engine serves: SAM3's weights, a demo model or random weights."""
+        return served_model(self.settings, self.model)
 
     def segment(self, request: SegmentRequest) -> Segmentation:
         """Masks for every prompt of `request`: `prepare`, `decode`, `finish` in a row."""

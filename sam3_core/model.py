@@ -72,6 +72,9 @@ class InteractiveSam3(nn.Module):
     `encode` and `decode` hold no state between calls and are safe to call from many threads.
     """
 
+    # What the checkpoint says its weights are, where it says (the demo model's does).
+    description: str | None = None
+
     def __init__(
         self,
         arch: Architecture,

@@ -10,7 +10,13 @@ from pathlib import Path
 import torch
 
 from sam3_core.architecture import ARCHITECTURES, FULL, Architecture
-from sam3_core.demo.weights import DEMO_PREFIX, demo_checkpoint_path
+from sam3_core.calls import ServedModel
+from sam3_core.demo.weights import (
+    DEMO_PREFIX,
+    demo_checkpoint_path,
+    demo_record,
+    held_out_scores,
+)
 from sam3_core.errors import WeightsError
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import clip_vocabulary
@@ -170,7 +176,8 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
         load_checkpoint(model, checkpoint)
         source = str(path)
         if "description" in checkpoint:
-            source = f"{path}: {checkpoint['description']}"
+            model.description = str(checkpoint["description"])
+            source = f"{path}: {model.description}"
             logger.warning("SAM3_CHECKPOINT=%s is a %s", settings.checkpoint, source)
     elif settings.random_weights:
         arch = ARCHITECTURES[settings.random_weights]
@@ -195,6 +202,42 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
         time.perf_counter() - started,
     )
     return model
+
+
+def served_model(settings: EngineSettings, model: InteractiveSam3) -> ServedModel:
+    """What `model`, loaded by `load_model(settings)`, is: for `GET /sam3/model`. A path
+    is named by its file name alone (where it lies is the operator's business)."""
+    concepts = "off" if model.concepts is None else "trained"
+    spec = settings.checkpoint
+    if spec and spec.startswith(DEMO_PREFIX):
+        record = demo_record(spec)
+        if concepts == "trained" and not record.get("concept_steps"):
+            concepts = "untrained"
+        return ServedModel(
+            weights="demo",
+            name=spec,
+            description=model.description or record.get("model", "a demo model, not SAM3"),
+            architecture=model.arch.name,
+            concepts=concepts,
+            held_out=held_out_scores(record),
+        )
+    if spec:
+        name = spec if spec.startswith(HUB_PREFIX) else Path(spec).name
+        return ServedModel(
+            weights="checkpoint",
+            name=name,
+            description=model.description or f"SAM3 weights from {name}",
+            architecture=model.arch.name,
+            concepts=concepts,
+        )
+    return ServedModel(
+        weights="random",
+        name=f"random:{model.arch.name}",
+        description=f"random weights (seed {settings.random_seed}): masks are noise; for tests "
+        "and smoke runs only",
+        architecture=model.arch.name,
+        concepts="untrained" if concepts == "trained" else concepts,
+    )
 
 
 def sam3_state_dict(model: InteractiveSam3) -> dict[str, torch.Tensor]:

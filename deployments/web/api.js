@@ -154,6 +154,22 @@ export class Api {
   }
 
   /**
+   * What the service serves (GET /sam3/model): SAM3's weights, a demo model or random
+   * weights. Null where it does not say: an older service, or a key it needs first.
+   * @returns {Promise<{weights: string, name: string, description: string, concepts: string,
+   *   held_out: Object<string, number>}|null>}
+   */
+  async model() {
+    const headers = this.key ? { authorization: `Bearer ${this.key}` } : {};
+    try {
+      const response = await fetch(new URL("sam3/model", this.base), { headers });
+      return response.ok ? await response.json() : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
    * Every instance of a concept (/sam3/concept_segment).
    * @param {string} text e.g. "car"
    * @returns {Promise<Array<{masks: {size: number[], counts: string}, confidence: number}>>}

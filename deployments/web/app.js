@@ -6,6 +6,7 @@ import { $, view } from "./context.js";
 import { restoreKept } from "./images.js";
 import "./input.js";
 import { render } from "./render.js";
+import { servedModel } from "./served-model.js";
 import { showError } from "./status.js";
 import { wireVideo } from "./video-controls.js";
 
@@ -17,3 +18,4 @@ new ResizeObserver(() => {
 view.fit();
 render();
 restoreKept().catch(showError);
+servedModel();

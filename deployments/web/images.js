@@ -4,6 +4,7 @@
 import { objectsFromCoco } from "./dataset.js";
 import { $, PALETTE, api, local, objects, state, view } from "./context.js";
 import { clearRows, render } from "./render.js";
+import { servedModel } from "./served-model.js";
 import { PREFETCHED, setStatus, showError, showProgress } from "./status.js";
 import {
   clearDataset,
@@ -224,6 +225,7 @@ export function ensureEmbedded() {
       .then((id) => id ?? embed())
       .then((id) => {
         image.id = id;
+        servedModel(); // asked again where the first ask lacked the key
         if (state.image === image) {
           $("image-info").textContent =
             `${image.name} · ${image.width}×${image.height} · image_id ${id.slice(0, 12)}…`;

@@ -17,6 +17,7 @@ import {
 } from "./context.js";
 import { ensureEmbedded } from "./images.js";
 import { render } from "./render.js";
+import { servedModel } from "./served-model.js";
 import { decodeRle, maskStats } from "./rle.js";
 import { setStatus, showDecodePath, showError } from "./status.js";
 
@@ -130,7 +131,10 @@ export async function findConcept(text) {
     const predictions = await api.concept(image, text);
     if (state.image !== image) return;
     if (!predictions.length) {
-      setStatus(`${$("status").textContent} · no “${text}” found`);
+      const model = await servedModel();
+      const why =
+        model?.concepts === "untrained" ? " (the served model's concept detector is untrained)" : "";
+      setStatus(`${$("status").textContent} · no “${text}” found${why}`);
       return;
     }
     const found = predictions.map((prediction) => {

@@ -8,6 +8,7 @@ as `sam3.pt` (`sam3_core.weights.load_model`).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +27,29 @@ DESCRIPTION = "demo model trained on synthetic shapes (SAM3's classes at a small
 def demo_checkpoint_path(spec: str) -> Path:
     """`demo:shapes` -> the packaged `shapes.pt`."""
     return DEMO_DIR / f"{spec[len(DEMO_PREFIX) :]}.pt"
+
+
+def demo_record(spec: str) -> dict:
+    """The training record shipped beside `demo:NAME`'s checkpoint (`shapes.json`); empty
+    where there is none."""
+    path = demo_checkpoint_path(spec).with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def held_out_scores(record: dict) -> dict[str, float]:
+    """A record's held-out scores (`sam3_core.demo.evaluate`), flat: mean IoU from a centre
+    click, a box and a corrective click, concept F1, tracking J."""
+    held = record.get("held_out", {})
+    scores = {
+        key: held[key]
+        for key in ("centre_click_miou", "box_miou", "click_then_corrective_click_miou")
+        if key in held
+    }
+    if "f1" in held.get("concepts", {}):
+        scores["concept_f1"] = held["concepts"]["f1"]
+    if "j" in held.get("tracking", {}):
+        scores["tracking_j"] = held["tracking"]["j"]
+    return scores
 
 
 def build_untrained(seed: int = 0, *, concepts: bool = True) -> InteractiveSam3:

@@ -187,6 +187,26 @@ class ConceptSegmentResponse(BaseModel):
     time: float = Field(description="Seconds spent in the service.")
 
 
+class ModelResponse(BaseModel):
+    """What the service serves, for a client to say so (the page does)."""
+
+    weights: Literal["checkpoint", "demo", "random"] = Field(
+        description="SAM3's weights (or weights fine-tuned from them), a demo model trained "
+        "on synthetic shapes (not SAM3), or random weights (masks are noise)."
+    )
+    name: str = Field(description='e.g. "sam3.pt", "demo:shapes", "random:tiny"')
+    description: str
+    architecture: str = Field(description='"full" for SAM3; "tiny" for the demo model')
+    concepts: Literal["trained", "untrained", "off"] = Field(
+        description="Concept segmentation: its detector trained, untrained (it finds nothing "
+        "meant), or off (SAM3_CONCEPTS=false)."
+    )
+    held_out: dict[str, float] = Field(
+        description="A demo model's held-out scores from its training record: mean IoU from a "
+        "centre click, a box and a corrective click, concept F1, tracking J."
+    )
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
 

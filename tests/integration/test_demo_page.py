@@ -5,14 +5,17 @@ the request the page sends and in what it draws."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, expect
 
 from bench.harness import LocalCluster
 from sam3_core.demo.scenes import sample_scenes
+from sam3_core.demo.weights import demo_checkpoint_path
 from tests.integration.serving import deploy
 from tests.integration.test_demo_model import DEMO_ENGINE
 from tests.integration.test_page import Annotator, browser  # noqa: F401 (a fixture)
@@ -39,6 +42,12 @@ def annotator(browser: Browser, demo_page_service: LocalCluster) -> Iterator[Ann
 
 def test_a_click_on_a_shape_in_the_canvas_gives_that_shape(annotator):
     page = annotator.page
+    # The header says what is served: not SAM3, with its held-out scores.
+    scores = json.loads(demo_checkpoint_path("demo:shapes").with_suffix(".json").read_text())
+    badge = page.get_by_test_id("served-model")
+    expect(badge).to_have_text("Demo model · not SAM3")
+    click = scores["held_out"]["centre_click_miou"]
+    expect(badge).to_have_attribute("title", re.compile(rf"centre click IoU {click:.2f}"))
     scene = sample_scenes()[0]
     page.get_by_test_id("sample-scenes").select_option("scene-1.png")
     annotator.expect_status(r"embed_image · \d+ ms")

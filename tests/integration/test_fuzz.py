@@ -57,6 +57,7 @@ def test_generated_requests_against_the_served_schema(service: LocalCluster):
         "/sam3/concept_segment",
         "/sam3/embedding",
         "/sam3/decoder.onnx",
+        "/sam3/model",
         *(
             f"/sam3/video/{name}"
             for name in (
@@ -98,8 +99,8 @@ def test_generated_requests_against_the_served_schema(service: LocalCluster):
                 run()
             except Unsatisfiable:
                 # No schema-violating request exists for an operation without inputs
-                # (GET /healthz, GET /readyz, GET /sam3/decoder.onnx).
-                without_inputs = ("/healthz", "/readyz", "/sam3/decoder.onnx")
+                # (GET /healthz, GET /readyz, GET /sam3/decoder.onnx, GET /sam3/model).
+                without_inputs = ("/healthz", "/readyz", "/sam3/decoder.onnx", "/sam3/model")
                 assert mode is GenerationMode.NEGATIVE and operation.path in without_inputs
 
     assert sum(statuses.values()) >= 1000, statuses

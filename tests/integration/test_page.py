@@ -447,6 +447,39 @@ def test_concept_answers_of_spec_shape_become_objects(annotator, photo, tmp_path
     assert len(prompt["points"]) == 1
 
 
+def test_the_header_names_the_served_model_and_an_empty_answer_says_why(annotator, photo):
+    """The header names what the service serves (GET /sam3/model): random weights here, whose
+    concept detector is untrained, which a concept search that finds nothing then says."""
+    badge = annotator.page.get_by_test_id("served-model")
+    expect(badge).to_have_text("Random weights · noise")
+    expect(badge).to_have_attribute(
+        "title", re.compile(r"^random:tiny: random weights.*untrained", re.S)
+    )
+    expect(badge).to_have_class(re.compile("warning"))
+    nothing = {
+        "prompt_results": [
+            {
+                "prompt_index": 0,
+                "echo": {"prompt_index": 0, "type": "text", "text": "dog", "num_boxes": 0},
+                "predictions": [],
+            }
+        ],
+        "time": 0.01,
+    }
+    annotator.page.route(
+        "**/sam3/concept_segment",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(nothing)
+        ),
+    )
+    annotator.open(photo)
+    annotator.page.get_by_test_id("concept-input").fill("dog")
+    annotator.page.get_by_test_id("concept-input").press("Enter")
+    annotator.expect_status(
+        r"concept_segment · .*no “dog” found \(the served model's concept detector is untrained\)$"
+    )
+
+
 def test_api_key_mode(browser, served, photo):
     """Last: it redeploys the app with API keys. The page loads without a key, asks for one,
     sends it as a Bearer token and keeps it in the tab's session storage."""

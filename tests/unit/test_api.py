@@ -342,3 +342,21 @@ def test_server_timing_gives_the_stages_of_each_request(api):
         assert stages["total"] >= stages["parse"] + stages["owner"] - 0.01
         assert abs(stages["total"] / 1000 - response.json()["time"]) < 0.005
     assert "embed" in stages or "decode" in stages
+
+
+def test_the_model_route_says_random_weights_and_needs_the_key(engine):
+    open_api, _ = make_client(engine)
+    served = open_api.get("/sam3/model")
+    assert served.status_code == 200, served.text
+    body = served.json()
+    assert "masks are noise" in body.pop("description")
+    assert body == {
+        "weights": "random",
+        "name": "random:tiny",
+        "architecture": "tiny",
+        "concepts": "untrained",
+        "held_out": {},
+    }
+    keyed, _ = make_client(engine, api_keys="k-one")
+    assert keyed.get("/sam3/model").status_code == 401
+    assert keyed.get("/sam3/model", headers={"Authorization": "Bearer k-one"}).status_code == 200

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sam3_core import weights
 from sam3_core.demo import evaluate, train
 from sam3_core.demo.scenes import held_out_scenes
 from sam3_core.demo.tracking import TRACKING_PARTS
@@ -22,7 +23,7 @@ from sam3_core.demo.weights import (
 )
 from sam3_core.errors import WeightsError
 from sam3_core.settings import EngineSettings
-from sam3_core.weights import interactive_state_dict, load_model, sam3_state_dict
+from sam3_core.weights import interactive_state_dict, load_model, sam3_state_dict, served_model
 
 SHIPPED = demo_checkpoint_path("demo:shapes")
 
@@ -244,3 +245,30 @@ def test_the_later_stages_leave_what_clicks_read_as_it_was(tmp_path):
     assert any(k.startswith("predictor.model.transformer.") for k in moved)
     assert all(k.startswith(("concepts.", *tracking)) for k in moved), sorted(moved)[:5]
     assert evaluate.scores(after_model, 2) == evaluate.scores(before_model, 2)
+
+
+def test_the_served_model_says_what_it_is(demo_model, tmp_path, monkeypatch):
+    record = json.loads(SHIPPED.with_suffix(".json").read_text())
+    settings = EngineSettings(checkpoint="demo:shapes", device="cpu")
+    with_concepts = load_model(settings)
+    served = served_model(settings, with_concepts)
+    assert (served.weights, served.name, served.architecture) == ("demo", "demo:shapes", "tiny")
+    assert "not SAM3" in served.description
+    # Its record: the concept stage did not run, and the held-out scores are the record's.
+    assert record["concept_steps"] == 0 and served.concepts == "untrained"
+    assert served.held_out["centre_click_miou"] == record["held_out"]["centre_click_miou"]
+    assert served.held_out["tracking_j"] == record["held_out"]["tracking"]["j"]
+    assert served.held_out["concept_f1"] == record["held_out"]["concepts"]["f1"]
+    monkeypatch.setattr(weights, "demo_record", lambda spec: {**record, "concept_steps": 500})
+    assert served_model(settings, with_concepts).concepts == "trained"
+    interactive_only = settings.model_copy(update={"concepts": False})
+    assert served_model(interactive_only, demo_model).concepts == "off"
+
+    # A checkpoint by path: named by its file alone; its own description where it has one.
+    copy = tmp_path / "private" / "fine-tuned.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(SHIPPED.read_bytes())
+    by_path = EngineSettings(checkpoint=str(copy), device="cpu", concepts=False)
+    served = served_model(by_path, load_model(by_path))
+    assert (served.weights, served.name, served.concepts) == ("checkpoint", "fine-tuned.pt", "off")
+    assert "not SAM3" in served.description and served.held_out == {}
