@@ -51,6 +51,8 @@ from sam3_core.protocol.label_studio import (
 from sam3_core.protocol.url_fetch import UrlPolicy, fetch_image
 
 PREFIX = "/label-studio"
+# Followed by what is served (`sam3-serve/sam3.pt`, `sam3-serve/demo:shapes`): Label Studio
+# keeps predictions by model version, so that the demo model's are not taken for SAM3's.
 MODEL_VERSION = "sam3-serve"
 # Label Studio's webhook events a training backend acts on (label_studio_ml/api.py).
 TRAIN_EVENTS = frozenset(
@@ -164,14 +166,19 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
         image = ImageRequest(image=data, image_id=digest, image_digest=digest, tenant=tenant)
         return await owners.call(operation, build(image))
 
+    async def model_version() -> str:
+        return f"{MODEL_VERSION}/{(await owners.served_model()).name}"
+
     async def predict_task(
         task: dict[str, Any], config: LabelConfig, body: PredictRequest, tenant: str | None
-    ) -> tuple[dict[str, Any], Reply | None]:
+    ) -> tuple[list[dict[str, Any]], Reply | None]:
+        """The task's brush results, and the reply they came from (none where nothing was
+        asked of the service)."""
         regions = body.regions()
         if regions:
             clicked = interaction(regions)
             if clicked is None:
-                return _prediction([]), None
+                return [], None
             prompts = PromptSet(prompts=[clicked.prompt])
             validate_prompt_set(
                 prompts,
@@ -193,7 +200,7 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
             labels = [clicked.label] * len(found)
         else:
             if not config.labels:
-                return _prediction([]), None
+                return [], None
             concepts = tuple(ConceptPrompt(type="text", text=label) for label in config.labels)
             threshold = settings.label_studio_score_threshold
             validate_concept_prompts(
@@ -219,17 +226,18 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
                 found += result["predictions"]
                 labels += [config.labels[result["prompt_index"]]] * len(result["predictions"])
         results = await anyio.to_thread.run_sync(_brush_results, found, labels, config)
-        return _prediction(results), reply
+        return results, reply
 
     async def predict(body: PredictRequest, http: Request) -> Response:
         config = parse_label_config(body.label_config)
         tenant = tenant_of(http.scope) or label_studio_tenant
         # An interactive request is about its one task; pre-annotation may bring several.
         tasks = body.tasks[:1] if body.regions() else body.tasks
+        version = await model_version()
         predictions, last = [], None
         for task in tasks:
-            prediction, reply = await predict_task(task, config, body, tenant)
-            predictions.append(prediction)
+            results, reply = await predict_task(task, config, body, tenant)
+            predictions.append(_prediction(results, version))
             last = reply or last
         headers = last.response_headers() if last is not None else {}
         return Response(orjson.dumps({"results": predictions}), 200, headers, "application/json")
@@ -237,7 +245,7 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
     async def setup(body: SetupRequest) -> dict[str, str]:
         if body.label_schema:
             parse_label_config(body.label_schema)  # a project sam3-serve cannot serve: 400 now
-        return {"model_version": MODEL_VERSION}
+        return {"model_version": await model_version()}
 
     async def webhook(http: Request) -> Response:
         # Label Studio trains its backends through these events; SAM3 is not trained here.
@@ -299,12 +307,12 @@ def add_label_studio(app: FastAPI, owners: Owners, settings: IngressSettings) ->
     )
 
 
-def _prediction(results: list[dict[str, Any]]) -> dict[str, Any]:
+def _prediction(results: list[dict[str, Any]], model_version: str) -> dict[str, Any]:
     scores = [result["score"] for result in results]
     return {
         "result": results,
         "score": float(np.mean(scores)) if scores else 0.0,
-        "model_version": MODEL_VERSION,
+        "model_version": model_version,
     }
 
 

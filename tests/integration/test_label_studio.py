@@ -103,7 +103,7 @@ def test_label_studio_clicks_and_pre_annotation(studio, engine):
         assert task["data"]["image"].startswith("/data/upload/")
         backend = studio.connect(project, f"{service}/label-studio")
         assert backend["readable_state"] == "Connected", backend
-        assert backend["model_version"] == "sam3-serve"
+        assert backend["model_version"] == "sam3-serve/demo:shapes"
 
         # A click on the square, then a negative one on the circle: one object, refined.
         first = studio.interactive(backend["id"], task["id"], [keypoint(40, 36)])
@@ -130,7 +130,7 @@ def test_label_studio_clicks_and_pre_annotation(studio, engine):
         # Pre-annotation: every instance of each label, stored by Label Studio as a prediction.
         studio.retrieve_predictions(project, [task["id"]])
         (prediction,) = studio.predictions(task["id"])
-        assert prediction["model_version"] == "sam3-serve"
+        assert prediction["model_version"] == "sam3-serve/demo:shapes"
         results = prediction["result"]
         assert results, "no instance stored"
         assert len(results) == 2 * 3  # both labels, SAM3_MAX_CONCEPT_INSTANCES each

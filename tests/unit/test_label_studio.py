@@ -85,7 +85,7 @@ def test_health_setup_webhook(client):
     for path in ("/label-studio/", "/label-studio/health"):
         assert client.get(path).json() == {"status": "UP", "model_class": "Sam3Serve"}
     setup = client.post("/label-studio/setup", json={"project": "1.17", "schema": CONFIG})
-    assert setup.status_code == 200 and setup.json() == {"model_version": "sam3-serve"}
+    assert setup.status_code == 200 and setup.json() == {"model_version": "sam3-serve/random:tiny"}
     refused = client.post("/label-studio/setup", json={"project": "1.17", "schema": "<View/>"})
     assert refused.status_code == 400 and "BrushLabels" in refused.json()["message"]
     hook = client.post("/label-studio/webhook", json={"action": "ANNOTATION_CREATED"})
@@ -106,7 +106,7 @@ def test_clicks_refine_one_embedding_fetched_once(client, engine):
     assert (result["from_name"], result["to_name"]) == ("brush", "img")
     assert (result["original_width"], result["original_height"]) == (80, 60)
     assert mask_of(result["value"]["rle"], 60, 80).shape == (60, 80)
-    assert prediction["model_version"] == "sam3-serve"
+    assert prediction["model_version"] == "sam3-serve/random:tiny"
 
     second = predict(client, regions=[keypoint(25, 50), keypoint(75, 20, positive=False)])
     assert second.status_code == 200, second.text
