@@ -4,6 +4,7 @@ in this process (tests, or the API without Ray)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -15,6 +16,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from deployments.operations import Operation, Reply, run
 from sam3_core.calls import DecoderFile, ImageRequest, ServedModel
 from sam3_core.errors import ImageBytesNeededError, Sam3Error
+
+SERVED_MODEL_TTL_S = 30.0
 
 # Failures after which the same request, sent again, can succeed: the owner replica was
 # overloaded, or died and is being replaced (its images then move to a new owner).
@@ -57,6 +60,7 @@ class RayOwners:
 
     def __init__(self, handle: DeploymentHandle, digest_first: bool = True) -> None:
         self.handle = handle
+        self._served: tuple[float, ServedModel] | None = None
         # Only where the router sends an image's requests to one replica: otherwise the
         # bytes that follow a digest land elsewhere (round robin: always on the other one).
         self.digest_first = digest_first
@@ -75,7 +79,12 @@ class RayOwners:
         return await _unavailable_as_503(self.handle.decoder_onnx.remote(known_etag))
 
     async def served_model(self) -> ServedModel:
-        return await _unavailable_as_503(self.handle.served_model.remote())
+        # Kept a while: it changes only with a redeploy, and every Label Studio prediction
+        # names it (a replica's answer would wait for its turn behind images).
+        if self._served is None or time.monotonic() - self._served[0] > SERVED_MODEL_TTL_S:
+            served = await _unavailable_as_503(self.handle.served_model.remote())
+            self._served = (time.monotonic(), served)
+        return self._served[1]
 
 
 class LocalOwners:

@@ -157,6 +157,7 @@ class Segmenter:
         )
         self._counter_lock = threading.Lock()
         self.decoder = DecoderExport(model)
+        self._served = served_model(settings, model)
         self._logits_hits = self._logits_misses = 0
         logger.info(
             "embedding cache: %.0f MiB, %d images at most (stored as %s)",
@@ -269,7 +270,7 @@ class Segmenter:
 
     def served_model(self) -> ServedModel:
         """What this engine serves: SAM3's weights, a demo model or random weights."""
-        return served_model(self.settings, self.model)
+        return self._served
 
     def segment(self, request: SegmentRequest) -> Segmentation:
         """Masks for every prompt of `request`: `prepare`, `decode`, `finish` in a row."""

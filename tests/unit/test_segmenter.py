@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from deployments import owners as owners_module
 from deployments.operations import EMBED, SEGMENT
 from deployments.owners import RayOwners
 from deployments.segmenter import SegmenterReplica
@@ -100,3 +101,20 @@ def test_a_served_request_is_a_reply(replica):
     reply = asyncio.run(RayOwners(Handle(replica)).call(SEGMENT, request))
     assert reply.replica == "r" and reply.embedding_cache == "miss"
     assert reply.response_headers()["x-sam3-image-id"] == reply.image_id == "a"
+
+
+def test_the_ingress_asks_what_is_served_once_a_while(replica, monkeypatch):
+    asked = []
+    served = replica.engine.served_model()
+    monkeypatch.setattr(replica, "served_model", lambda: asked.append(1) or _answer(served))
+    owners = RayOwners(Handle(replica))
+    assert asyncio.run(owners.served_model()) == served
+    assert asyncio.run(owners.served_model()) == served
+    assert len(asked) == 1
+    monkeypatch.setattr(owners_module, "SERVED_MODEL_TTL_S", 0.0)
+    asyncio.run(owners.served_model())
+    assert len(asked) == 2
+
+
+async def _answer(value: object) -> object:
+    return value
