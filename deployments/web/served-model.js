@@ -7,7 +7,7 @@ import { $, api } from "./context.js";
 const SCORES = {
   centre_click_miou: "centre click IoU",
   box_miou: "box IoU",
-  click_then_corrective_click_miou: "after a corrective click",
+  click_then_corrective_click_miou: "corrective click IoU",
   concept_f1: "concept F1",
   tracking_j: "tracking J",
 };
