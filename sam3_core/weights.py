@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -13,6 +14,7 @@ from sam3_core.architecture import ARCHITECTURES, FULL, Architecture
 from sam3_core.calls import ServedModel
 from sam3_core.demo.weights import (
     DEMO_PREFIX,
+    DESCRIPTION,
     demo_checkpoint_path,
     demo_record,
     held_out_scores,
@@ -207,37 +209,32 @@ def load_model(settings: EngineSettings, checkpoint_arch: Architecture = FULL) -
 def served_model(settings: EngineSettings, model: InteractiveSam3) -> ServedModel:
     """What `model`, loaded by `load_model(settings)`, is: for `GET /sam3/model`. A path
     is named by its file name alone (where it lies is the operator's business)."""
-    concepts = "off" if model.concepts is None else "trained"
-    spec = settings.checkpoint
+
+    def concepts(trained: bool) -> Literal["trained", "untrained", "off"]:
+        if model.concepts is None:
+            return "off"
+        return "trained" if trained else "untrained"
+
+    spec, arch = settings.checkpoint, model.arch.name
     if spec and spec.startswith(DEMO_PREFIX):
         record = demo_record(spec)
-        if concepts == "trained" and not record.get("concept_steps"):
-            concepts = "untrained"
         return ServedModel(
             weights="demo",
             name=spec,
-            description=model.description or record.get("model", "a demo model, not SAM3"),
-            architecture=model.arch.name,
-            concepts=concepts,
+            description=model.description or DESCRIPTION,
+            architecture=arch,
+            concepts=concepts(bool(record.get("concept_steps"))),
             held_out=held_out_scores(record),
         )
     if spec:
         name = spec if spec.startswith(HUB_PREFIX) else Path(spec).name
-        return ServedModel(
-            weights="checkpoint",
-            name=name,
-            description=model.description or f"SAM3 weights from {name}",
-            architecture=model.arch.name,
-            concepts=concepts,
-        )
-    return ServedModel(
-        weights="random",
-        name=f"random:{model.arch.name}",
-        description=f"random weights (seed {settings.random_seed}): masks are noise; for tests "
-        "and smoke runs only",
-        architecture=model.arch.name,
-        concepts="untrained" if concepts == "trained" else concepts,
+        description = model.description or f"SAM3 weights from {name}"
+        return ServedModel("checkpoint", name, description, arch, concepts(True))
+    description = (
+        f"random weights (seed {settings.random_seed}): masks are noise; for tests and smoke "
+        "runs only"
     )
+    return ServedModel("random", f"random:{arch}", description, arch, concepts(False))
 
 
 def sam3_state_dict(model: InteractiveSam3) -> dict[str, torch.Tensor]:

@@ -49,7 +49,12 @@ from sam3_core.architecture import Architecture, neck_features
 from sam3_core.demo import concepts, evaluate, parallel, tracking
 from sam3_core.demo.evaluate import corrective_click
 from sam3_core.demo.scenes import Scene, make_scene, resized_mask
-from sam3_core.demo.weights import DEMO_ARCHITECTURE, build_untrained, save_demo_checkpoint
+from sam3_core.demo.weights import (
+    DEMO_ARCHITECTURE,
+    build_untrained,
+    record_beside,
+    save_demo_checkpoint,
+)
 from sam3_core.model import InteractiveSam3
 from sam3_core.sam3_compat import quiet_sam3
 from sam3_core.settings import EngineSettings
@@ -614,10 +619,9 @@ def with_stage1(record: dict, init: Path) -> dict:
     """A run of the later stages from stage 1's checkpoint (`--init`, `--steps 0`): stage 1's
     facts from the checkpoint's own record (`shapes.json` beside `shapes.pt`), so that one
     record describes the whole chain."""
-    source = init.with_suffix(".json")
-    if not source.is_file():
+    stage1 = record_beside(init)
+    if not stage1:
         return record
-    stage1 = json.loads(source.read_text())
     merged = {**record, **{key: stage1[key] for key in STAGE1_KEYS if key in stage1}}
     merged["stage1_threads"] = stage1.get("stage1_threads", stage1.get("threads"))
     merged["stage1_workers"] = stage1.get("stage1_workers", stage1.get("workers", 1))

@@ -29,11 +29,16 @@ def demo_checkpoint_path(spec: str) -> Path:
     return DEMO_DIR / f"{spec[len(DEMO_PREFIX) :]}.pt"
 
 
-def demo_record(spec: str) -> dict:
-    """The training record shipped beside `demo:NAME`'s checkpoint (`shapes.json`); empty
-    where there is none."""
-    path = demo_checkpoint_path(spec).with_suffix(".json")
+def record_beside(checkpoint: Path) -> dict:
+    """A checkpoint's training record, written beside it (`shapes.json` beside `shapes.pt`);
+    empty where there is none."""
+    path = checkpoint.with_suffix(".json")
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def demo_record(spec: str) -> dict:
+    """The training record shipped with `demo:NAME`."""
+    return record_beside(demo_checkpoint_path(spec))
 
 
 def held_out_scores(record: dict) -> dict[str, float]:
